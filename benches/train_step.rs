@@ -1,0 +1,81 @@
+//! One training step (forward, backward, Adam step) of a 3-hidden-layer, 256-wide SiLU MLP at
+//! batch 512, on each CPU backend compiled in. Input: x_t (2) + anchor (2) + a 32-wide time
+//! embedding; output 2, squared-error loss.
+//!
+//! Run: `cargo bench --bench train_step --features ndarray,flex`
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+const BATCH: usize = 512;
+const INPUT: usize = 2 + 2 + 32;
+const WIDTH: usize = 256;
+const DEPTH: usize = 3;
+const OUTPUT: usize = 2;
+
+#[derive(Module, Debug)]
+struct Mlp<B: Backend> {
+    hidden: Vec<Linear<B>>,
+    out: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn new(device: &B::Device) -> Self {
+        let hidden = (0..DEPTH)
+            .map(|i| LinearConfig::new(if i == 0 { INPUT } else { WIDTH }, WIDTH).init(device))
+            .collect();
+        let out = LinearConfig::new(WIDTH, OUTPUT).init(device);
+        Mlp { hidden, out }
+    }
+
+    fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+        for layer in &self.hidden {
+            x = silu(layer.forward(x));
+        }
+        self.out.forward(x)
+    }
+}
+
+fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, name: &str) {
+    let device = B::Device::default();
+    B::seed(&device, 0);
+    let mut model = Some(Mlp::<B>::new(&device));
+    let mut optim = AdamConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .init::<B, Mlp<B>>();
+    let x = Tensor::<B, 2>::random([BATCH, INPUT], Distribution::Normal(0.0, 1.0), &device);
+    let y = Tensor::<B, 2>::random([BATCH, OUTPUT], Distribution::Normal(0.0, 1.0), &device);
+    c.bench_function(&format!("train_step/{name}/mlp3x256/batch{BATCH}"), |b| {
+        b.iter(|| {
+            let m = model.take().expect("model is put back after every step");
+            let loss = (m.forward(x.clone()) - y.clone()).powi_scalar(2).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            let m = optim.step(1e-3, m, grads);
+            // Read one parameter back so lazy backends finish the step inside the timing.
+            black_box(m.out.bias.as_ref().map(|b| b.val().into_data()));
+            model = Some(m);
+        })
+    });
+}
+
+fn train_step(c: &mut Criterion) {
+    #[cfg(feature = "ndarray")]
+    bench_backend::<burn::backend::Autodiff<burn::backend::NdArray>>(c, "ndarray");
+    #[cfg(feature = "flex")]
+    bench_backend::<burn::backend::Autodiff<burn::backend::Flex>>(c, "flex");
+    let _ = c;
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(40).measurement_time(std::time::Duration::from_secs(15));
+    targets = train_step
+}
+criterion_main!(benches);

@@ -1,0 +1,90 @@
+//! The crate's one error type.
+//!
+//! Every public function that can be handed something it cannot work with returns
+//! [`Result<T>`](Result) with an [`Error`] that says what was wrong, instead of panicking.
+
+/// Shorthand for `std::result::Result<T, integration_flow::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is impossible (NaN, out of range, or inconsistent with another).
+    #[error("invalid {config}: `{field}` {reason}")]
+    InvalidConfig {
+        /// The configuration type, e.g. `VeConfig`.
+        config: &'static str,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An argument is out of its allowed range (a count of zero, a time outside the flow's range).
+    #[error("invalid argument `{name}`: {reason}")]
+    InvalidArgument {
+        /// The argument's name.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Tensors or slices whose shapes do not fit together.
+    #[error("shape mismatch in {context}: expected {expected}, found {found}")]
+    ShapeMismatch {
+        /// Where the mismatch was found.
+        context: &'static str,
+        /// The shape that was required.
+        expected: String,
+        /// The shape that was given.
+        found: String,
+    },
+
+    /// A value that must be finite is NaN or infinite.
+    #[error("non-finite value in {context}: {value}")]
+    NonFinite {
+        /// Where the value was found.
+        context: &'static str,
+        /// The value itself.
+        value: f64,
+    },
+
+    /// A formula of the flow has no finite value at this time (e.g. the EDM form where α = 0,
+    /// or the ODE velocity where σ = 0).
+    #[error("{what} is singular at t = {t}: {reason}")]
+    Singular {
+        /// The quantity that cannot be evaluated.
+        what: &'static str,
+        /// The time at which it was asked for.
+        t: f64,
+        /// Why it has no finite value there.
+        reason: &'static str,
+    },
+}
+
+/// Checks that a configuration value is finite.
+pub(crate) fn require_finite(config: &'static str, field: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            config,
+            field,
+            reason: format!("must be finite, got {value}"),
+        })
+    }
+}
+
+/// Builds an [`Error::InvalidConfig`].
+pub(crate) fn invalid_config(
+    config: &'static str,
+    field: &'static str,
+    reason: impl Into<String>,
+) -> Error {
+    Error::InvalidConfig {
+        config,
+        field,
+        reason: reason.into(),
+    }
+}

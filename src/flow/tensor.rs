@@ -1,0 +1,191 @@
+//! The flow's operations on tensors of any burn backend, built from its host-side scalars.
+//!
+//! Per-example times are host `f64` values; each operation evaluates the flow's coefficients
+//! for them in `f64`, uploads one `[n, 1, …, 1]` column in the tensor's own dtype and
+//! broadcasts it, so any backend and precision computes the same math.
+
+use super::{sample_len, Parameterization, ProbabilityFlow};
+use crate::error::{Error, Result};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use rand::Rng;
+
+/// Tensor operations for every [`ProbabilityFlow`] (implemented for all of them, including
+/// `dyn ProbabilityFlow`). Times `t` hold one value per example (the tensors' first
+/// dimension), or a single value for the whole batch.
+///
+/// ```
+/// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
+/// use burn::tensor::Tensor;
+/// use integration_flow::backend::Cpu;
+/// use integration_flow::flow::{ProbabilityFlowExt, RectifiedFlowConfig};
+/// use rand::{rngs::StdRng, SeedableRng};
+///
+/// let rf = RectifiedFlowConfig::default().init()?;
+/// let device = Default::default();
+/// let mut rng = StdRng::seed_from_u64(0);
+/// let x0 = Tensor::<Cpu, 2>::ones([4, 2], &device);
+/// let noise = rf.noise::<Cpu, 2>(&mut rng, [4, 2], &device)?;
+/// let t = [0.25, 0.5, 0.75, 1.0];
+/// let x_t = rf.interpolate(x0.clone(), noise.clone(), &t)?;
+/// // Given the true x_0, the velocity is the straight line's: noise − x_0.
+/// let v = rf.velocity(x_t, x0.clone(), &t)?;
+/// let err: f32 = (v - (noise - x0)).abs().max().into_scalar();
+/// assert!(err < 1e-5);
+/// # }
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub trait ProbabilityFlowExt: ProbabilityFlow {
+    /// Draws noise of `shape` (`[n, …]`, each example one draw of the noise law) on the host
+    /// and uploads it.
+    fn noise<B: Backend, const D: usize>(
+        &self,
+        rng: &mut dyn Rng,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let (n, dim) = split_shape(&shape)?;
+        let values = self.sample_noise(rng, n, dim)?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// Draws prior samples of `shape` on the host and uploads them.
+    fn prior<B: Backend, const D: usize>(
+        &self,
+        rng: &mut dyn Rng,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let (n, dim) = split_shape(&shape)?;
+        let values = self.sample_prior(rng, n, dim)?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// `x_t = α(t)·x_0 + σ(t)·noise`.
+    fn interpolate<B: Backend, const D: usize>(
+        &self,
+        x0: Tensor<B, D>,
+        noise: Tensor<B, D>,
+        t: &[f64],
+    ) -> Result<Tensor<B, D>> {
+        same_shape("interpolate: x0 and noise", &x0, &noise)?;
+        let (alpha, sigma) = per_time(self, &x0, t, |t| Ok((self.alpha(t), self.sigma(t))))?;
+        let alpha = column(alpha, &x0);
+        let sigma = column(sigma, &x0);
+        Ok(x0 * alpha + noise * sigma)
+    }
+
+    /// The probability-flow ODE velocity `dx/dt` at `(x_t, t)` given the estimate `x̂_0`.
+    fn velocity<B: Backend, const D: usize>(
+        &self,
+        x_t: Tensor<B, D>,
+        x0_hat: Tensor<B, D>,
+        t: &[f64],
+    ) -> Result<Tensor<B, D>> {
+        same_shape("velocity: x_t and x0_hat", &x_t, &x0_hat)?;
+        let (c_x, c_0) = per_time(self, &x_t, t, |t| {
+            let c = self.velocity_coefficients(t)?;
+            Ok((c.x_t, c.x0))
+        })?;
+        let c_x = column(c_x, &x_t);
+        let c_0 = column(c_0, &x_t);
+        Ok(x_t * c_x + x0_hat * c_0)
+    }
+
+    /// The data estimate from the network output `F`: `x̂_0 = c_skip(t)·x_t + c_out(t)·F`.
+    fn estimate<B: Backend, const D: usize>(
+        &self,
+        x_t: Tensor<B, D>,
+        output: Tensor<B, D>,
+        t: &[f64],
+        form: Parameterization,
+        sigma_data: f64,
+    ) -> Result<Tensor<B, D>> {
+        same_shape("estimate: x_t and output", &x_t, &output)?;
+        let (c_skip, c_out) = per_time(self, &x_t, t, |t| {
+            let p = self.preconditioning(t, form, sigma_data)?;
+            Ok((p.c_skip, p.c_out))
+        })?;
+        let c_skip = column(c_skip, &x_t);
+        let c_out = column(c_out, &x_t);
+        Ok(x_t * c_skip + output * c_out)
+    }
+}
+
+impl<F: ProbabilityFlow + ?Sized> ProbabilityFlowExt for F {}
+
+/// Evaluates two coefficients at each time, after checking that `t` fits the batch of `like`
+/// and lies in the flow's time range.
+fn per_time<F: ProbabilityFlow + ?Sized, B: Backend, const D: usize>(
+    flow: &F,
+    like: &Tensor<B, D>,
+    t: &[f64],
+    coefficients: impl Fn(f64) -> Result<(f64, f64)>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let batch = like.dims()[0];
+    if t.len() != batch && t.len() != 1 {
+        return Err(Error::ShapeMismatch {
+            context: "times per example",
+            expected: format!("1 or {batch} values"),
+            found: format!("{} values", t.len()),
+        });
+    }
+    let range = flow.time_range();
+    let mut first = Vec::with_capacity(t.len());
+    let mut second = Vec::with_capacity(t.len());
+    for &ti in t {
+        range.require(ti)?;
+        let (a, b) = coefficients(ti)?;
+        for value in [a, b] {
+            if !value.is_finite() {
+                return Err(Error::NonFinite {
+                    context: "flow coefficient",
+                    value,
+                });
+            }
+        }
+        first.push(a);
+        second.push(b);
+    }
+    Ok((first, second))
+}
+
+/// Per-example values as a `[n, 1, …, 1]` tensor in `like`'s dtype and device.
+fn column<B: Backend, const D: usize>(values: Vec<f64>, like: &Tensor<B, D>) -> Tensor<B, D> {
+    let mut shape = [1usize; D];
+    shape[0] = values.len();
+    Tensor::from_data(
+        TensorData::new(values, shape),
+        (&like.device(), like.dtype()),
+    )
+}
+
+fn same_shape<B: Backend, const D: usize>(
+    context: &'static str,
+    a: &Tensor<B, D>,
+    b: &Tensor<B, D>,
+) -> Result<()> {
+    let (da, db) = (a.dims(), b.dims());
+    if da == db {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            context,
+            expected: format!("{da:?}"),
+            found: format!("{db:?}"),
+        })
+    }
+}
+
+/// `(n, values per example)` of a shape `[n, …]`.
+fn split_shape<const D: usize>(shape: &[usize; D]) -> Result<(usize, usize)> {
+    let n = shape.first().copied().unwrap_or(0);
+    let dim = shape[1..]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let dim = dim.ok_or(Error::InvalidArgument {
+        name: "shape",
+        reason: format!("{shape:?} overflows usize"),
+    })?;
+    sample_len(n, dim)?;
+    Ok((n, dim))
+}

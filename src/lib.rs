@@ -1,0 +1,53 @@
+//! # integration-flow
+//!
+//! Integration Flow: one-step generative models over the classical probability-flow ODE
+//! families (VP and VE diffusion, rectified flow, PFGM++), on any [burn] backend.
+//!
+//! An ODE generator moves a prior sample `x_T` to data `x_0` by integrating a velocity field,
+//! one network call per step. Integration Flow learns the *result* of the integration instead:
+//! the network receives an estimate of `x_0`, the *anchor*, and predicts
+//! `x̂_0 = c_skip·x_t + c_out·F(c_in·x_t, c_noise, anchor)`, so one call generates.
+//!
+//! This release contains the foundation:
+//!
+//! - [`flow`]: the [`ProbabilityFlow`](flow::ProbabilityFlow) trait and the four families
+//!   [`Vp`](flow::Vp), [`Ve`](flow::Ve), [`RectifiedFlow`](flow::RectifiedFlow) and
+//!   [`PfgmPP`](flow::PfgmPP), their preconditioning in the papers' integral form and EDM's,
+//!   and [`flow::check`], the self-check for a family of your own;
+//! - [`backend`]: the concrete backends behind the `flex` (default), `ndarray` and `cuda`
+//!   features;
+//! - [`Error`]: the one error type.
+//!
+//! ```
+//! # #[cfg(any(feature = "flex", feature = "ndarray"))] {
+//! use integration_flow::prelude::*;
+//! use rand::{rngs::StdRng, SeedableRng};
+//!
+//! let flow = VpConfig::default().init()?;
+//! let device = Default::default();
+//! let mut rng = StdRng::seed_from_u64(7);
+//! let x0 = burn::tensor::Tensor::<Cpu, 2>::zeros([3, 2], &device);
+//! let noise = flow.noise::<Cpu, 2>(&mut rng, [3, 2], &device)?;
+//! let x_t = flow.interpolate(x0, noise, &[0.1, 0.5, 0.9])?;
+//! assert_eq!(x_t.dims(), [3, 2]);
+//! # }
+//! # Ok::<(), integration_flow::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod flow;
+
+pub use error::{Error, Result};
+
+/// The names most programs need.
+pub mod prelude {
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    pub use crate::backend::{Cpu, CpuAutodiff};
+    pub use crate::error::{Error, Result};
+    pub use crate::flow::{
+        Parameterization, PfgmPP, PfgmPPConfig, ProbabilityFlow, ProbabilityFlowExt, RectifiedFlow,
+        RectifiedFlowConfig, TimeDistribution, Ve, VeConfig, Vp, VpConfig,
+    };
+}

@@ -1,0 +1,24 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use integration_flow::flow::{
+    PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
+};
+
+/// The four families with their default configurations.
+pub fn default_flows() -> Vec<Box<dyn ProbabilityFlow>> {
+    vec![
+        Box::new(VpConfig::default().init().unwrap()),
+        Box::new(VeConfig::default().init().unwrap()),
+        Box::new(RectifiedFlowConfig::default().init().unwrap()),
+        Box::new(PfgmPPConfig::default().init().unwrap()),
+    ]
+}
+
+/// Evenly spaced times strictly inside `[min, max]`.
+pub fn interior(flow: &dyn ProbabilityFlow, n: usize) -> Vec<f64> {
+    let r = flow.time_range();
+    (1..=n)
+        .map(|k| r.min + r.len() * k as f64 / (n + 1) as f64)
+        .collect()
+}
