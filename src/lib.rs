@@ -51,3 +51,8 @@ pub mod prelude {
         RectifiedFlowConfig, TimeDistribution, Ve, VeConfig, Vp, VpConfig,
     };
 }
+
+/// The README's code examples, compiled and run as doc tests.
+#[cfg(all(doctest, any(feature = "flex", feature = "ndarray")))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -67,11 +67,9 @@ pub trait ProbabilityFlowExt: ProbabilityFlow {
         noise: Tensor<B, D>,
         t: &[f64],
     ) -> Result<Tensor<B, D>> {
-        same_shape("interpolate: x0 and noise", &x0, &noise)?;
-        let (alpha, sigma) = per_time(self, &x0, t, |t| Ok((self.alpha(t), self.sigma(t))))?;
-        let alpha = column(alpha, &x0);
-        let sigma = column(sigma, &x0);
-        Ok(x0 * alpha + noise * sigma)
+        linear_combination(self, "interpolate: x0 and noise", x0, noise, t, |t| {
+            Ok((self.alpha(t), self.sigma(t)))
+        })
     }
 
     /// The probability-flow ODE velocity `dx/dt` at `(x_t, t)` given the estimate `x̂_0`.
@@ -81,14 +79,10 @@ pub trait ProbabilityFlowExt: ProbabilityFlow {
         x0_hat: Tensor<B, D>,
         t: &[f64],
     ) -> Result<Tensor<B, D>> {
-        same_shape("velocity: x_t and x0_hat", &x_t, &x0_hat)?;
-        let (c_x, c_0) = per_time(self, &x_t, t, |t| {
+        linear_combination(self, "velocity: x_t and x0_hat", x_t, x0_hat, t, |t| {
             let c = self.velocity_coefficients(t)?;
             Ok((c.x_t, c.x0))
-        })?;
-        let c_x = column(c_x, &x_t);
-        let c_0 = column(c_0, &x_t);
-        Ok(x_t * c_x + x0_hat * c_0)
+        })
     }
 
     /// The data estimate from the network output `F`: `x̂_0 = c_skip(t)·x_t + c_out(t)·F`.
@@ -100,28 +94,35 @@ pub trait ProbabilityFlowExt: ProbabilityFlow {
         form: Parameterization,
         sigma_data: f64,
     ) -> Result<Tensor<B, D>> {
-        same_shape("estimate: x_t and output", &x_t, &output)?;
-        let (c_skip, c_out) = per_time(self, &x_t, t, |t| {
+        linear_combination(self, "estimate: x_t and output", x_t, output, t, |t| {
             let p = self.preconditioning(t, form, sigma_data)?;
             Ok((p.c_skip, p.c_out))
-        })?;
-        let c_skip = column(c_skip, &x_t);
-        let c_out = column(c_out, &x_t);
-        Ok(x_t * c_skip + output * c_out)
+        })
     }
 }
 
 impl<F: ProbabilityFlow + ?Sized> ProbabilityFlowExt for F {}
 
-/// Evaluates two coefficients at each time, after checking that `t` fits the batch of `like`
-/// and lies in the flow's time range.
-fn per_time<F: ProbabilityFlow + ?Sized, B: Backend, const D: usize>(
+/// `a·c₁(t) + b·c₂(t)` per example, with `(c₁, c₂) = coefficients(t)` evaluated on the host,
+/// after checking that `a` and `b` have one shape, that `t` holds 1 or `batch` times, and that
+/// each lies in the flow's time range.
+fn linear_combination<F: ProbabilityFlow + ?Sized, B: Backend, const D: usize>(
     flow: &F,
-    like: &Tensor<B, D>,
+    context: &'static str,
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
     t: &[f64],
     coefficients: impl Fn(f64) -> Result<(f64, f64)>,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let batch = like.dims()[0];
+) -> Result<Tensor<B, D>> {
+    let (da, db) = (a.dims(), b.dims());
+    if da != db {
+        return Err(Error::ShapeMismatch {
+            context,
+            expected: format!("{da:?}"),
+            found: format!("{db:?}"),
+        });
+    }
+    let batch = da[0];
     if t.len() != batch && t.len() != 1 {
         return Err(Error::ShapeMismatch {
             context: "times per example",
@@ -134,8 +135,8 @@ fn per_time<F: ProbabilityFlow + ?Sized, B: Backend, const D: usize>(
     let mut second = Vec::with_capacity(t.len());
     for &ti in t {
         range.require(ti)?;
-        let (a, b) = coefficients(ti)?;
-        for value in [a, b] {
+        let (c1, c2) = coefficients(ti)?;
+        for value in [c1, c2] {
             if !value.is_finite() {
                 return Err(Error::NonFinite {
                     context: "flow coefficient",
@@ -143,10 +144,11 @@ fn per_time<F: ProbabilityFlow + ?Sized, B: Backend, const D: usize>(
                 });
             }
         }
-        first.push(a);
-        second.push(b);
+        first.push(c1);
+        second.push(c2);
     }
-    Ok((first, second))
+    let (c1, c2) = (column(first, &a), column(second, &a));
+    Ok(a * c1 + b * c2)
 }
 
 /// Per-example values as a `[n, 1, …, 1]` tensor in `like`'s dtype and device.
@@ -157,23 +159,6 @@ fn column<B: Backend, const D: usize>(values: Vec<f64>, like: &Tensor<B, D>) -> 
         TensorData::new(values, shape),
         (&like.device(), like.dtype()),
     )
-}
-
-fn same_shape<B: Backend, const D: usize>(
-    context: &'static str,
-    a: &Tensor<B, D>,
-    b: &Tensor<B, D>,
-) -> Result<()> {
-    let (da, db) = (a.dims(), b.dims());
-    if da == db {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            context,
-            expected: format!("{da:?}"),
-            found: format!("{db:?}"),
-        })
-    }
 }
 
 /// `(n, values per example)` of a shape `[n, …]`.
