@@ -50,6 +50,33 @@ pub enum Error {
         value: f64,
     },
 
+    /// Reading or writing a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// A checkpoint is corrupt, truncated, or does not belong to this model or dataset.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Training produced a non-finite loss or gradient.
+    #[error("training diverged at step {step}: {reason}")]
+    Diverged {
+        /// The step (0-based) whose loss or gradient was not finite.
+        step: usize,
+        /// What was not finite.
+        reason: String,
+    },
+
     /// A formula of the flow has no finite value at this time (e.g. the EDM form where α = 0,
     /// or the ODE velocity where σ = 0).
     #[error("{what} is singular at t = {t}: {reason}")]

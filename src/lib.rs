@@ -36,8 +36,14 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod flow;
+pub mod metrics;
+pub mod model;
+pub mod nn;
+pub mod plot;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -24,7 +24,7 @@ mod check;
 mod pfgmpp;
 mod precondition;
 mod rectified;
-mod tensor;
+pub(crate) mod tensor;
 mod time;
 mod ve;
 mod vp;

@@ -152,7 +152,10 @@ fn linear_combination<F: ProbabilityFlow + ?Sized, B: Backend, const D: usize>(
 }
 
 /// Per-example values as a `[n, 1, …, 1]` tensor in `like`'s dtype and device.
-fn column<B: Backend, const D: usize>(values: Vec<f64>, like: &Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn column<B: Backend, const D: usize>(
+    values: Vec<f64>,
+    like: &Tensor<B, D>,
+) -> Tensor<B, D> {
     let mut shape = [1usize; D];
     shape[0] = values.len();
     Tensor::from_data(

@@ -1,0 +1,115 @@
+//! Datasets: an in-memory `[n, dim]` array type, the toy 2-D generators, NPY output.
+
+mod npy;
+mod toy;
+
+pub(crate) use npy::write_atomically;
+pub use npy::write_npy_f32;
+pub use toy::Toy;
+
+use crate::error::{Error, Result};
+
+/// An in-memory dataset of `n` examples with `dim` values each, row-major `f32`, checked on
+/// construction to be non-empty, rectangular and finite.
+///
+/// ```
+/// use integration_flow::data::Dataset;
+/// let ds = Dataset::new(vec![0.0, 1.0, 2.0, 3.0], 2)?;
+/// assert_eq!((ds.len(), ds.dim()), (2, 2));
+/// assert_eq!(ds.row(1), &[2.0, 3.0]);
+/// assert!(Dataset::new(vec![f32::NAN, 0.0], 2).is_err());
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    values: Vec<f32>,
+    dim: usize,
+}
+
+impl Dataset {
+    /// Wraps row-major `values` of `dim` values per example.
+    pub fn new(values: Vec<f32>, dim: usize) -> Result<Self> {
+        if dim == 0 {
+            return Err(Error::InvalidArgument {
+                name: "dim",
+                reason: "a dataset needs at least one value per example".into(),
+            });
+        }
+        if values.is_empty() {
+            return Err(Error::InvalidArgument {
+                name: "values",
+                reason: "the dataset is empty".into(),
+            });
+        }
+        if !values.len().is_multiple_of(dim) {
+            return Err(Error::ShapeMismatch {
+                context: "dataset values",
+                expected: format!("a multiple of dim = {dim}"),
+                found: format!("{} values", values.len()),
+            });
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument {
+                name: "values",
+                reason: format!(
+                    "non-finite value {} at example {}, coordinate {}",
+                    values[i],
+                    i / dim,
+                    i % dim
+                ),
+            });
+        }
+        Ok(Dataset { values, dim })
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.values.len() / self.dim
+    }
+
+    /// Always false: a dataset is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Values per example.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// All values, row-major.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// Example `i`. Panics if `i ≥ len()`, like slice indexing.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The examples at `indices`, row-major, appended to `out`.
+    pub(crate) fn gather_into(&self, indices: &[usize], out: &mut Vec<f32>) {
+        out.reserve(indices.len() * self.dim);
+        for &i in indices {
+            out.extend_from_slice(self.row(i));
+        }
+    }
+
+    /// Per-coordinate mean over all examples and the overall standard deviation.
+    pub fn mean_and_std(&self) -> (Vec<f64>, f64) {
+        let n = self.len() as f64;
+        let mut mean = vec![0.0; self.dim];
+        for row in self.values.chunks(self.dim) {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += f64::from(v) / n;
+            }
+        }
+        let mut var = 0.0;
+        for row in self.values.chunks(self.dim) {
+            for (m, &v) in mean.iter().zip(row) {
+                var += (f64::from(v) - m).powi(2);
+            }
+        }
+        (mean, (var / (n * self.dim as f64)).sqrt())
+    }
+}

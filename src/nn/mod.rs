@@ -1,0 +1,25 @@
+//! Networks for Integration Flow: the [`IntegrationNet`] trait and its implementations.
+//!
+//! All data in the crate is flat, `[n, dim]`: a network that works on images reshapes inside.
+
+mod embedding;
+mod init;
+mod mlp;
+
+pub use embedding::NoiseEmbedding;
+pub use mlp::{Mlp, MlpConfig};
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, Tensor};
+
+/// A network `F(c_in·x_t, c_noise, anchor)` whose output the model turns into the data estimate
+/// `x̂_0 = c_skip·x_t + c_out·F`.
+pub trait IntegrationNet<B: Backend>: Module<B> {
+    /// Values per example of `x`, the anchor and the output.
+    fn dim(&self) -> usize;
+
+    /// `x`: the scaled noisy input `[n, dim]`; `c_noise`: the noise-level input `[n]`;
+    /// `anchor`: the data estimate fed back to the network `[n, dim]`. Returns `[n, dim]`.
+    fn forward(&self, x: Tensor<B, 2>, c_noise: Tensor<B, 1>, anchor: Tensor<B, 2>)
+        -> Tensor<B, 2>;
+}

@@ -1,0 +1,363 @@
+//! The training configuration (DESIGN.md §3), serde-serialisable and validated.
+
+use super::anchors::AnchorStorage;
+use crate::error::{invalid_config, require_finite, Result};
+use crate::flow::TimeDistribution;
+use serde::{Deserialize, Serialize};
+
+/// Where the anchor of each training example comes from and how it evolves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnchorPolicy {
+    /// The papers' rule: after each step an example's anchor becomes the model's prediction.
+    Prediction,
+    /// The released DDDM code's rule: the anchor becomes the example itself (the target leaks
+    /// into the input).
+    Data,
+    /// Anchors keep their random initial value: a fixed random coupling.
+    Frozen,
+    /// Random anchors matched to the examples by optimal transport, then frozen; trained with
+    /// the data term only. At sampling a fresh draw is the anchor: a latent code. The default:
+    /// in a reference experiment it was the only rule that generated in one step.
+    #[default]
+    Ot,
+    /// No anchor (input zero), data term only: a plain x̂_0 denoiser, the classical baseline.
+    Off,
+}
+
+impl AnchorPolicy {
+    /// Whether the second loss term `d(x̂, a)` is used (the others train on data only).
+    pub fn uses_anchor_term(self) -> bool {
+        matches!(
+            self,
+            AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen
+        )
+    }
+}
+
+/// Anchor settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnchorConfig {
+    /// The policy.
+    pub policy: AnchorPolicy,
+    /// Standard deviation of the random anchors, `N(0, scale²·I)`.
+    pub scale: f64,
+    /// Examples per optimal-transport assignment (policy `ot`).
+    pub ot_chunk: usize,
+    /// Storage of the anchor values.
+    pub storage: AnchorStorage,
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        AnchorConfig {
+            policy: AnchorPolicy::default(),
+            scale: 1.0,
+            ot_chunk: 1024,
+            storage: AnchorStorage::F32,
+        }
+    }
+}
+
+/// The weight `w` of the data term `d(x̂, x_0)` against the anchor term `d(x̂, a)` per epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Weighting {
+    /// `w = 1/(e + 1)`: the papers'.
+    #[default]
+    InverseEpoch,
+    /// A fixed `w`.
+    Constant {
+        /// The weight, in [0, 1].
+        w: f64,
+    },
+    /// From `from` at epoch 0 linearly to `to` at epoch `epochs`, then constant.
+    Linear {
+        /// Weight at epoch 0.
+        from: f64,
+        /// Weight from epoch `epochs` on.
+        to: f64,
+        /// Length of the ramp in epochs.
+        epochs: usize,
+    },
+}
+
+impl Weighting {
+    /// The data-term weight at `epoch`.
+    pub fn weight(&self, epoch: usize) -> f64 {
+        match *self {
+            Weighting::InverseEpoch => 1.0 / (epoch as f64 + 1.0),
+            Weighting::Constant { w } => w,
+            Weighting::Linear { from, to, epochs } => {
+                let u = if epochs == 0 {
+                    1.0
+                } else {
+                    (epoch as f64 / epochs as f64).min(1.0)
+                };
+                from + (to - from) * u
+            }
+        }
+    }
+}
+
+/// The distance `d` of the loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Distance {
+    /// Mean squared error over the values of an example.
+    #[default]
+    SquaredL2,
+    /// `sqrt(|x − y|² + c²) − c` on the example's norm (iCT); `c` defaults to
+    /// `0.00054·sqrt(dim)`.
+    PseudoHuber {
+        /// The constant `c`; `None` for iCT's default.
+        c: Option<f64>,
+    },
+    /// `sqrt((x − y)² + c²) − c` per value, averaged; `c` defaults to `0.00054`.
+    PseudoHuberElementwise {
+        /// The constant `c`; `None` for 0.00054.
+        c: Option<f64>,
+    },
+    /// Mean absolute error. Its minimiser is the conditional median, not the mean.
+    L1,
+}
+
+/// The loss weight λ(t).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossWeight {
+    /// λ = 1.
+    #[default]
+    Uniform,
+    /// EDM's `(σ̃² + σ_d²)/(σ̃·σ_d)²`, σ̃ = σ/α.
+    Edm,
+}
+
+/// Optimizer family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam; `weight_decay` is added to the gradient (L2).
+    #[default]
+    Adam,
+    /// AdamW: decoupled weight decay.
+    AdamW,
+}
+
+/// Optimizer settings; ε defaults to 1e-8 like PyTorch (burn's default differs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Adam or AdamW.
+    pub kind: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    /// ε.
+    pub epsilon: f64,
+    /// Weight decay (0 = none).
+    pub weight_decay: f64,
+    /// Steps of linear learning-rate warm-up from 0.
+    pub warmup_steps: usize,
+    /// Clip the gradient to this global L2 norm (`None`: no clipping).
+    pub grad_clip: Option<f64>,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.0,
+            warmup_steps: 100,
+            grad_clip: Some(1.0),
+        }
+    }
+}
+
+/// Exponential moving average of the weights, used for sampling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmaConfig {
+    /// Target decay.
+    pub decay: f64,
+    /// Warm the decay up as `min(decay, (1 + step)/(10 + step))`.
+    pub warmup: bool,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        EmaConfig {
+            decay: 0.999,
+            warmup: true,
+        }
+    }
+}
+
+/// Everything the trainer needs besides the model and the data (DESIGN.md §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Seed of every random draw in training (shuffling, times, noise, anchors).
+    pub seed: u64,
+    /// Optimizer steps in total.
+    pub steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Drop the last, smaller batch of each epoch.
+    pub drop_last: bool,
+    /// Anchors.
+    pub anchor: AnchorConfig,
+    /// Data-term weight per epoch (ignored by the `ot` and `off` policies, which use w = 1).
+    pub weighting: Weighting,
+    /// The distance of the loss.
+    pub distance: Distance,
+    /// Training-time distribution.
+    pub time: TimeDistribution,
+    /// Loss weight λ(t).
+    pub loss_weight: LossWeight,
+    /// Optimizer.
+    pub optimizer: OptimizerConfig,
+    /// EMA of the weights.
+    pub ema: EmaConfig,
+    /// Write a checkpoint every this many steps (0: only when asked).
+    pub checkpoint_every: usize,
+    /// Write a metrics line every this many steps.
+    pub log_every: usize,
+    /// Show a progress bar (only ever on a terminal).
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 0,
+            steps: 10_000,
+            batch_size: 512,
+            drop_last: true,
+            anchor: AnchorConfig::default(),
+            weighting: Weighting::default(),
+            distance: Distance::default(),
+            time: TimeDistribution::default(),
+            loss_weight: LossWeight::default(),
+            optimizer: OptimizerConfig::default(),
+            ema: EmaConfig::default(),
+            checkpoint_every: 0,
+            log_every: 100,
+            progress: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        const NAME: &str = "TrainConfig";
+        if self.batch_size == 0 {
+            return Err(invalid_config(NAME, "batch_size", "must be at least 1"));
+        }
+        if self.log_every == 0 {
+            return Err(invalid_config(NAME, "log_every", "must be at least 1"));
+        }
+        require_finite(NAME, "anchor.scale", self.anchor.scale)?;
+        if self.anchor.scale <= 0.0 {
+            return Err(invalid_config(NAME, "anchor.scale", "must be positive"));
+        }
+        if self.anchor.ot_chunk == 0 {
+            return Err(invalid_config(
+                NAME,
+                "anchor.ot_chunk",
+                "must be at least 1",
+            ));
+        }
+        match self.weighting {
+            Weighting::InverseEpoch => {}
+            Weighting::Constant { w } => unit_interval(NAME, "weighting.w", w)?,
+            Weighting::Linear { from, to, .. } => {
+                unit_interval(NAME, "weighting.from", from)?;
+                unit_interval(NAME, "weighting.to", to)?;
+            }
+        }
+        match self.distance {
+            Distance::PseudoHuber { c: Some(c) }
+            | Distance::PseudoHuberElementwise { c: Some(c) } => {
+                require_finite(NAME, "distance.c", c)?;
+                if c <= 0.0 {
+                    return Err(invalid_config(NAME, "distance.c", "must be positive"));
+                }
+            }
+            _ => {}
+        }
+        self.time.validate()?;
+        let o = &self.optimizer;
+        for (field, value) in [
+            ("optimizer.lr", o.lr),
+            ("optimizer.beta1", o.beta1),
+            ("optimizer.beta2", o.beta2),
+            ("optimizer.epsilon", o.epsilon),
+            ("optimizer.weight_decay", o.weight_decay),
+        ] {
+            require_finite(NAME, field, value)?;
+        }
+        if o.lr <= 0.0 {
+            return Err(invalid_config(NAME, "optimizer.lr", "must be positive"));
+        }
+        for (field, beta) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(invalid_config(
+                    NAME,
+                    field,
+                    format!("must be in [0, 1), got {beta}"),
+                ));
+            }
+        }
+        if o.epsilon <= 0.0 {
+            return Err(invalid_config(
+                NAME,
+                "optimizer.epsilon",
+                "must be positive",
+            ));
+        }
+        if o.weight_decay < 0.0 {
+            return Err(invalid_config(
+                NAME,
+                "optimizer.weight_decay",
+                "must be ≥ 0",
+            ));
+        }
+        if let Some(clip) = o.grad_clip {
+            if !(clip.is_finite() && clip > 0.0) {
+                return Err(invalid_config(
+                    NAME,
+                    "optimizer.grad_clip",
+                    format!("must be finite and positive, got {clip}"),
+                ));
+            }
+        }
+        unit_interval(NAME, "ema.decay", self.ema.decay)?;
+        if self.ema.decay >= 1.0 {
+            return Err(invalid_config(NAME, "ema.decay", "must be below 1"));
+        }
+        Ok(())
+    }
+}
+
+fn unit_interval(config: &'static str, field: &'static str, value: f64) -> Result<()> {
+    require_finite(config, field, value)?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid_config(
+            config,
+            field,
+            format!("must be in [0, 1], got {value}"),
+        ))
+    }
+}

@@ -1,0 +1,16 @@
+//! Training (DESIGN.md §3): [`Trainer`], [`TrainConfig`], the [`AnchorStore`], checkpoints.
+
+mod anchors;
+mod checkpoint;
+mod config;
+mod ema;
+mod loss;
+mod trainer;
+
+pub use anchors::{AnchorStorage, AnchorStore};
+pub use checkpoint::{checkpoint_path, CHECKPOINT_FILE};
+pub use config::{
+    AnchorConfig, AnchorPolicy, Distance, EmaConfig, LossWeight, OptimizerConfig, OptimizerKind,
+    TrainConfig, Weighting,
+};
+pub use trainer::{StepStats, Trainer};

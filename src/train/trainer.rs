@@ -1,0 +1,747 @@
+//! The training loop: anchors, loss, optimizer, EMA, progress, metrics log and checkpoints.
+
+use super::anchors::AnchorStore;
+use super::checkpoint::{self, Sections};
+use super::config::{AnchorPolicy, LossWeight, OptimizerKind, TrainConfig};
+use super::{ema, loss};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::flow::tensor::column;
+use crate::flow::ProbabilityFlowExt;
+use crate::model::{AnchorLaw, IntegrationFlow};
+use crate::nn::IntegrationNet;
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What one optimizer step measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// The step's index (0-based).
+    pub step: usize,
+    /// The epoch it belonged to.
+    pub epoch: usize,
+    /// The loss.
+    pub loss: f64,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// The data-term weight `w`.
+    pub w: f64,
+}
+
+enum Optim<B: AutodiffBackend, N: AutodiffModule<B>> {
+    Adam(OptimizerAdaptor<Adam, N, B>),
+    AdamW(OptimizerAdaptor<AdamW, N, B>),
+}
+
+type Bytes = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+/// Where training stands: the next step, its epoch and its batch within the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Position {
+    step: usize,
+    epoch: usize,
+    batch: usize,
+}
+
+/// What a checkpoint records besides tensors, to resume exactly and to refuse a checkpoint of
+/// another model or dataset.
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    format: u32,
+    config: TrainConfig,
+    position: Position,
+    flow: String,
+    parameterization: crate::flow::Parameterization,
+    sigma_data: f64,
+    anchor_law: AnchorLaw,
+    data_len: usize,
+    data_dim: usize,
+    data_crc: u32,
+    param_shapes: Vec<Vec<usize>>,
+}
+
+const FORMAT: u32 = 1;
+
+/// Trains an [`IntegrationFlow`] on a [`Dataset`] with the anchor algorithm of DESIGN.md §3.
+///
+/// ```
+/// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
+/// use integration_flow::backend::CpuAutodiff;
+/// use integration_flow::data::Toy;
+/// use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
+/// use integration_flow::model::{AnchorLaw, IntegrationFlow};
+/// use integration_flow::nn::MlpConfig;
+/// use integration_flow::train::{TrainConfig, Trainer};
+///
+/// let device = Default::default();
+/// let net = MlpConfig { width: 32, depth: 2, ..Default::default() }.init::<CpuAutodiff>(&device, 0)?;
+/// let flow = RectifiedFlowConfig::default().init()?;
+/// let model = IntegrationFlow::new(flow, net, Parameterization::Integral, 1.0, AnchorLaw::Gaussian { scale: 1.0 })?;
+/// let data = Toy::Moons.sample(256, 0)?;
+/// let config = TrainConfig { steps: 20, batch_size: 64, progress: false, ..Default::default() };
+/// let mut trainer = Trainer::new(model, data, config)?;
+/// trainer.fit()?;
+/// assert_eq!(trainer.step(), 20);
+/// # }
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>> {
+    model: IntegrationFlow<B, N>,
+    ema: N::InnerModule,
+    optim: Optim<B, N>,
+    anchors: Option<AnchorStore>,
+    data: Dataset,
+    config: TrainConfig,
+    position: Position,
+    order: Vec<usize>,
+    checkpoint_dir: Option<PathBuf>,
+    metrics: Option<BufWriter<File>>,
+    device: B::Device,
+}
+
+impl<B, N> Trainer<B, N>
+where
+    B: AutodiffBackend,
+    N: IntegrationNet<B> + AutodiffModule<B>,
+    N::InnerModule: IntegrationNet<B::InnerBackend>,
+{
+    /// Prepares training: validates the configuration against the model and data, draws the
+    /// anchors and builds the optimizer and the EMA. Nothing is trained yet.
+    pub fn new(model: IntegrationFlow<B, N>, data: Dataset, config: TrainConfig) -> Result<Self> {
+        let anchors = init_anchors(&data, &config)?;
+        let model = model.with_anchor_law(anchor_law(&config));
+        Self::assemble(model, data, config, anchors, Position::default(), None)
+    }
+
+    fn assemble(
+        model: IntegrationFlow<B, N>,
+        data: Dataset,
+        config: TrainConfig,
+        anchors: Option<AnchorStore>,
+        position: Position,
+        ema: Option<N::InnerModule>,
+    ) -> Result<Self> {
+        config.validate()?;
+        if data.dim() != model.dim() {
+            return Err(Error::ShapeMismatch {
+                context: "dataset and model",
+                expected: format!("{} values per example (the model's)", model.dim()),
+                found: format!("{} values per example", data.dim()),
+            });
+        }
+        if config.drop_last && config.batch_size > data.len() {
+            return Err(Error::InvalidConfig {
+                config: "TrainConfig",
+                field: "batch_size",
+                reason: format!(
+                    "{} exceeds the dataset's {} examples while drop_last is set: no batch would run",
+                    config.batch_size,
+                    data.len()
+                ),
+            });
+        }
+        let range = model.flow().time_range();
+        if config.loss_weight == LossWeight::Edm && model.flow().sigma(range.min) <= 0.0 {
+            return Err(Error::InvalidConfig {
+                config: "TrainConfig",
+                field: "loss_weight",
+                reason: "EDM's λ(t) is infinite where σ = 0; use a flow whose t_min has σ > 0"
+                    .into(),
+            });
+        }
+        let optim = build_optimizer(&config)?;
+        let device = model.net().devices().into_iter().next().unwrap_or_default();
+        let ema = ema.unwrap_or_else(|| model.net().valid());
+        let mut trainer = Trainer {
+            model,
+            ema,
+            optim,
+            anchors,
+            data,
+            config,
+            position,
+            order: Vec::new(),
+            checkpoint_dir: None,
+            metrics: None,
+            device,
+        };
+        trainer.order = trainer.epoch_order(position.epoch);
+        Ok(trainer)
+    }
+
+    /// Saves a checkpoint to `dir` every `checkpoint_every` steps and at the end of [`fit`](Self::fit).
+    pub fn with_checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.checkpoint_dir = Some(dir.into());
+        self
+    }
+
+    /// Appends a JSON line of [`StepStats`] (plus samples/s) to `path` every `log_every` steps.
+    pub fn with_metrics_log(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        self.metrics = Some(BufWriter::new(file));
+        Ok(self)
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &IntegrationFlow<B, N> {
+        &self.model
+    }
+
+    /// The EMA of the model, ready for sampling (no autodiff).
+    pub fn ema_model(&self) -> IntegrationFlow<B::InnerBackend, N::InnerModule> {
+        self.model.with_net(self.ema.clone())
+    }
+
+    /// The anchor store (`None` for the `off` policy).
+    pub fn anchors(&self) -> Option<&AnchorStore> {
+        self.anchors.as_ref()
+    }
+
+    /// The training configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Steps taken so far.
+    pub fn step(&self) -> usize {
+        self.position.step
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> usize {
+        self.position.epoch
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.data.len(), self.config.batch_size);
+        if self.config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    fn epoch_order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.data.len()).collect();
+        order.shuffle(&mut stream(self.config.seed, Stream::Shuffle, epoch as u64));
+        order
+    }
+
+    /// Trains until `config.steps` steps are done, with progress bar, metrics log and
+    /// checkpoints as configured; returns the last step's statistics.
+    pub fn fit(&mut self) -> Result<Option<StepStats>> {
+        let remaining = self.config.steps.saturating_sub(self.position.step);
+        self.train_steps(remaining)
+    }
+
+    /// Runs `count` more steps (past `config.steps` if asked).
+    pub fn train_steps(&mut self, count: usize) -> Result<Option<StepStats>> {
+        let bar = self.progress_bar(count);
+        let mut last = None;
+        let mut window = (Instant::now(), 0usize);
+        for _ in 0..count {
+            let stats = self.train_step()?;
+            let done = self.position.step;
+            if done.is_multiple_of(self.config.log_every) || done == self.config.steps {
+                let rate = (done - window.1) as f64 * self.config.batch_size as f64
+                    / window.0.elapsed().as_secs_f64().max(1e-9);
+                window = (Instant::now(), done);
+                self.log(&stats, rate)?;
+                bar.set_message(format!("loss {:.4}", stats.loss));
+            }
+            bar.inc(1);
+            if self.config.checkpoint_every > 0 && done.is_multiple_of(self.config.checkpoint_every) {
+                self.checkpoint()?;
+            }
+            last = Some(stats);
+        }
+        bar.finish_and_clear();
+        if count > 0 && self.checkpoint_dir.is_some() && self.config.checkpoint_every == 0 {
+            self.checkpoint()?;
+        }
+        Ok(last)
+    }
+
+    fn progress_bar(&self, count: usize) -> ProgressBar {
+        let visible = self.config.progress && std::io::stderr().is_terminal();
+        let target = if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(Some(count as u64), target);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {per_sec}  eta {eta}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    }
+
+    fn log(&mut self, stats: &StepStats, samples_per_sec: f64) -> Result<()> {
+        if let Some(out) = &mut self.metrics {
+            #[derive(Serialize)]
+            struct Line<'a> {
+                #[serde(flatten)]
+                stats: &'a StepStats,
+                samples_per_sec: f64,
+            }
+            let line = serde_json::to_string(&Line {
+                stats,
+                samples_per_sec,
+            })
+            .unwrap_or_default();
+            writeln!(out, "{line}")
+                .and_then(|_| out.flush())
+                .map_err(|e| Error::Io {
+                    path: PathBuf::from("metrics log"),
+                    source: e,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint to the configured directory (no-op without one).
+    pub fn checkpoint(&self) -> Result<()> {
+        match &self.checkpoint_dir {
+            Some(dir) => self.save_checkpoint(dir),
+            None => Ok(()),
+        }
+    }
+
+    /// One optimizer step on the next batch.
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        let Position { step, epoch, batch } = self.position;
+        let bs = self.config.batch_size;
+        let start = batch * bs;
+        let indices: Vec<usize> = self.order[start..(start + bs).min(self.data.len())].to_vec();
+        let n = indices.len();
+        let dim = self.data.dim();
+        let flow = self.model.flow().clone();
+        let mut rng = stream(self.config.seed, Stream::Step, step as u64);
+        let t = flow.sample_time(&self.config.time, &mut rng, n)?;
+        let noise = flow.sample_noise(&mut rng, n, dim)?;
+        let mut x0 = Vec::new();
+        self.data.gather_into(&indices, &mut x0);
+        let anchor = match &self.anchors {
+            Some(store) => store.get(&indices)?,
+            None => vec![0.0; n * dim],
+        };
+        let upload = |values: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(values, [n, dim]), &self.device)
+        };
+        let x0_t = upload(x0.clone());
+        let anchor_t = upload(anchor);
+        let x_t = flow.interpolate(x0_t.clone(), upload(noise), &t)?;
+        let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
+
+        let policy = self.config.anchor.policy;
+        let w = if policy.uses_anchor_term() {
+            self.config.weighting.weight(epoch)
+        } else {
+            1.0
+        };
+        let mut per_example =
+            loss::distance(self.config.distance, x_hat.clone(), x0_t).mul_scalar(w);
+        if w < 1.0 {
+            per_example = per_example
+                + loss::distance(self.config.distance, x_hat.clone(), anchor_t).mul_scalar(1.0 - w);
+        }
+        if self.config.loss_weight == LossWeight::Edm {
+            let sd = self.model.sigma_data();
+            let lambda: Vec<f64> = t
+                .iter()
+                .map(|&ti| {
+                    let s = flow.noise_to_signal(ti);
+                    (s * s + sd * sd) / (s * sd).powi(2)
+                })
+                .collect();
+            per_example = per_example * column(lambda, &x_hat);
+        }
+        let loss = per_example.mean();
+        let loss_value: f64 = loss.clone().into_scalar().elem();
+        if !loss_value.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                reason: format!("loss is {loss_value}"),
+            });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), self.model.net());
+        let (grads, grad_norm) =
+            clip_global_norm::<B, N>(self.model.net(), grads, self.config.optimizer.grad_clip);
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                reason: format!("gradient norm is {grad_norm}"),
+            });
+        }
+        let o = &self.config.optimizer;
+        let warmup = if o.warmup_steps == 0 {
+            1.0
+        } else {
+            ((step + 1) as f64 / o.warmup_steps as f64).min(1.0)
+        };
+        let lr = o.lr * warmup;
+        let net = self.model.net().clone();
+        let net = match &mut self.optim {
+            Optim::Adam(opt) => opt.step(lr, net, grads),
+            Optim::AdamW(opt) => opt.step(lr, net, grads),
+        };
+        let decay = ema::decay_at(self.config.ema.decay, self.config.ema.warmup, step);
+        self.ema = ema::update(self.ema.clone(), &net.valid(), decay);
+        self.model = self.model.with_net(net);
+
+        if let Some(store) = &mut self.anchors {
+            match policy {
+                AnchorPolicy::Prediction => {
+                    let values: Vec<f32> = x_hat.into_data().iter::<f32>().collect();
+                    store.set(&indices, &values)?;
+                }
+                AnchorPolicy::Data => store.set(&indices, &x0)?,
+                AnchorPolicy::Frozen | AnchorPolicy::Ot | AnchorPolicy::Off => {}
+            }
+        }
+
+        self.position.step += 1;
+        self.position.batch += 1;
+        if self.position.batch == self.batches_per_epoch() {
+            self.position.batch = 0;
+            self.position.epoch += 1;
+            self.order = self.epoch_order(self.position.epoch);
+        }
+        Ok(StepStats {
+            step,
+            epoch,
+            loss: loss_value,
+            grad_norm,
+            lr,
+            w,
+        })
+    }
+
+    /// Writes a checkpoint (model, EMA, optimizer, anchors, config, position) to `dir`
+    /// atomically.
+    pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let record_error = |what: &str, e: burn::record::RecorderError| Error::Checkpoint {
+            path: checkpoint::checkpoint_path(dir),
+            reason: format!("cannot record the {what}: {e}"),
+        };
+        let meta = self.meta();
+        let mut sections = Sections::default();
+        let meta_json = serde_json::to_vec(&meta).map_err(|e| Error::Checkpoint {
+            path: checkpoint::checkpoint_path(dir),
+            reason: format!("cannot encode the metadata: {e}"),
+        })?;
+        sections.push("meta", meta_json);
+        let bytes = Bytes::default();
+        let model = Recorder::<B>::record(&bytes, self.model.net().clone().into_record(), ())
+            .map_err(|e| record_error("model", e))?;
+        sections.push("model", model);
+        let ema = Recorder::<B::InnerBackend>::record(&bytes, self.ema.clone().into_record(), ())
+            .map_err(|e| record_error("EMA", e))?;
+        sections.push("ema", ema);
+        let optim = match &self.optim {
+            Optim::Adam(o) => Recorder::<B>::record(&bytes, o.to_record(), ()),
+            Optim::AdamW(o) => Recorder::<B>::record(&bytes, o.to_record(), ()),
+        }
+        .map_err(|e| record_error("optimizer", e))?;
+        sections.push("optimizer", optim);
+        if let Some(store) = &self.anchors {
+            sections.push("anchors", store.to_bytes());
+        }
+        checkpoint::write(dir, &sections)
+    }
+
+    fn meta(&self) -> Meta {
+        Meta {
+            format: FORMAT,
+            config: self.config.clone(),
+            position: self.position,
+            flow: self.model.flow().name().to_string(),
+            parameterization: self.model.parameterization(),
+            sigma_data: self.model.sigma_data(),
+            anchor_law: self.model.anchor_law(),
+            data_len: self.data.len(),
+            data_dim: self.data.dim(),
+            data_crc: data_crc(&self.data),
+            param_shapes: param_shapes(self.model.net()),
+        }
+    }
+
+    /// Continues the run whose checkpoint is in `dir`: `model` supplies the flow and the
+    /// network's architecture (its weights are replaced), `data` must be the dataset the run
+    /// trained on. The configuration comes from the checkpoint. A missing, corrupt, truncated
+    /// or mismatched checkpoint is an error and nothing is loaded.
+    pub fn resume(
+        dir: impl AsRef<Path>,
+        model: IntegrationFlow<B, N>,
+        data: Dataset,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = checkpoint::checkpoint_path(dir);
+        let mismatch = |reason: String| Error::Checkpoint {
+            path: path.clone(),
+            reason,
+        };
+        let mut sections = checkpoint::read(dir)?;
+        let meta: Meta = serde_json::from_slice(&sections.take("meta", &path)?)
+            .map_err(|e| mismatch(format!("unreadable metadata: {e}")))?;
+        if meta.format != FORMAT {
+            return Err(mismatch(format!("format {} is not {FORMAT}", meta.format)));
+        }
+        let checks = [
+            ("flow", meta.flow.clone(), model.flow().name().to_string()),
+            (
+                "parameterization",
+                format!("{:?}", meta.parameterization),
+                format!("{:?}", model.parameterization()),
+            ),
+            (
+                "sigma_data",
+                meta.sigma_data.to_string(),
+                model.sigma_data().to_string(),
+            ),
+            (
+                "dataset size",
+                format!("{}×{}", meta.data_len, meta.data_dim),
+                format!("{}×{}", data.len(), data.dim()),
+            ),
+            (
+                "dataset contents (CRC-32)",
+                meta.data_crc.to_string(),
+                data_crc(&data).to_string(),
+            ),
+            (
+                "network parameter shapes",
+                format!("{:?}", meta.param_shapes),
+                format!("{:?}", param_shapes(model.net())),
+            ),
+        ];
+        for (what, saved, given) in checks {
+            if saved != given {
+                return Err(mismatch(format!(
+                    "{what} differs: checkpoint has {saved}, this run has {given}"
+                )));
+            }
+        }
+        let device = model.net().devices().into_iter().next().unwrap_or_default();
+        let bytes = Bytes::default();
+        let load_error = |what: &str, e: burn::record::RecorderError| {
+            mismatch(format!("cannot load the {what}: {e}"))
+        };
+        let net_record = Recorder::<B>::load(&bytes, sections.take("model", &path)?, &device)
+            .map_err(|e| load_error("model", e))?;
+        let net = model.net().clone().load_record(net_record);
+        let inner_device = net.valid().devices().into_iter().next().unwrap_or_default();
+        let ema_record =
+            Recorder::<B::InnerBackend>::load(&bytes, sections.take("ema", &path)?, &inner_device)
+                .map_err(|e| load_error("EMA", e))?;
+        let ema = net.valid().load_record(ema_record);
+        let anchors = if meta.config.anchor.policy == AnchorPolicy::Off {
+            None
+        } else {
+            let raw = sections.take("anchors", &path)?;
+            let store = AnchorStore::from_bytes(&raw)
+                .ok_or_else(|| mismatch("malformed anchor store".into()))?;
+            if store.len() != data.len() || store.dim() != data.dim() {
+                return Err(mismatch(format!(
+                    "anchor store holds {}×{}, the dataset {}×{}",
+                    store.len(),
+                    store.dim(),
+                    data.len(),
+                    data.dim()
+                )));
+            }
+            Some(store)
+        };
+        let optim_bytes = sections.take("optimizer", &path)?;
+        let model = model.with_net(net).with_anchor_law(meta.anchor_law);
+        let mut trainer =
+            Self::assemble(model, data, meta.config, anchors, meta.position, Some(ema))?;
+        trainer.optim = match trainer.optim {
+            Optim::Adam(o) => Optim::Adam(
+                o.load_record(
+                    Recorder::<B>::load(&bytes, optim_bytes, &device)
+                        .map_err(|e| load_error("optimizer", e))?,
+                ),
+            ),
+            Optim::AdamW(o) => Optim::AdamW(
+                o.load_record(
+                    Recorder::<B>::load(&bytes, optim_bytes, &device)
+                        .map_err(|e| load_error("optimizer", e))?,
+                ),
+            ),
+        };
+        Ok(trainer.with_checkpoint_dir(dir))
+    }
+}
+
+/// The anchor store a fresh run starts with.
+fn init_anchors(data: &Dataset, config: &TrainConfig) -> Result<Option<AnchorStore>> {
+    config.validate()?;
+    let a = &config.anchor;
+    let mut rng = stream(config.seed, Stream::Anchors, 0);
+    Ok(match a.policy {
+        AnchorPolicy::Off => None,
+        AnchorPolicy::Ot => Some(AnchorStore::optimal_transport(
+            data, a.scale, a.ot_chunk, a.storage, &mut rng,
+        )?),
+        AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen => Some(
+            AnchorStore::gaussian(data.len(), data.dim(), a.scale, a.storage, &mut rng)?,
+        ),
+    })
+}
+
+/// The anchor law sampling uses after training with `config`.
+fn anchor_law(config: &TrainConfig) -> AnchorLaw {
+    match config.anchor.policy {
+        AnchorPolicy::Off => AnchorLaw::Zero,
+        _ => AnchorLaw::Gaussian {
+            scale: config.anchor.scale,
+        },
+    }
+}
+
+fn build_optimizer<B: AutodiffBackend, N: AutodiffModule<B>>(
+    config: &TrainConfig,
+) -> Result<Optim<B, N>> {
+    let o = &config.optimizer;
+    Ok(match o.kind {
+        OptimizerKind::Adam => {
+            let decay =
+                (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32));
+            Optim::Adam(
+                AdamConfig::new()
+                    .with_beta_1(o.beta1 as f32)
+                    .with_beta_2(o.beta2 as f32)
+                    .with_epsilon(o.epsilon as f32)
+                    .with_weight_decay(decay)
+                    .init(),
+            )
+        }
+        OptimizerKind::AdamW => Optim::AdamW(
+            AdamWConfig::new()
+                .with_beta_1(o.beta1 as f32)
+                .with_beta_2(o.beta2 as f32)
+                .with_epsilon(o.epsilon as f32)
+                .with_weight_decay(o.weight_decay as f32)
+                .init(),
+        ),
+    })
+}
+
+/// Independent random streams, each a function of (seed, stream, index) alone, so that a
+/// resumed run draws exactly what an uninterrupted one would.
+#[derive(Clone, Copy)]
+enum Stream {
+    Anchors = 1,
+    Shuffle = 2,
+    Step = 3,
+}
+
+fn stream(seed: u64, stream: Stream, index: u64) -> StdRng {
+    // SplitMix64 over the three inputs.
+    let mut z = seed
+        ^ (stream as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+fn data_crc(data: &Dataset) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for v in data.values() {
+        hasher.update(&v.to_le_bytes());
+    }
+    hasher.finalize()
+}
+
+fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
+    struct Shapes(Vec<Vec<usize>>);
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.val().dims().to_vec());
+        }
+    }
+    let mut shapes = Shapes(Vec::new());
+    module.visit(&mut shapes);
+    shapes.0
+}
+
+/// The global L2 norm of the gradients, and the gradients scaled down to `max_norm` if above.
+fn clip_global_norm<B: AutodiffBackend, N: AutodiffModule<B>>(
+    net: &N,
+    mut grads: GradientsParams,
+    max_norm: Option<f64>,
+) -> (GradientsParams, f64) {
+    struct SumSquares<'a, B: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<B::InnerBackend, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                let s = g.powi_scalar(2).sum();
+                self.total = Some(match self.total.take() {
+                    Some(t) => t + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut sum = SumSquares::<B> {
+        grads: &grads,
+        total: None,
+    };
+    net.visit(&mut sum);
+    let norm = sum.total.map_or(0.0, |t| {
+        let v: f64 = t.into_scalar().elem();
+        v.sqrt()
+    });
+    if let Some(max) = max_norm {
+        if norm.is_finite() && norm > max {
+            net.visit(&mut Scale {
+                grads: &mut grads,
+                factor: max / norm,
+            });
+        }
+    }
+    (grads, norm)
+}

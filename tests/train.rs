@@ -1,0 +1,382 @@
+//! Training end to end on the default CPU backend.
+#![cfg(any(feature = "flex", feature = "ndarray"))]
+
+use burn::module::Module;
+use integration_flow::backend::{Cpu, CpuAutodiff};
+use integration_flow::data::{Dataset, Toy};
+use integration_flow::flow::{
+    Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
+};
+use integration_flow::metrics::sliced_wasserstein2;
+use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::nn::{Mlp, MlpConfig};
+use integration_flow::train::{AnchorPolicy, TrainConfig, Trainer};
+use integration_flow::Error;
+use rand::{rngs::StdRng, SeedableRng};
+use std::sync::Arc;
+
+fn model(
+    flow: Arc<dyn ProbabilityFlow>,
+    width: usize,
+    sigma_data: f64,
+) -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
+    let net = MlpConfig {
+        width,
+        depth: 3,
+        ..Default::default()
+    }
+    .init::<CpuAutodiff>(&Default::default(), 0)
+    .unwrap();
+    IntegrationFlow::from_shared(
+        flow,
+        net,
+        Parameterization::Integral,
+        sigma_data,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .unwrap()
+}
+
+fn values(t: burn::tensor::Tensor<Cpu, 2>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+fn quiet(steps: usize, batch_size: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size,
+        progress: false,
+        ..Default::default()
+    }
+}
+
+/// Under the default (`ot`) policy every flow learns in a few hundred steps: the loss falls and
+/// one-step samples are closer to the data than the prior is.
+#[test]
+fn every_flow_trains_and_beats_the_prior_in_one_step() {
+    let data = Toy::EightGaussians.sample(2048, 1).unwrap();
+    let reference = Toy::EightGaussians.sample(4000, 2).unwrap();
+    let (_, sd) = data.mean_and_std();
+    let flows: Vec<Arc<dyn ProbabilityFlow>> = vec![
+        Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+        Arc::new(VpConfig::default().init().unwrap()),
+        Arc::new(
+            VeConfig {
+                sigma_max: 40.0,
+                ..Default::default()
+            }
+            .init()
+            .unwrap(),
+        ),
+        Arc::new(
+            PfgmPPConfig {
+                sigma_max: 40.0,
+                ..Default::default()
+            }
+            .init()
+            .unwrap(),
+        ),
+    ];
+    for flow in flows {
+        let name = flow.name().to_string();
+        let mut trainer =
+            Trainer::new(model(flow, 128, sd), data.clone(), quiet(400, 256)).unwrap();
+        let first: f64 = (0..10)
+            .map(|_| trainer.train_step().unwrap().loss)
+            .sum::<f64>()
+            / 10.0;
+        for _ in 0..380 {
+            trainer.train_step().unwrap();
+        }
+        let last: f64 = (0..10)
+            .map(|_| trainer.train_step().unwrap().loss)
+            .sum::<f64>()
+            / 10.0;
+        let tail = last;
+        assert!(tail < 0.7 * first, "{name}: loss {first} → {tail}");
+        let ema = trainer.ema_model();
+        let mut rng = StdRng::seed_from_u64(3);
+        let samples = values(ema.generate(&mut rng, 4000, 1).unwrap());
+        let prior = values(ema.sample_prior(&mut rng, 4000).unwrap());
+        let sw2 = sliced_wasserstein2(&samples, reference.values(), 2, 128, 0).unwrap();
+        let prior_sw2 = sliced_wasserstein2(&prior, reference.values(), 2, 128, 0).unwrap();
+        println!(
+            "{name}: loss {first:.4} → {tail:.4}, one-step sw2 {sw2:.4}, prior sw2 {prior_sw2:.4}"
+        );
+        assert!(
+            sw2 < 0.5 * prior_sw2,
+            "{name}: sw2 {sw2} vs prior {prior_sw2}"
+        );
+    }
+}
+
+#[test]
+fn every_anchor_policy_runs() {
+    let data = Toy::Moons.sample(512, 0).unwrap();
+    let rf: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    for policy in [
+        AnchorPolicy::Prediction,
+        AnchorPolicy::Data,
+        AnchorPolicy::Frozen,
+        AnchorPolicy::Ot,
+        AnchorPolicy::Off,
+    ] {
+        let mut config = quiet(12, 128);
+        config.anchor.policy = policy;
+        let mut trainer = Trainer::new(model(rf.clone(), 32, 1.0), data.clone(), config).unwrap();
+        let before = trainer.anchors().map(|a| a.get(&[0, 1, 2]).unwrap());
+        trainer.fit().unwrap();
+        assert_eq!(trainer.step(), 12);
+        let after = trainer.anchors().map(|a| a.get(&[0, 1, 2]).unwrap());
+        match policy {
+            AnchorPolicy::Prediction | AnchorPolicy::Data => {
+                assert_ne!(before, after, "{policy:?} updates anchors")
+            }
+            AnchorPolicy::Frozen | AnchorPolicy::Ot => {
+                assert_eq!(before, after, "{policy:?} keeps anchors")
+            }
+            AnchorPolicy::Off => assert!(after.is_none()),
+        }
+        if policy == AnchorPolicy::Data {
+            // After one epoch (4 steps of 128) every anchor is its example.
+            assert_eq!(after.unwrap(), data.values()[..6].to_vec());
+        }
+        let law = trainer.ema_model().anchor_law();
+        assert_eq!(law == AnchorLaw::Zero, policy == AnchorPolicy::Off);
+    }
+}
+
+/// OT anchors are a permutation-free matching: each chunk's assignment minimises the total
+/// squared distance, so it beats the identity pairing of the same draws.
+#[test]
+fn optimal_transport_anchors_are_closer_than_random_ones() {
+    let data = Toy::Checkerboard.sample(1024, 0).unwrap();
+    let mut config = quiet(1, 128);
+    let mut cost = |policy| {
+        config.anchor.policy = policy;
+        let trainer = Trainer::new(
+            model(
+                Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+                16,
+                1.0,
+            ),
+            data.clone(),
+            config.clone(),
+        )
+        .unwrap();
+        let anchors = trainer
+            .anchors()
+            .unwrap()
+            .get(&(0..1024).collect::<Vec<_>>())
+            .unwrap();
+        anchors
+            .iter()
+            .zip(data.values())
+            .map(|(a, x)| f64::from(a - x).powi(2))
+            .sum::<f64>()
+            / 1024.0
+    };
+    let (ot, random) = (cost(AnchorPolicy::Ot), cost(AnchorPolicy::Frozen));
+    assert!(ot < 0.5 * random, "OT cost {ot} vs random {random}");
+}
+
+/// Every parameter value of a module, in visiting order (ids differ between runs, values must not).
+fn weights<B: burn::tensor::backend::Backend, M: Module<B>>(m: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            self.0.extend(p.val().into_data().iter::<f32>());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+/// 2 epochs straight, or 1 epoch, checkpoint, resume, 1 more: the same losses and weights.
+#[test]
+fn resume_is_exact() {
+    let data = Toy::TwoSpirals.sample(512, 4).unwrap();
+    let vp: Arc<dyn ProbabilityFlow> = Arc::new(VpConfig::default().init().unwrap());
+    for policy in [AnchorPolicy::Prediction, AnchorPolicy::Ot] {
+        let mut config = quiet(8, 128); // 4 steps per epoch
+        config.anchor.policy = policy;
+        let mut straight =
+            Trainer::new(model(vp.clone(), 32, 1.0), data.clone(), config.clone()).unwrap();
+        let losses_straight: Vec<f64> = (0..8)
+            .map(|_| straight.train_step().unwrap().loss)
+            .collect();
+
+        let dir = std::env::temp_dir().join(format!(
+            "integration_flow_resume_{policy:?}_{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut first =
+            Trainer::new(model(vp.clone(), 32, 1.0), data.clone(), config.clone()).unwrap();
+        let mut losses: Vec<f64> = (0..4).map(|_| first.train_step().unwrap().loss).collect();
+        assert_eq!(first.epoch(), 1);
+        first.save_checkpoint(&dir).unwrap();
+        drop(first);
+        // A fresh model with other weights: resume must replace them.
+        let template = {
+            let net = MlpConfig {
+                width: 32,
+                depth: 3,
+                ..Default::default()
+            }
+            .init::<CpuAutodiff>(&Default::default(), 99)
+            .unwrap();
+            IntegrationFlow::from_shared(
+                vp.clone(),
+                net,
+                Parameterization::Integral,
+                1.0,
+                AnchorLaw::Gaussian { scale: 1.0 },
+            )
+            .unwrap()
+        };
+        let mut resumed = Trainer::resume(&dir, template, data.clone()).unwrap();
+        assert_eq!((resumed.step(), resumed.epoch()), (4, 1));
+        losses.extend((0..4).map(|_| resumed.train_step().unwrap().loss));
+
+        assert_eq!(losses, losses_straight, "{policy:?}");
+        let (w_straight, w_resumed) = (
+            weights(straight.model().net()),
+            weights(resumed.model().net()),
+        );
+        assert!(w_straight == w_resumed, "{policy:?}: final weights differ");
+        assert!(
+            straight.anchors() == resumed.anchors(),
+            "{policy:?}: anchors differ"
+        );
+        let (a, b) = (straight.ema_model(), resumed.ema_model());
+        assert!(
+            weights(a.net()) == weights(b.net()),
+            "{policy:?}: EMA weights differ"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_typed_errors() {
+    let data = Toy::Moons.sample(256, 0).unwrap();
+    let rf: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    let dir = std::env::temp_dir().join(format!("integration_flow_badckpt_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut t = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), quiet(2, 64)).unwrap();
+    t.fit().unwrap();
+    t.save_checkpoint(&dir).unwrap();
+    let path = integration_flow::train::checkpoint_path(&dir);
+    let good = std::fs::read(&path).unwrap();
+
+    let expect_checkpoint_error =
+        |what: &str| match Trainer::resume(&dir, model(rf.clone(), 16, 1.0), data.clone()) {
+            Err(Error::Checkpoint { path: p, reason }) => {
+                assert_eq!(p, path);
+                println!("{what}: {reason}");
+            }
+            Err(other) => panic!("{what}: expected a checkpoint error, got {other}"),
+            Ok(_) => panic!("{what}: a bad checkpoint was loaded"),
+        };
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    expect_checkpoint_error("truncated");
+    let mut flipped = good.clone();
+    let k = flipped.len() - 10;
+    flipped[k] ^= 0x10;
+    std::fs::write(&path, &flipped).unwrap();
+    expect_checkpoint_error("bit flip");
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    expect_checkpoint_error("garbage");
+
+    std::fs::write(&path, &good).unwrap();
+    // Another dataset, another architecture, another flow: mismatches.
+    let other_data = Toy::Moons.sample(256, 1).unwrap();
+    assert!(matches!(
+        Trainer::resume(&dir, model(rf.clone(), 16, 1.0), other_data),
+        Err(Error::Checkpoint { .. })
+    ));
+    assert!(matches!(
+        Trainer::resume(&dir, model(rf.clone(), 32, 1.0), data.clone()),
+        Err(Error::Checkpoint { .. })
+    ));
+    let vp: Arc<dyn ProbabilityFlow> = Arc::new(VpConfig::default().init().unwrap());
+    assert!(matches!(
+        Trainer::resume(&dir, model(vp, 16, 1.0), data.clone()),
+        Err(Error::Checkpoint { .. })
+    ));
+    // And the good one still loads.
+    assert!(Trainer::resume(&dir, model(rf, 16, 1.0), data).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_input_is_a_typed_error_before_training() {
+    let rf: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    let data = Toy::Moons.sample(100, 0).unwrap();
+    // Data dimension ≠ model dimension.
+    let three_d = Dataset::new(vec![0.0; 300], 3).unwrap();
+    let err = Trainer::new(model(rf.clone(), 16, 1.0), three_d, quiet(1, 10))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    // NaN / Inf in the data, an empty dataset.
+    assert!(Dataset::new(vec![0.0, f32::NAN], 2).is_err());
+    assert!(Dataset::new(vec![f32::INFINITY, 0.0], 2).is_err());
+    assert!(Dataset::new(vec![], 2).is_err());
+    assert!(Toy::Moons.sample(0, 0).is_err());
+    // Batch size 0, or larger than the dataset with drop_last.
+    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), quiet(1, 0))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "batch_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), quiet(1, 101))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "batch_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut no_drop = quiet(1, 101);
+    no_drop.drop_last = false;
+    assert!(Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), no_drop).is_ok());
+    // Impossible optimizer settings name their field.
+    let mut bad = quiet(1, 10);
+    bad.optimizer.beta2 = 1.5;
+    let err = Trainer::new(model(rf, 16, 1.0), data, bad).err().unwrap();
+    assert!(err.to_string().contains("optimizer.beta2"), "{err}");
+}
+
+#[test]
+fn train_config_round_trips_through_json() {
+    let mut config = TrainConfig::default();
+    config.anchor.policy = AnchorPolicy::Prediction;
+    config.weighting = integration_flow::train::Weighting::Linear {
+        from: 1.0,
+        to: 0.2,
+        epochs: 10,
+    };
+    config.distance = integration_flow::train::Distance::PseudoHuber { c: None };
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), config);
+    assert!(serde_json::from_str::<TrainConfig>(r#"{"stepz": 3}"#).is_err());
+}
