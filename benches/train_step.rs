@@ -2,6 +2,9 @@
 //! batch 512, on each CPU backend compiled in. Input: x_t (2) + anchor (2) + a 32-wide time
 //! embedding; output 2, squared-error loss.
 //!
+//! Also the crate's own [`Trainer::train_step`] (same MLP shape, anchor input, OT anchors,
+//! EMA, gradient clipping) on 8192 checkerboard points, reported in samples/s.
+//!
 //! Run: `cargo bench --bench train_step --features ndarray,flex`
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -9,7 +12,12 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use integration_flow::data::Toy;
+use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
+use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::nn::MlpConfig;
+use integration_flow::train::{TrainConfig, Trainer};
 use std::hint::black_box;
 
 const BATCH: usize = 512;
@@ -65,11 +73,47 @@ fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, name: &str) {
     });
 }
 
+fn bench_trainer<B: AutodiffBackend>(c: &mut Criterion, name: &str) {
+    let device = B::Device::default();
+    let net = MlpConfig::default()
+        .init::<B>(&device, 0)
+        .expect("valid MLP config");
+    let flow = RectifiedFlowConfig::default()
+        .init()
+        .expect("valid flow config");
+    let model = IntegrationFlow::new(
+        flow,
+        net,
+        Parameterization::Integral,
+        1.0,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .expect("valid model");
+    let data = Toy::Checkerboard.sample(8192, 0).expect("toy data");
+    let config = TrainConfig {
+        steps: usize::MAX,
+        batch_size: BATCH,
+        progress: false,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model, data, config).expect("valid trainer");
+    let mut group = c.benchmark_group("trainer_step");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function(format!("{name}/rf/mlp3x256/batch{BATCH}"), |b| {
+        b.iter(|| black_box(trainer.train_step().expect("finite step").loss))
+    });
+    group.finish();
+}
+
 fn train_step(c: &mut Criterion) {
     #[cfg(feature = "ndarray")]
     bench_backend::<burn::backend::Autodiff<burn::backend::NdArray>>(c, "ndarray");
     #[cfg(feature = "flex")]
     bench_backend::<burn::backend::Autodiff<burn::backend::Flex>>(c, "flex");
+    #[cfg(feature = "ndarray")]
+    bench_trainer::<burn::backend::Autodiff<burn::backend::NdArray>>(c, "ndarray");
+    #[cfg(feature = "flex")]
+    bench_trainer::<burn::backend::Autodiff<burn::backend::Flex>>(c, "flex");
     let _ = c;
 }
 

@@ -111,7 +111,7 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     position: Position,
     order: Vec<usize>,
     checkpoint_dir: Option<PathBuf>,
-    metrics: Option<BufWriter<File>>,
+    metrics: Option<(PathBuf, BufWriter<File>)>,
     device: B::Device,
 }
 
@@ -202,7 +202,7 @@ where
                 path: path.to_path_buf(),
                 source: e,
             })?;
-        self.metrics = Some(BufWriter::new(file));
+        self.metrics = Some((path.to_path_buf(), BufWriter::new(file)));
         Ok(self)
     }
 
@@ -274,13 +274,16 @@ where
                 bar.set_message(format!("loss {:.4}", stats.loss));
             }
             bar.inc(1);
-            if self.config.checkpoint_every > 0 && done.is_multiple_of(self.config.checkpoint_every) {
+            if self.config.checkpoint_every > 0 && done.is_multiple_of(self.config.checkpoint_every)
+            {
                 self.checkpoint()?;
             }
             last = Some(stats);
         }
         bar.finish_and_clear();
-        if count > 0 && self.checkpoint_dir.is_some() && self.config.checkpoint_every == 0 {
+        let every = self.config.checkpoint_every;
+        if count > 0 && (every == 0 || !self.position.step.is_multiple_of(every)) {
+            // The periodic checkpoints missed the final state.
             self.checkpoint()?;
         }
         Ok(last)
@@ -303,7 +306,7 @@ where
     }
 
     fn log(&mut self, stats: &StepStats, samples_per_sec: f64) -> Result<()> {
-        if let Some(out) = &mut self.metrics {
+        if let Some((path, out)) = &mut self.metrics {
             #[derive(Serialize)]
             struct Line<'a> {
                 #[serde(flatten)]
@@ -318,7 +321,7 @@ where
             writeln!(out, "{line}")
                 .and_then(|_| out.flush())
                 .map_err(|e| Error::Io {
-                    path: PathBuf::from("metrics log"),
+                    path: path.clone(),
                     source: e,
                 })?;
         }

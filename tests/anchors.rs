@@ -1,0 +1,100 @@
+//! The anchor store: storage types, indexing, initialisations.
+
+use integration_flow::data::Toy;
+use integration_flow::train::{AnchorStorage, AnchorStore};
+use rand::{rngs::StdRng, SeedableRng};
+
+#[test]
+fn f32_and_f16_stores_read_what_was_written() {
+    for storage in [AnchorStorage::F32, AnchorStorage::F16] {
+        let mut store =
+            AnchorStore::gaussian(100, 3, 2.0, storage, &mut StdRng::seed_from_u64(0)).unwrap();
+        assert_eq!(
+            (store.len(), store.dim(), store.storage()),
+            (100, 3, storage)
+        );
+        let bytes_per_value = match storage {
+            AnchorStorage::F32 => 4,
+            AnchorStorage::F16 => 2,
+        };
+        assert_eq!(store.bytes(), 300 * bytes_per_value);
+        store
+            .set(&[7, 42], &[0.5, -1.25, 3.0, 1.0, 2.0, -0.125])
+            .unwrap();
+        assert_eq!(
+            store.get(&[42, 7]).unwrap(),
+            vec![1.0, 2.0, -0.125, 0.5, -1.25, 3.0]
+        );
+        // f16 keeps about three significant digits.
+        store.set(&[0], &[1.2345, -100.07, 0.001]).unwrap();
+        let back = store.get(&[0]).unwrap();
+        for (a, b) in back.iter().zip([1.2345f32, -100.07, 0.001]) {
+            assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        assert!(store.get(&[100]).is_err());
+        assert!(store.set(&[1], &[0.0]).is_err());
+    }
+}
+
+#[test]
+fn gaussian_anchors_have_the_configured_scale() {
+    let store = AnchorStore::gaussian(
+        20_000,
+        2,
+        3.0,
+        AnchorStorage::F32,
+        &mut StdRng::seed_from_u64(1),
+    )
+    .unwrap();
+    let all = store.get(&(0..20_000).collect::<Vec<_>>()).unwrap();
+    let var = all.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / all.len() as f64;
+    assert!((var.sqrt() - 3.0).abs() < 0.05, "std {}", var.sqrt());
+    assert!(AnchorStore::gaussian(
+        10,
+        2,
+        0.0,
+        AnchorStorage::F32,
+        &mut StdRng::seed_from_u64(1)
+    )
+    .is_err());
+    assert!(
+        AnchorStore::gaussian(0, 2, 1.0, AnchorStorage::F32, &mut StdRng::seed_from_u64(1))
+            .is_err()
+    );
+}
+
+/// Within a chunk the assignment is optimal: no swap of two anchors lowers the total cost.
+#[test]
+fn optimal_transport_assignment_has_no_improving_swap() {
+    let data = Toy::Moons.sample(64, 0).unwrap();
+    let store = AnchorStore::optimal_transport(
+        &data,
+        1.0,
+        64,
+        AnchorStorage::F32,
+        &mut StdRng::seed_from_u64(2),
+    )
+    .unwrap();
+    let anchors = store.get(&(0..64).collect::<Vec<_>>()).unwrap();
+    let cost = |i: usize, j: usize| -> f64 {
+        let (x, a) = (data.row(i), &anchors[j * 2..j * 2 + 2]);
+        f64::from(x[0] - a[0]).powi(2) + f64::from(x[1] - a[1]).powi(2)
+    };
+    for i in 0..64 {
+        for j in 0..64 {
+            let swapped = cost(i, j) + cost(j, i);
+            assert!(
+                swapped >= cost(i, i) + cost(j, j) - 1e-9,
+                "swapping {i} and {j} lowers the cost"
+            );
+        }
+    }
+    assert!(AnchorStore::optimal_transport(
+        &data,
+        1.0,
+        0,
+        AnchorStorage::F32,
+        &mut StdRng::seed_from_u64(2)
+    )
+    .is_err());
+}
