@@ -124,3 +124,59 @@ fn dataset_rejects_bad_shapes() {
     assert_eq!(mean, vec![2.0, 3.0]);
     assert!((std - 1.0).abs() < 1e-12);
 }
+
+/// erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7).
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    (1.0 - poly * (-x * x).exp()).copysign(x)
+}
+
+#[test]
+fn energy_distance_matches_closed_forms() {
+    use integration_flow::metrics::energy_distance;
+    let a = gaussian(3000, 1, &[0.0], 1);
+    assert!(energy_distance(&a, &a, 1).unwrap().abs() < 1e-3);
+    // 1-D N(0,1) against N(μ,1): 2·E|Z| − 2·(2/√π), Z ~ N(μ, 2).
+    let mu = 1.5f64;
+    let b = gaussian(3000, 1, &[mu], 2);
+    let s = 2f64.sqrt();
+    let phi = |x: f64| 0.5 * (1.0 + erf(x / 2f64.sqrt()));
+    let e_abs = s * (2.0 / std::f64::consts::PI).sqrt() * (-mu * mu / (2.0 * s * s)).exp() + mu * (1.0 - 2.0 * phi(-mu / s));
+    let expected = 2.0 * e_abs - 2.0 * 2.0 / std::f64::consts::PI.sqrt();
+    let got = energy_distance(&a, &b, 1).unwrap();
+    assert!((got / expected - 1.0).abs() < 0.08, "energy {got}, closed form {expected}");
+}
+
+#[test]
+fn mmd_matches_its_gaussian_closed_form() {
+    use integration_flow::metrics::{mmd, MMD_BANDWIDTHS};
+    let a = gaussian(2000, 2, &[0.0, 0.0], 3);
+    let a2 = gaussian(2000, 2, &[0.0, 0.0], 4);
+    assert!(mmd(&a, &a2, 2, &MMD_BANDWIDTHS).unwrap().abs() < 0.01);
+    let b = gaussian(2000, 2, &[1.0, 0.5], 5);
+    let delta2: f64 = 1.25;
+    let expected: f64 = MMD_BANDWIDTHS
+        .iter()
+        .map(|h| {
+            let c = h * h / (h * h + 2.0); // (h²/(h² + 2s²))^{d/2} with s = 1, d = 2
+            2.0 * c * (1.0 - (-delta2 / (2.0 * (h * h + 2.0))).exp())
+        })
+        .sum();
+    let got = mmd(&a, &b, 2, &MMD_BANDWIDTHS).unwrap();
+    assert!((got / expected - 1.0).abs() < 0.1, "mmd {got}, closed form {expected}");
+    assert!(mmd(&a, &b, 2, &[]).is_err());
+    assert!(mmd(&a, &b, 2, &[-1.0]).is_err());
+}
+
+#[test]
+fn nearest_neighbour_distance_sees_memorisation() {
+    use integration_flow::metrics::nearest_neighbour_distance;
+    let train = gaussian(1000, 2, &[0.0, 0.0], 6);
+    let fresh = gaussian(1000, 2, &[0.0, 0.0], 7);
+    assert_eq!(nearest_neighbour_distance(&train, &train, 2).unwrap(), 0.0);
+    let d = nearest_neighbour_distance(&fresh, &train, 2).unwrap();
+    // For n uniform-ish points of density ρ, E[NN] ≈ 1/(2√ρ); here about 0.03–0.06.
+    assert!(d > 0.01 && d < 0.1, "fresh-to-train NN distance {d}");
+    assert!(nearest_neighbour_distance(&fresh, &train, 3).is_err());
+}

@@ -59,21 +59,8 @@ pub fn sliced_wasserstein2(
     projections: usize,
     seed: u64,
 ) -> Result<f64> {
-    for (name, set) in [("a", a), ("b", b)] {
-        if dim == 0 || set.is_empty() || set.len() % dim != 0 {
-            return Err(Error::ShapeMismatch {
-                context: "sliced_wasserstein2",
-                expected: format!("a non-empty multiple of dim = {dim} values in `{name}`"),
-                found: format!("{} values", set.len()),
-            });
-        }
-        if let Some(v) = set.iter().find(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                context: "sliced_wasserstein2 samples",
-                value: f64::from(*v),
-            });
-        }
-    }
+    super::kernel::rows("sliced_wasserstein2 (a)", a, dim)?;
+    super::kernel::rows("sliced_wasserstein2 (b)", b, dim)?;
     if projections == 0 {
         return Err(Error::InvalidArgument {
             name: "projections",
