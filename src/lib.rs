@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod plot;
+pub mod sample;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -128,7 +128,9 @@ fn dataset_rejects_bad_shapes() {
 /// erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7).
 fn erf(x: f64) -> f64 {
     let t = 1.0 / (1.0 + 0.3275911 * x.abs());
-    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let poly = t
+        * (0.254829592
+            + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
     (1.0 - poly * (-x * x).exp()).copysign(x)
 }
 
@@ -142,10 +144,14 @@ fn energy_distance_matches_closed_forms() {
     let b = gaussian(3000, 1, &[mu], 2);
     let s = 2f64.sqrt();
     let phi = |x: f64| 0.5 * (1.0 + erf(x / 2f64.sqrt()));
-    let e_abs = s * (2.0 / std::f64::consts::PI).sqrt() * (-mu * mu / (2.0 * s * s)).exp() + mu * (1.0 - 2.0 * phi(-mu / s));
+    let e_abs = s * (2.0 / std::f64::consts::PI).sqrt() * (-mu * mu / (2.0 * s * s)).exp()
+        + mu * (1.0 - 2.0 * phi(-mu / s));
     let expected = 2.0 * e_abs - 2.0 * 2.0 / std::f64::consts::PI.sqrt();
     let got = energy_distance(&a, &b, 1).unwrap();
-    assert!((got / expected - 1.0).abs() < 0.08, "energy {got}, closed form {expected}");
+    assert!(
+        (got / expected - 1.0).abs() < 0.08,
+        "energy {got}, closed form {expected}"
+    );
 }
 
 #[test]
@@ -164,7 +170,10 @@ fn mmd_matches_its_gaussian_closed_form() {
         })
         .sum();
     let got = mmd(&a, &b, 2, &MMD_BANDWIDTHS).unwrap();
-    assert!((got / expected - 1.0).abs() < 0.1, "mmd {got}, closed form {expected}");
+    assert!(
+        (got / expected - 1.0).abs() < 0.1,
+        "mmd {got}, closed form {expected}"
+    );
     assert!(mmd(&a, &b, 2, &[]).is_err());
     assert!(mmd(&a, &b, 2, &[-1.0]).is_err());
 }

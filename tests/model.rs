@@ -18,9 +18,22 @@ fn values(t: Tensor<Cpu, 2>) -> Vec<f32> {
 #[test]
 fn the_estimate_applies_the_preconditioning() {
     let device = Default::default();
-    let net = MlpConfig { width: 16, depth: 2, ..Default::default() }.init::<Cpu>(&device, 1).unwrap();
+    let net = MlpConfig {
+        width: 16,
+        depth: 2,
+        ..Default::default()
+    }
+    .init::<Cpu>(&device, 1)
+    .unwrap();
     let ve = VeConfig::default().init().unwrap();
-    let model = IntegrationFlow::new(ve.clone(), net.clone(), Parameterization::Integral, 0.5, AnchorLaw::Gaussian { scale: 1.0 }).unwrap();
+    let model = IntegrationFlow::new(
+        ve.clone(),
+        net.clone(),
+        Parameterization::Integral,
+        0.5,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     let x_t = model.sample_prior(&mut rng, 4).unwrap();
     let anchor = model.sample_anchor(&mut rng, 4).unwrap();
@@ -29,7 +42,9 @@ fn the_estimate_applies_the_preconditioning() {
     assert_eq!(values(est), values(x_t.clone()));
     // Elsewhere: c_skip·x_t + c_out·F(c_in·x_t, c_noise, a), computed by hand.
     let t = 0.6;
-    let p = ve.preconditioning(t, Parameterization::Integral, 0.5).unwrap();
+    let p = ve
+        .preconditioning(t, Parameterization::Integral, 0.5)
+        .unwrap();
     let c_noise = Tensor::<Cpu, 1>::from_floats([p.c_noise as f32; 4], &device);
     let f = net.forward(x_t.clone().mul_scalar(p.c_in), c_noise, anchor.clone());
     let by_hand = values(x_t.clone().mul_scalar(p.c_skip) + f.mul_scalar(p.c_out));
@@ -42,9 +57,22 @@ fn the_estimate_applies_the_preconditioning() {
 #[test]
 fn generation_takes_one_or_more_anchor_iterations() {
     let device = Default::default();
-    let net = MlpConfig { width: 16, depth: 2, ..Default::default() }.init::<Cpu>(&device, 2).unwrap();
+    let net = MlpConfig {
+        width: 16,
+        depth: 2,
+        ..Default::default()
+    }
+    .init::<Cpu>(&device, 2)
+    .unwrap();
     let rf = RectifiedFlowConfig::default().init().unwrap();
-    let model = IntegrationFlow::new(rf, net, Parameterization::Integral, 1.0, AnchorLaw::Gaussian { scale: 1.0 }).unwrap();
+    let model = IntegrationFlow::new(
+        rf,
+        net,
+        Parameterization::Integral,
+        1.0,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .unwrap();
     let one = values(model.generate(&mut StdRng::seed_from_u64(5), 8, 1).unwrap());
     let one_again = values(model.generate(&mut StdRng::seed_from_u64(5), 8, 1).unwrap());
     let two = values(model.generate(&mut StdRng::seed_from_u64(5), 8, 2).unwrap());
@@ -57,17 +85,61 @@ fn generation_takes_one_or_more_anchor_iterations() {
 #[test]
 fn the_edm_form_is_selectable_and_checked() {
     let device = Default::default();
-    let net = || MlpConfig { width: 64, depth: 2, ..Default::default() }.init::<CpuAutodiff>(&device, 3).unwrap();
+    let net = || {
+        MlpConfig {
+            width: 64,
+            depth: 2,
+            ..Default::default()
+        }
+        .init::<CpuAutodiff>(&device, 3)
+        .unwrap()
+    };
     // Singular at rectified flow's ends: refused when the model is built.
     let rf = RectifiedFlowConfig::default().init().unwrap();
-    let err = IntegrationFlow::new(rf, net(), Parameterization::Edm, 1.0, AnchorLaw::Gaussian { scale: 1.0 }).unwrap_err();
+    let err = IntegrationFlow::new(
+        rf,
+        net(),
+        Parameterization::Edm,
+        1.0,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Singular { .. }), "{err}");
     // Fine on a narrowed range, and on VE; it trains.
-    let rf = RectifiedFlowConfig { t_min: 1e-3, t_max: 1.0 - 1e-3 }.init().unwrap();
-    assert!(IntegrationFlow::new(rf, net(), Parameterization::Edm, 1.0, AnchorLaw::Gaussian { scale: 1.0 }).is_ok());
-    let ve = VeConfig { sigma_max: 20.0, ..Default::default() }.init().unwrap();
-    let model = IntegrationFlow::new(ve, net(), Parameterization::Edm, 1.0, AnchorLaw::Gaussian { scale: 1.0 }).unwrap();
-    let config = TrainConfig { steps: 150, batch_size: 128, progress: false, ..Default::default() };
+    let rf = RectifiedFlowConfig {
+        t_min: 1e-3,
+        t_max: 1.0 - 1e-3,
+    }
+    .init()
+    .unwrap();
+    assert!(IntegrationFlow::new(
+        rf,
+        net(),
+        Parameterization::Edm,
+        1.0,
+        AnchorLaw::Gaussian { scale: 1.0 }
+    )
+    .is_ok());
+    let ve = VeConfig {
+        sigma_max: 20.0,
+        ..Default::default()
+    }
+    .init()
+    .unwrap();
+    let model = IntegrationFlow::new(
+        ve,
+        net(),
+        Parameterization::Edm,
+        1.0,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .unwrap();
+    let config = TrainConfig {
+        steps: 150,
+        batch_size: 128,
+        progress: false,
+        ..Default::default()
+    };
     let mut trainer = Trainer::new(model, Toy::Moons.sample(1024, 0).unwrap(), config).unwrap();
     let first = trainer.train_step().unwrap().loss;
     let last = trainer.fit().unwrap().unwrap().loss;
@@ -77,11 +149,32 @@ fn the_edm_form_is_selectable_and_checked() {
 #[test]
 fn bad_model_input_is_a_typed_error() {
     let device = Default::default();
-    let net = MlpConfig { width: 8, depth: 1, ..Default::default() }.init::<Cpu>(&device, 0).unwrap();
+    let net = MlpConfig {
+        width: 8,
+        depth: 1,
+        ..Default::default()
+    }
+    .init::<Cpu>(&device, 0)
+    .unwrap();
     let rf = RectifiedFlowConfig::default().init().unwrap();
-    assert!(IntegrationFlow::new(rf.clone(), net.clone(), Parameterization::Integral, 0.0, AnchorLaw::Zero).is_err());
-    assert!(IntegrationFlow::new(rf.clone(), net.clone(), Parameterization::Integral, 1.0, AnchorLaw::Gaussian { scale: f64::NAN }).is_err());
-    let model = IntegrationFlow::new(rf, net, Parameterization::Integral, 1.0, AnchorLaw::Zero).unwrap();
+    assert!(IntegrationFlow::new(
+        rf.clone(),
+        net.clone(),
+        Parameterization::Integral,
+        0.0,
+        AnchorLaw::Zero
+    )
+    .is_err());
+    assert!(IntegrationFlow::new(
+        rf.clone(),
+        net.clone(),
+        Parameterization::Integral,
+        1.0,
+        AnchorLaw::Gaussian { scale: f64::NAN }
+    )
+    .is_err());
+    let model =
+        IntegrationFlow::new(rf, net, Parameterization::Integral, 1.0, AnchorLaw::Zero).unwrap();
     let x = Tensor::<Cpu, 2>::zeros([4, 3], &device);
     let err = model.estimate(x.clone(), &[0.5], x).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
@@ -89,14 +182,45 @@ fn bad_model_input_is_a_typed_error() {
     assert!(model.estimate(x.clone(), &[0.5, 0.5], x.clone()).is_err());
     assert!(model.estimate(x.clone(), &[1.5], x).is_err());
     // The anchor law "zero" feeds zeros.
-    let a = values(model.sample_anchor(&mut StdRng::seed_from_u64(0), 3).unwrap());
+    let a = values(
+        model
+            .sample_anchor(&mut StdRng::seed_from_u64(0), 3)
+            .unwrap(),
+    );
     assert!(a.iter().all(|&v| v == 0.0));
     // Network configs name their field.
-    let err = MlpConfig { width: 0, ..Default::default() }.init::<Cpu>(&device, 0).unwrap_err();
+    let err = MlpConfig {
+        width: 0,
+        ..Default::default()
+    }
+    .init::<Cpu>(&device, 0)
+    .unwrap_err();
     assert!(err.to_string().contains("width"), "{err}");
-    let odd = NoiseEmbedding::RandomFourier { dim: 7, scale: 16.0, seed: 0 };
-    let err = MlpConfig { embedding: odd, ..Default::default() }.init::<Cpu>(&device, 0).unwrap_err();
+    let odd = NoiseEmbedding::RandomFourier {
+        dim: 7,
+        scale: 16.0,
+        seed: 0,
+    };
+    let err = MlpConfig {
+        embedding: odd,
+        ..Default::default()
+    }
+    .init::<Cpu>(&device, 0)
+    .unwrap_err();
     assert!(err.to_string().contains("dim"), "{err}");
-    let rff = NoiseEmbedding::RandomFourier { dim: 16, scale: 16.0, seed: 0 };
-    assert_eq!(MlpConfig { embedding: rff, ..Default::default() }.init::<Cpu>(&device, 0).unwrap().dim(), 2);
+    let rff = NoiseEmbedding::RandomFourier {
+        dim: 16,
+        scale: 16.0,
+        seed: 0,
+    };
+    assert_eq!(
+        MlpConfig {
+            embedding: rff,
+            ..Default::default()
+        }
+        .init::<Cpu>(&device, 0)
+        .unwrap()
+        .dim(),
+        2
+    );
 }

@@ -84,7 +84,12 @@ pub fn mmd(a: &[f32], b: &[f32], dim: usize, bandwidths: &[f64]) -> Result<f64> 
             reason: format!("need at least one finite, positive bandwidth, got {bandwidths:?}"),
         });
     }
-    let kernel = |d2: f64| bandwidths.iter().map(|h| (-d2 / (2.0 * h * h)).exp()).sum::<f64>();
+    let kernel = |d2: f64| {
+        bandwidths
+            .iter()
+            .map(|h| (-d2 / (2.0 * h * h)).exp())
+            .sum::<f64>()
+    };
     let kaa = mean_pairwise(a, a, dim, true, kernel);
     let kbb = mean_pairwise(b, b, dim, true, kernel);
     let kab = mean_pairwise(a, b, dim, false, kernel);

@@ -1,0 +1,144 @@
+//! Samplers (DESIGN.md §4): stateless functions of a model, a count and an RNG.
+//!
+//! - [`one_step`]: `f(x_T, T, a)`, 1 network call;
+//! - [`anchor_iteration`]: the papers' multi-step, `a ← f(x_T, T, a)` k times;
+//! - [`renoise`]: consistency-style multi-step, re-noising each estimate to a smaller t;
+//! - [`solve_ode`]: the classical probability-flow ODE solvers (module [`ode`]).
+//!
+//! Each returns a [`Generated`] with the number of network evaluations (NFE) it used;
+//! [`generate_batched`] makes any count in batches.
+
+pub mod ode;
+
+pub use ode::{solve_ode, OdeSolver};
+
+use crate::error::{Error, Result};
+use crate::flow::ProbabilityFlowExt;
+use crate::model::IntegrationFlow;
+use crate::nn::IntegrationNet;
+use burn::tensor::{backend::Backend, Tensor};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Samples and the network evaluations that made them.
+#[derive(Clone, Debug)]
+pub struct Generated<B: Backend> {
+    /// `[n, dim]` samples.
+    pub samples: Tensor<B, 2>,
+    /// Network evaluations per sample.
+    pub nfe: usize,
+}
+
+/// One network call from the prior: `f(x_T, T, a)` with `a` from the model's anchor law.
+pub fn one_step<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    rng: &mut dyn Rng,
+    n: usize,
+) -> Result<Generated<B>> {
+    anchor_iteration(model, rng, n, 1)
+}
+
+/// The papers' multi-step sampler: `a ← f(x_T, T, a)` repeated `k` times (`k` NFE).
+pub fn anchor_iteration<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    rng: &mut dyn Rng,
+    n: usize,
+    k: usize,
+) -> Result<Generated<B>> {
+    Ok(Generated {
+        samples: model.generate(rng, n, k)?,
+        nfe: k,
+    })
+}
+
+/// Which anchor the re-noising sampler feeds after the first estimate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RenoiseAnchor {
+    /// Keep the first anchor (a latent code, as trained with `ot` anchors).
+    #[default]
+    Fixed,
+    /// Feed the previous estimate.
+    Previous,
+}
+
+/// Consistency-style multi-step: estimate from the prior, then for each `t` in `times`
+/// (decreasing, inside the range) perturb the estimate to `t` with fresh noise and estimate
+/// again. NFE = 1 + `times.len()`.
+pub fn renoise<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    rng: &mut dyn Rng,
+    n: usize,
+    times: &[f64],
+    anchor: RenoiseAnchor,
+) -> Result<Generated<B>> {
+    let flow = model.flow().clone();
+    let t_max = flow.time_range().max;
+    let mut last = t_max;
+    for &t in times {
+        if !(t < last && flow.time_range().contains(t)) {
+            return Err(Error::InvalidArgument {
+                name: "times",
+                reason: format!(
+                    "re-noising times must decrease inside the range and below t_max; {t} does not"
+                ),
+            });
+        }
+        last = t;
+    }
+    let x_t = model.sample_prior(rng, n)?;
+    let first_anchor = model.sample_anchor(rng, n)?;
+    let mut estimate = model.estimate(x_t, &[t_max], first_anchor.clone())?;
+    for &t in times {
+        let noise = flow.noise::<B, 2>(rng, [n, model.dim()], &estimate.device())?;
+        let x_t = flow.interpolate(estimate.clone(), noise, &[t])?;
+        let a = match anchor {
+            RenoiseAnchor::Fixed => first_anchor.clone(),
+            RenoiseAnchor::Previous => estimate,
+        };
+        estimate = model.estimate(x_t, &[t], a)?;
+    }
+    Ok(Generated {
+        samples: estimate,
+        nfe: 1 + times.len(),
+    })
+}
+
+/// `steps − 1` re-noising times evenly spaced in t between the ends (exclusive):
+/// `t_max − i·(t_max − t_min)/steps`, i = 1..steps.
+pub fn renoise_times(model_range: crate::flow::TimeRange, steps: usize) -> Vec<f64> {
+    (1..steps)
+        .map(|i| model_range.max - i as f64 * model_range.len() / steps as f64)
+        .collect()
+}
+
+/// Generates `count` samples in batches of at most `batch` with `sampler(n)`, returning the
+/// values (row-major) and the NFE per sample.
+pub fn generate_batched<B: Backend>(
+    count: usize,
+    batch: usize,
+    mut sampler: impl FnMut(usize) -> Result<Generated<B>>,
+) -> Result<(Vec<f32>, usize)> {
+    if count == 0 || batch == 0 {
+        return Err(Error::InvalidArgument {
+            name: if count == 0 { "count" } else { "batch" },
+            reason: "must be at least 1".into(),
+        });
+    }
+    let mut values = Vec::new();
+    let mut nfe = 0;
+    let mut done = 0;
+    while done < count {
+        let n = batch.min(count - done);
+        let generated = sampler(n)?;
+        nfe = generated.nfe;
+        values.extend(generated.samples.into_data().iter::<f32>());
+        done += n;
+    }
+    Ok((values, nfe))
+}
+
+/// Clamps every value to `[lo, hi]` (e.g. the data range).
+pub fn clamp<B: Backend>(samples: Tensor<B, 2>, lo: f64, hi: f64) -> Tensor<B, 2> {
+    samples.clamp(lo, hi)
+}
