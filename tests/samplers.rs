@@ -248,3 +248,22 @@ fn batched_generation_makes_any_count() {
     // The oracle's one-step sample from x_T at T = 1 is the posterior mean given pure noise: 0.
     assert!(values.iter().all(|v| v.abs() < 1e-5));
 }
+
+#[test]
+fn diagnostics_measure_convergence_and_straightness() {
+    use integration_flow::sample::{anchor_convergence, straightness};
+    let rf: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    // The oracle ignores its anchor: the iteration is at its fixed point after one call.
+    let model = oracle(rf.clone(), 1.0);
+    let changes = anchor_convergence(&model, &mut StdRng::seed_from_u64(6), 64, 5).unwrap();
+    assert_eq!(changes, vec![0.0; 4]);
+    assert!(anchor_convergence(&model, &mut StdRng::seed_from_u64(6), 64, 1).is_err());
+    // Data concentrated at one point: the prediction is that point all along every line.
+    let point_mass = oracle(rf.clone(), 1e-4);
+    let flat = straightness(&point_mass, &mut StdRng::seed_from_u64(7), 32, 9).unwrap();
+    assert!(flat < 1e-8, "straightness {flat}");
+    // Spread data: the posterior mean moves along the line.
+    let curved = straightness(&model, &mut StdRng::seed_from_u64(7), 32, 9).unwrap();
+    assert!(curved > 1e-3, "straightness {curved}");
+    assert!(straightness(&model, &mut StdRng::seed_from_u64(7), 32, 1).is_err());
+}

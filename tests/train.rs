@@ -128,6 +128,14 @@ fn every_anchor_policy_runs() {
         trainer.fit().unwrap();
         assert_eq!(trainer.step(), 12);
         let after = trainer.anchors().map(|a| a.get(&[0, 1, 2]).unwrap());
+        let drift = trainer.anchor_drift();
+        assert_eq!(drift.len(), 3, "one value per finished epoch");
+        match policy {
+            // Predictions keep moving; data anchors reach their examples in the first epoch.
+            AnchorPolicy::Prediction => assert!(drift.iter().all(|&d| d > 0.0), "{drift:?}"),
+            AnchorPolicy::Data => assert!(drift[0] > 0.0 && drift[1..] == [0.0, 0.0], "{drift:?}"),
+            _ => assert_eq!(drift, &[0.0, 0.0, 0.0][..]),
+        }
         match policy {
             AnchorPolicy::Prediction | AnchorPolicy::Data => {
                 assert_ne!(before, after, "{policy:?} updates anchors")

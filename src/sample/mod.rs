@@ -8,8 +8,10 @@
 //! Each returns a [`Generated`] with the number of network evaluations (NFE) it used;
 //! [`generate_batched`] makes any count in batches.
 
+pub mod diagnostics;
 pub mod ode;
 
+pub use diagnostics::{anchor_convergence, straightness};
 pub use ode::{solve_ode, OdeSolver};
 
 use crate::error::{Error, Result};

@@ -42,6 +42,9 @@ pub struct StepStats {
     pub lr: f64,
     /// The data-term weight `w`.
     pub w: f64,
+    /// When this step finished an epoch: that epoch's mean anchor change per example.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor_drift: Option<f64>,
 }
 
 enum Optim<B: AutodiffBackend, N: AutodiffModule<B>> {
@@ -59,6 +62,14 @@ struct Position {
     batch: usize,
 }
 
+/// How far the anchor store moved: the running sum of per-example anchor changes in the
+/// current epoch, and the mean change per example of every finished epoch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct AnchorDrift {
+    epoch_sum: f64,
+    history: Vec<f64>,
+}
+
 /// What a checkpoint records besides tensors, to resume exactly and to refuse a checkpoint of
 /// another model or dataset.
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,6 +85,7 @@ struct Meta {
     data_dim: usize,
     data_crc: u32,
     param_shapes: Vec<Vec<usize>>,
+    drift: AnchorDrift,
 }
 
 const FORMAT: u32 = 1;
@@ -109,6 +121,7 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     data: Dataset,
     config: TrainConfig,
     position: Position,
+    drift: AnchorDrift,
     order: Vec<usize>,
     checkpoint_dir: Option<PathBuf>,
     metrics: Option<(PathBuf, BufWriter<File>)>,
@@ -176,6 +189,7 @@ where
             data,
             config,
             position,
+            drift: AnchorDrift::default(),
             order: Vec::new(),
             checkpoint_dir: None,
             metrics: None,
@@ -236,6 +250,12 @@ where
         self.position.epoch
     }
 
+    /// The mean change `‖a_new − a_old‖` of an example's anchor over each finished epoch (zeros
+    /// for the policies that never update anchors): does the anchor store converge?
+    pub fn anchor_drift(&self) -> &[f64] {
+        &self.drift.history
+    }
+
     fn batches_per_epoch(&self) -> usize {
         let (n, b) = (self.data.len(), self.config.batch_size);
         if self.config.drop_last {
@@ -266,7 +286,10 @@ where
         for _ in 0..count {
             let stats = self.train_step()?;
             let done = self.position.step;
-            if done.is_multiple_of(self.config.log_every) || done == self.config.steps {
+            if done.is_multiple_of(self.config.log_every)
+                || done == self.config.steps
+                || stats.anchor_drift.is_some()
+            {
                 let rate = (done - window.1) as f64 * self.config.batch_size as f64
                     / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), done);
@@ -358,7 +381,7 @@ where
             Tensor::<B, 2>::from_data(TensorData::new(values, [n, dim]), &self.device)
         };
         let x0_t = upload(x0.clone());
-        let anchor_t = upload(anchor);
+        let anchor_t = upload(anchor.clone());
         let x_t = flow.interpolate(x0_t.clone(), upload(noise), &t)?;
         let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
 
@@ -419,19 +442,37 @@ where
         self.model = self.model.with_net(net);
 
         if let Some(store) = &mut self.anchors {
-            match policy {
+            let new = match policy {
                 AnchorPolicy::Prediction => {
-                    let values: Vec<f32> = x_hat.into_data().iter::<f32>().collect();
-                    store.set(&indices, &values)?;
+                    Some(x_hat.into_data().iter::<f32>().collect::<Vec<f32>>())
                 }
-                AnchorPolicy::Data => store.set(&indices, &x0)?,
-                AnchorPolicy::Frozen | AnchorPolicy::Ot | AnchorPolicy::Off => {}
+                AnchorPolicy::Data => Some(x0),
+                AnchorPolicy::Frozen | AnchorPolicy::Ot | AnchorPolicy::Off => None,
+            };
+            if let Some(new) = new {
+                self.drift.epoch_sum += new
+                    .chunks(dim)
+                    .zip(anchor.chunks(dim))
+                    .map(|(a, b)| {
+                        a.iter()
+                            .zip(b)
+                            .map(|(x, y)| f64::from(x - y).powi(2))
+                            .sum::<f64>()
+                            .sqrt()
+                    })
+                    .sum::<f64>();
+                store.set(&indices, &new)?;
             }
         }
 
         self.position.step += 1;
         self.position.batch += 1;
+        let mut anchor_drift = None;
         if self.position.batch == self.batches_per_epoch() {
+            let per_example = self.drift.epoch_sum / self.data.len() as f64;
+            self.drift.history.push(per_example);
+            anchor_drift = Some(per_example);
+            self.drift.epoch_sum = 0.0;
             self.position.batch = 0;
             self.position.epoch += 1;
             self.order = self.epoch_order(self.position.epoch);
@@ -443,6 +484,7 @@ where
             grad_norm,
             lr,
             w,
+            anchor_drift,
         })
     }
 
@@ -493,6 +535,7 @@ where
             data_dim: self.data.dim(),
             data_crc: data_crc(&self.data),
             param_shapes: param_shapes(self.model.net()),
+            drift: self.drift.clone(),
         }
     }
 
