@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod compare;
 pub mod data;
 pub mod error;
 pub mod flow;

@@ -1,0 +1,36 @@
+//! The `compare` engine's quick mode, asserted loosely: both the one-step Integration Flow
+//! model and the ODE baseline generate, for every flow.
+#![cfg(any(feature = "flex", feature = "ndarray"))]
+
+use integration_flow::backend::CpuAutodiff;
+use integration_flow::compare::{markdown_table, run_compare, CompareConfig};
+use integration_flow::data::Toy;
+
+#[test]
+fn quick_compare_shows_both_methods_generating() {
+    let config = CompareConfig::quick(Toy::EightGaussians);
+    let (results, one_step) =
+        run_compare::<CpuAutodiff>(&config, |line| println!("{line}")).unwrap();
+    println!("{}", markdown_table(&config, &results));
+    assert_eq!(results.rows.len(), 4 * 16);
+    for flow in ["rf", "vp", "ve", "pfgmpp"] {
+        let prior = results.prior_sw2[flow][0];
+        let if1 = results.row(flow, "if-anchor-1").unwrap();
+        assert_eq!(if1.nfe, 1);
+        assert!(
+            if1.sw2[0] < 0.5 * prior,
+            "{flow}: IF one-step SW2 {} vs prior {prior}",
+            if1.sw2[0]
+        );
+        let dopri = results.row(flow, "baseline-dopri5-1e-5-1e-5").unwrap();
+        assert!(
+            dopri.sw2[0] < 0.5 * prior,
+            "{flow}: DOPRI5 SW2 {} vs prior {prior}",
+            dopri.sw2[0]
+        );
+        assert!(dopri.nfe > 8);
+        assert_eq!(results.row(flow, "if-renoise-4").unwrap().nfe, 4);
+        assert_eq!(results.row(flow, "baseline-heun-8").unwrap().nfe, 15);
+        assert_eq!(one_step[flow].len(), 2 * config.samples);
+    }
+}
