@@ -14,12 +14,11 @@ use crate::metrics::{
     energy_distance, mmd, nearest_neighbour_distance, sliced_wasserstein2, MMD_BANDWIDTHS,
 };
 use crate::model::{AnchorLaw, IntegrationFlow};
-use crate::nn::MlpConfig;
+use crate::nn::{Mlp, MlpConfig};
 use crate::sample::{
     anchor_iteration, generate_batched, renoise, renoise_times, solve_ode, OdeSolver, RenoiseAnchor,
 };
 use crate::train::{AnchorPolicy, TrainConfig, Trainer};
-use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -130,7 +129,7 @@ fn train<B>(
     policy: AnchorPolicy,
     steps: usize,
     seed: u64,
-) -> Result<IntegrationFlow<B::InnerBackend, <crate::nn::Mlp<B> as AutodiffModule<B>>::InnerModule>>
+) -> Result<IntegrationFlow<B::InnerBackend, Mlp<B::InnerBackend>>>
 where
     B: AutodiffBackend,
 {
