@@ -388,3 +388,42 @@ fn train_config_round_trips_through_json() {
     assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), config);
     assert!(serde_json::from_str::<TrainConfig>(r#"{"stepz": 3}"#).is_err());
 }
+
+/// EDM's λ(t) trains near the prior end of rectified flow and is refused where σ = 0.
+#[test]
+fn edm_loss_weight_is_finite_at_the_prior_end() {
+    use integration_flow::train::LossWeight;
+    let data = Toy::Moons.sample(256, 0).unwrap();
+    let mut config = quiet(5, 64);
+    config.loss_weight = LossWeight::Edm;
+    config.time = integration_flow::flow::TimeDistribution::LogitNormal {
+        mean: 3.0,
+        std: 0.1,
+    };
+    let rf: Arc<dyn ProbabilityFlow> = Arc::new(
+        RectifiedFlowConfig {
+            t_min: 1e-3,
+            t_max: 1.0,
+        }
+        .init()
+        .unwrap(),
+    );
+    let mut trainer = Trainer::new(model(rf, 16, 1.0), data.clone(), config.clone()).unwrap();
+    for _ in 0..5 {
+        assert!(trainer.train_step().unwrap().loss.is_finite());
+    }
+    let rf0: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    let err = Trainer::new(model(rf0, 16, 1.0), data, config)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "loss_weight",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -401,10 +401,8 @@ where
             let sd = self.model.sigma_data();
             let lambda: Vec<f64> = t
                 .iter()
-                .map(|&ti| {
-                    let s = flow.noise_to_signal(ti);
-                    (s * s + sd * sd) / (s * sd).powi(2)
-                })
+                // (σ̃² + σ_d²)/(σ̃σ_d)² = 1/σ_d² + 1/σ̃², finite where σ̃ = ∞ (α = 0).
+                .map(|&ti| 1.0 / (sd * sd) + flow.noise_to_signal(ti).powi(-2))
                 .collect();
             per_example = per_example * column(lambda, &x_hat);
         }
