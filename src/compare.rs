@@ -334,3 +334,108 @@ pub fn markdown_table(config: &CompareConfig, results: &CompareResults) -> Strin
     }
     out
 }
+
+/// One training recipe of an ablation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    /// A short name for tables.
+    pub name: String,
+    /// The training configuration (its `seed` and `steps` are set per run).
+    pub train: TrainConfig,
+    /// The preconditioning form.
+    pub parameterization: Parameterization,
+}
+
+/// One-step and 2-step (re-noising, fixed anchor) quality of one variant, per seed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AblationRow {
+    /// The variant's name.
+    pub variant: String,
+    /// SW2 of one-step samples, one value per seed.
+    pub one_step_sw2: Vec<f64>,
+    /// SW2 of 2-step re-noising samples, one value per seed.
+    pub renoise2_sw2: Vec<f64>,
+    /// Final training loss, one value per seed.
+    pub final_loss: Vec<f64>,
+}
+
+/// Trains every variant on `flow` for each seed and measures one-step and 2-step SW2 with
+/// `config`'s data sizes; `progress` receives a line per run.
+pub fn run_ablation<B: AutodiffBackend>(
+    config: &CompareConfig,
+    flow: Arc<dyn ProbabilityFlow>,
+    variants: &[Variant],
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<AblationRow>> {
+    let mut rows: Vec<AblationRow> = variants
+        .iter()
+        .map(|v| AblationRow {
+            variant: v.name.clone(),
+            ..Default::default()
+        })
+        .collect();
+    for seed in 0..config.seeds {
+        let data = config.dataset.sample(config.points, seed)?;
+        let reference = config.dataset.sample(config.samples, 1_000 + seed)?;
+        let (_, sd) = data.mean_and_std();
+        for (variant, row) in variants.iter().zip(&mut rows) {
+            let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
+            let model = IntegrationFlow::from_shared(
+                flow.clone(),
+                net,
+                variant.parameterization,
+                sd,
+                AnchorLaw::Gaussian { scale: 1.0 },
+            )?;
+            let train = TrainConfig {
+                seed,
+                steps: config.steps,
+                progress: false,
+                ..variant.train.clone()
+            };
+            let mut trainer = Trainer::new(model, data.clone(), train)?;
+            let last = trainer.fit()?;
+            let model = trainer.ema_model();
+            let mut rng = StdRng::seed_from_u64(10_000 + seed);
+            let (one, _) = generate_batched(config.samples, 2500, |n| {
+                anchor_iteration(&model, &mut rng, n, 1)
+            })?;
+            let times = renoise_times(flow.time_range(), 2);
+            let (two, _) = generate_batched(config.samples, 2500, |n| {
+                renoise(&model, &mut rng, n, &times, RenoiseAnchor::Fixed)
+            })?;
+            let sw2 = |s: &[f32]| {
+                if s.iter().all(|v| v.is_finite()) {
+                    sliced_wasserstein2(s, reference.values(), 2, 256, seed)
+                } else {
+                    Ok(f64::NAN)
+                }
+            };
+            row.one_step_sw2.push(sw2(&one)?);
+            row.renoise2_sw2.push(sw2(&two)?);
+            row.final_loss.push(last.map_or(f64::NAN, |s| s.loss));
+            progress(&format!(
+                "{:<32} seed {seed}: one-step sw2 {:.4}, re-noise-2 sw2 {:.4}",
+                variant.name,
+                row.one_step_sw2.last().copied().unwrap_or(f64::NAN),
+                row.renoise2_sw2.last().copied().unwrap_or(f64::NAN)
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// An ablation's rows as a Markdown table.
+pub fn ablation_table(title: &str, rows: &[AblationRow]) -> String {
+    let mut out = format!("## {title}\n\n| variant | one-step SW2 | re-noise-2 SW2 | final loss |\n|---|---|---|---|\n");
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.variant,
+            summary(&r.one_step_sw2),
+            summary(&r.renoise2_sw2),
+            summary(&r.final_loss)
+        ));
+    }
+    out
+}
