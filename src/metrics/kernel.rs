@@ -72,7 +72,9 @@ pub const MMD_BANDWIDTHS: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
 /// ```
 /// use integration_flow::metrics::{mmd, MMD_BANDWIDTHS};
 /// let a = [0.0f32, 0.0, 1.0, 1.0, 2.0, 0.5];
-/// assert!(mmd(&a, &a, 2, &MMD_BANDWIDTHS)?.abs() < 0.5);
+/// let near = [0.1f32, 0.0, 1.0, 1.1, 2.0, 0.4];
+/// let far = [5.0f32, 5.0, 6.0, 6.0, 7.0, 5.5];
+/// assert!(mmd(&a, &far, 2, &MMD_BANDWIDTHS)? > mmd(&a, &near, 2, &MMD_BANDWIDTHS)?);
 /// # Ok::<(), integration_flow::Error>(())
 /// ```
 pub fn mmd(a: &[f32], b: &[f32], dim: usize, bandwidths: &[f64]) -> Result<f64> {
