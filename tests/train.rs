@@ -338,32 +338,25 @@ fn bad_input_is_a_typed_error_before_training() {
     assert!(Dataset::new(vec![], 2).is_err());
     assert!(Toy::Moons.sample(0, 0).is_err());
     // Batch size 0, or larger than the dataset with drop_last.
-    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), quiet(1, 0))
+    for batch_size in [0, 101] {
+        let err = Trainer::new(
+            model(rf.clone(), 16, 1.0),
+            data.clone(),
+            quiet(1, batch_size),
+        )
         .err()
         .unwrap();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidConfig {
-                field: "batch_size",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), quiet(1, 101))
-        .err()
-        .unwrap();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidConfig {
-                field: "batch_size",
-                ..
-            }
-        ),
-        "{err}"
-    );
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    field: "batch_size",
+                    ..
+                }
+            ),
+            "{batch_size}: {err}"
+        );
+    }
     let mut no_drop = quiet(1, 101);
     no_drop.drop_last = false;
     assert!(Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), no_drop).is_ok());
