@@ -420,3 +420,36 @@ fn edm_loss_weight_is_finite_at_the_prior_end() {
         "{err}"
     );
 }
+
+/// The metrics log holds one JSON object per logged step, and `fit` leaves a checkpoint.
+#[test]
+fn fit_writes_a_metrics_log_and_a_final_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("integration_flow_log_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = Toy::Moons.sample(256, 0).unwrap();
+    let rf: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    let mut config = quiet(10, 64); // 4 steps per epoch
+    config.log_every = 5;
+    let mut trainer = Trainer::new(model(rf, 16, 1.0), data, config)
+        .unwrap()
+        .with_checkpoint_dir(&dir)
+        .with_metrics_log(dir.join("metrics.jsonl"))
+        .unwrap();
+    trainer.fit().unwrap();
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Steps 5 and 10 by period, 4 and 8 at the ends of epochs.
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![3, 4, 7, 9]);
+    assert!(lines
+        .iter()
+        .all(|l| l["loss"].as_f64().unwrap().is_finite()
+            && l["samples_per_sec"].as_f64().unwrap() > 0.0));
+    assert!(lines[0]["anchor_drift"].is_number(), "{}", lines[0]);
+    assert!(integration_flow::train::checkpoint_path(&dir).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
