@@ -259,7 +259,12 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     }
 
     fn device(&self) -> B::Device {
-        // Every parameter lives on one device; an empty network falls back to the default.
-        self.net.devices().into_iter().next().unwrap_or_default()
+        device_of(&self.net)
     }
+}
+
+/// The device a module's parameters live on (all on one); the default for a module without
+/// parameters.
+pub(crate) fn device_of<B: Backend, M: burn::module::Module<B>>(module: &M) -> B::Device {
+    module.devices().into_iter().next().unwrap_or_default()
 }

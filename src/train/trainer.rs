@@ -8,7 +8,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::flow::tensor::column;
 use crate::flow::ProbabilityFlowExt;
-use crate::model::{AnchorLaw, IntegrationFlow};
+use crate::model::{device_of, AnchorLaw, IntegrationFlow};
 use crate::nn::IntegrationNet;
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -179,7 +179,7 @@ where
             });
         }
         let optim = build_optimizer(&config)?;
-        let device = model.net().devices().into_iter().next().unwrap_or_default();
+        let device = device_of(model.net());
         let ema = ema.unwrap_or_else(|| model.net().valid());
         let mut trainer = Trainer {
             model,
@@ -593,7 +593,7 @@ where
                 )));
             }
         }
-        let device = model.net().devices().into_iter().next().unwrap_or_default();
+        let device = device_of(model.net());
         let bytes = Bytes::default();
         let load_error = |what: &str, e: burn::record::RecorderError| {
             mismatch(format!("cannot load the {what}: {e}"))
@@ -601,11 +601,14 @@ where
         let net_record = Recorder::<B>::load(&bytes, sections.take("model", &path)?, &device)
             .map_err(|e| load_error("model", e))?;
         let net = model.net().clone().load_record(net_record);
-        let inner_device = net.valid().devices().into_iter().next().unwrap_or_default();
-        let ema_record =
-            Recorder::<B::InnerBackend>::load(&bytes, sections.take("ema", &path)?, &inner_device)
-                .map_err(|e| load_error("EMA", e))?;
-        let ema = net.valid().load_record(ema_record);
+        let ema_template = net.valid();
+        let ema_record = Recorder::<B::InnerBackend>::load(
+            &bytes,
+            sections.take("ema", &path)?,
+            &device_of(&ema_template),
+        )
+        .map_err(|e| load_error("EMA", e))?;
+        let ema = ema_template.load_record(ema_record);
         let anchors = if meta.config.anchor.policy == AnchorPolicy::Off {
             None
         } else {
