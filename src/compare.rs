@@ -122,36 +122,47 @@ pub fn default_flows() -> Result<Vec<Arc<dyn ProbabilityFlow>>> {
     ])
 }
 
-/// Trains the default MLP on `data` under `policy` and returns its EMA model.
-fn train<B>(
+/// An EMA model of the default MLP, ready for sampling.
+type EmaModel<B> = IntegrationFlow<
+    <B as AutodiffBackend>::InnerBackend,
+    Mlp<<B as AutodiffBackend>::InnerBackend>,
+>;
+
+/// Trains the default MLP on `data` with `train` (its seed and steps set here, no progress bar)
+/// and returns the EMA model and the last step's loss.
+fn train<B: AutodiffBackend>(
     flow: &Arc<dyn ProbabilityFlow>,
     data: &Dataset,
-    policy: AnchorPolicy,
+    train: &TrainConfig,
+    parameterization: Parameterization,
     steps: usize,
     seed: u64,
-) -> Result<IntegrationFlow<B::InnerBackend, Mlp<B::InnerBackend>>>
-where
-    B: AutodiffBackend,
-{
+) -> Result<(EmaModel<B>, f64)> {
     let (_, sd) = data.mean_and_std();
     let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
     let model = IntegrationFlow::from_shared(
         flow.clone(),
         net,
-        Parameterization::Integral,
+        parameterization,
         sd,
         AnchorLaw::Gaussian { scale: 1.0 },
     )?;
-    let mut config = TrainConfig {
+    let config = TrainConfig {
         seed,
         steps,
         progress: false,
-        ..Default::default()
+        ..train.clone()
     };
-    config.anchor.policy = policy;
     let mut trainer = Trainer::new(model, data.clone(), config)?;
-    trainer.fit()?;
-    Ok(trainer.ema_model())
+    let last = trainer.fit()?;
+    Ok((trainer.ema_model(), last.map_or(f64::NAN, |s| s.loss)))
+}
+
+/// The default recipe with anchor policy `policy`.
+fn with_policy(policy: AnchorPolicy) -> TrainConfig {
+    let mut config = TrainConfig::default();
+    config.anchor.policy = policy;
+    config
 }
 
 /// A sampler under test: IF methods run on the IF model, ODE solvers on the baseline.
@@ -216,8 +227,23 @@ pub fn run_compare<B: AutodiffBackend>(
                 "{name}, seed {seed}: training IF and baseline ({} steps each)",
                 config.steps
             ));
-            let if_model = train::<B>(&flow, &data, AnchorPolicy::Ot, config.steps, seed)?;
-            let baseline = train::<B>(&flow, &data, AnchorPolicy::Off, config.steps, seed)?;
+            let integral = Parameterization::Integral;
+            let (if_model, _) = train::<B>(
+                &flow,
+                &data,
+                &with_policy(AnchorPolicy::Ot),
+                integral,
+                config.steps,
+                seed,
+            )?;
+            let (baseline, _) = train::<B>(
+                &flow,
+                &data,
+                &with_policy(AnchorPolicy::Off),
+                integral,
+                config.steps,
+                seed,
+            )?;
             let mut rng = StdRng::seed_from_u64(20_000 + seed);
             let prior: Vec<f32> = if_model
                 .sample_prior(&mut rng, count)?
@@ -377,25 +403,15 @@ pub fn run_ablation<B: AutodiffBackend>(
     for seed in 0..config.seeds {
         let data = config.dataset.sample(config.points, seed)?;
         let reference = config.dataset.sample(config.samples, 1_000 + seed)?;
-        let (_, sd) = data.mean_and_std();
         for (variant, row) in variants.iter().zip(&mut rows) {
-            let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
-            let model = IntegrationFlow::from_shared(
-                flow.clone(),
-                net,
+            let (model, final_loss) = train::<B>(
+                &flow,
+                &data,
+                &variant.train,
                 variant.parameterization,
-                sd,
-                AnchorLaw::Gaussian { scale: 1.0 },
-            )?;
-            let train = TrainConfig {
+                config.steps,
                 seed,
-                steps: config.steps,
-                progress: false,
-                ..variant.train.clone()
-            };
-            let mut trainer = Trainer::new(model, data.clone(), train)?;
-            let last = trainer.fit()?;
-            let model = trainer.ema_model();
+            )?;
             let mut rng = StdRng::seed_from_u64(10_000 + seed);
             let (one, _) = generate_batched(config.samples, 2500, |n| {
                 anchor_iteration(&model, &mut rng, n, 1)
@@ -413,7 +429,7 @@ pub fn run_ablation<B: AutodiffBackend>(
             };
             row.one_step_sw2.push(sw2(&one)?);
             row.renoise2_sw2.push(sw2(&two)?);
-            row.final_loss.push(last.map_or(f64::NAN, |s| s.loss));
+            row.final_loss.push(final_loss);
             progress(&format!(
                 "{:<32} seed {seed}: one-step sw2 {:.4}, re-noise-2 sw2 {:.4}",
                 variant.name,
