@@ -1,7 +1,7 @@
 //! Ablations of the training recipe: one-step and 2-step quality per variant, over seeds.
 //!
 //! ```sh
-//! cargo run --release --example ablate -- [--knob policy|weighting|parameterization|distance|time|chunk|points|all]
+//! cargo run --release --example ablate -- [--knob default|policy|weighting|parameterization|distance|time|chunk|points|refresh|space|tmax|all]
 //!     [--dataset NAME] [--flow rf|vp|ve|pfgmpp] [--steps N] [--seeds K] [--out DIR]
 //! ```
 //!
@@ -15,7 +15,7 @@ use integration_flow::data::Toy;
 use integration_flow::flow::{
     Parameterization, ProbabilityFlow, RectifiedFlowConfig, TimeDistribution,
 };
-use integration_flow::train::{AnchorPolicy, Distance, TrainConfig, Weighting};
+use integration_flow::train::{AnchorPolicy, Distance, OtSpace, TrainConfig, Weighting};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -118,6 +118,32 @@ fn variants(knob: &str) -> Result<Vec<Variant>, String> {
         .into_iter()
         .map(|(name, t)| variant(name, |c| c.time = t))
         .collect(),
+        "default" => vec![variant("default (ot)", |_| {})],
+        "refresh" => [0usize, 10, 50]
+            .into_iter()
+            .map(|k| {
+                let name = if k == 0 {
+                    "ot, frozen matching".to_string()
+                } else {
+                    format!("ot, re-matched every {k} epochs")
+                };
+                variant(&name, |c| c.anchor.ot_refresh_epochs = k)
+            })
+            .collect(),
+        "space" => vec![
+            variant("ot in the data space", |_| {}),
+            variant("ot on the first principal direction", |c| {
+                c.anchor.ot_space = OtSpace::Pca { dims: 1 }
+            }),
+        ],
+        "tmax" => [0.0, 0.1, 0.25, 0.5]
+            .into_iter()
+            .map(|f| {
+                variant(&format!("{f} of each batch at t_max"), |c| {
+                    c.t_max_fraction = f
+                })
+            })
+            .collect(),
         "chunk" => [256usize, 1024, 4096]
             .into_iter()
             .map(|k| variant(&format!("ot chunk {k}"), |c| c.anchor.ot_chunk = k))
@@ -143,6 +169,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "time",
             "chunk",
             "points",
+            "refresh",
+            "space",
+            "tmax",
         ]
     } else {
         vec![args.knob.as_str()]

@@ -8,11 +8,14 @@
 //! (the same network with anchor policy `off`: a plain x̂_0 denoiser) with the same steps and
 //! seed, then measures every sampler: IF one step, anchor iteration (2, 4, 8) and re-noising
 //! (2, 4, 8); baseline Euler (1, 2, 4, 8, 16, 100), Heun (8), RK4 (8) and DOPRI5. Writes
-//! `DIR/table.md`, `DIR/results.json` and `DIR/<flow>_if_nfe1.npy` (one-step samples).
+//! `DIR/table.md`, `DIR/results.json`, `DIR/<flow>_if_nfe1.npy` (one-step samples of seed 0),
+//! `DIR/<flow>_sw2_vs_nfe.png` (quality against NFE) and `DIR/scatter_grid.png` (samples).
 use clap::Parser;
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::compare::{markdown_table, run_compare, CompareConfig};
+use integration_flow::compare::{CompareResults, KEPT_METHODS};
 use integration_flow::data::{write_npy_f32, Toy};
+use integration_flow::plot::{line_chart_png, scatter_grid_png, Panel, Series, PALETTE};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -49,20 +52,151 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.seeds = args.seeds.unwrap_or(config.seeds);
     config.points = args.points.unwrap_or(config.points);
     std::fs::create_dir_all(&args.out)?;
-    let (results, one_step) = run_compare::<CpuAutodiff>(&config, |line| eprintln!("{line}"))?;
-    for (flow, samples) in &one_step {
-        write_npy_f32(
-            args.out.join(format!("{flow}_if_nfe1.npy")),
-            samples,
-            &[samples.len() / 2, 2],
-        )?;
+    let started = std::time::Instant::now();
+    let output = run_compare::<CpuAutodiff>(&config, |line| eprintln!("{line}"))?;
+    let results = &output.results;
+    for ((flow, method), samples) in &output.samples {
+        if method == "if-anchor-1" {
+            write_npy_f32(
+                args.out.join(format!("{flow}_if_nfe1.npy")),
+                samples,
+                &[samples.len() / 2, 2],
+            )?;
+        }
     }
     std::fs::write(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = markdown_table(&config, &results);
+    let data = toy.sample(config.samples, 1_000)?;
+    write_figures(&args.out, toy, results, &output.samples, data.values())?;
+    let table = markdown_table(&config, results);
     std::fs::write(args.out.join("table.md"), &table)?;
     println!("{table}");
+    eprintln!(
+        "compare finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `DIR/<flow>_sw2_vs_nfe.png` per flow and `DIR/scatter_grid.png` (rows: flows; columns: data
+/// and the kept methods' seed-0 samples).
+fn write_figures(
+    out: &std::path::Path,
+    toy: Toy,
+    results: &CompareResults,
+    samples: &std::collections::BTreeMap<(String, String), Vec<f32>>,
+    data: &[f32],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let flows: Vec<String> = results.prior_sw2.keys().cloned().collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    for flow in &flows {
+        let curve = |methods: &[&str]| -> Vec<(f64, f64)> {
+            methods
+                .iter()
+                .filter_map(|m| results.row(flow, m))
+                .map(|r| (r.nfe as f64, mean(&r.sw2)))
+                .collect()
+        };
+        let anchor = curve(&["if-anchor-1", "if-anchor-2", "if-anchor-4", "if-anchor-8"]);
+        let renoise = curve(&[
+            "if-anchor-1",
+            "if-renoise-2",
+            "if-renoise-4",
+            "if-renoise-8",
+        ]);
+        let euler = curve(&[
+            "baseline-euler-1",
+            "baseline-euler-2",
+            "baseline-euler-4",
+            "baseline-euler-8",
+            "baseline-euler-16",
+            "baseline-euler-100",
+        ]);
+        let heun = curve(&["baseline-heun-8"]);
+        let rk4 = curve(&["baseline-rk4-8"]);
+        let dopri = curve(&["baseline-dopri5-1e-5-1e-5"]);
+        let series = [
+            Series {
+                name: "IF re-noise",
+                points: &renoise,
+                colour: PALETTE[0],
+            },
+            Series {
+                name: "IF anchor iter.",
+                points: &anchor,
+                colour: PALETTE[4],
+            },
+            Series {
+                name: "ODE Euler",
+                points: &euler,
+                colour: PALETTE[1],
+            },
+            Series {
+                name: "ODE Heun 8",
+                points: &heun,
+                colour: PALETTE[2],
+            },
+            Series {
+                name: "ODE RK4 8",
+                points: &rk4,
+                colour: PALETTE[3],
+            },
+            Series {
+                name: "ODE DOPRI5",
+                points: &dopri,
+                colour: PALETTE[5],
+            },
+        ];
+        line_chart_png(
+            out.join(format!("{flow}_sw2_vs_nfe.png")),
+            &format!(
+                "{flow} on {}: SW2 against NFE (lower is better)",
+                toy.name()
+            ),
+            "network evaluations per sample (NFE)",
+            "SW2",
+            &series,
+            720,
+            420,
+        )?;
+    }
+    let titles = [
+        "data",
+        "IF 1 step",
+        "IF re-noise 2",
+        "ODE Euler 8",
+        "ODE DOPRI5",
+    ];
+    let grid: Vec<Vec<Panel>> = flows
+        .iter()
+        .map(|flow| {
+            let mut row = vec![Panel {
+                points: data,
+                colour: [60, 60, 60],
+            }];
+            for (i, method) in KEPT_METHODS.iter().enumerate() {
+                let points = samples
+                    .get(&(flow.clone(), method.to_string()))
+                    .map_or(&[][..], |v| v.as_slice());
+                row.push(Panel {
+                    points,
+                    colour: PALETTE[i],
+                });
+            }
+            row
+        })
+        .collect();
+    let rows: Vec<&[Panel]> = grid.iter().map(|r| r.as_slice()).collect();
+    let names: Vec<&str> = flows.iter().map(|f| f.as_str()).collect();
+    scatter_grid_png(
+        out.join("scatter_grid.png"),
+        &rows,
+        &titles,
+        &names,
+        4.5,
+        200,
+    )?;
     Ok(())
 }

@@ -1,15 +1,103 @@
-//! Figures as PNG files, drawn without a plotting stack.
+//! Figures as PNG files: scatter grids of 2-D samples and quality-against-NFE line charts.
+//!
+//! Drawn on an `image` buffer; text uses `embedded-graphics`' built-in bitmap fonts, so the
+//! figures need no font files on the machine that makes them.
 
 use crate::error::{Error, Result};
+use embedded_graphics::mono_font::{ascii::FONT_6X10, MonoTextStyle};
+use embedded_graphics::pixelcolor::Rgb888;
+use embedded_graphics::prelude::*;
+use embedded_graphics::primitives::{Circle, Line, PrimitiveStyle, Rectangle};
+use embedded_graphics::text::{Alignment, Text};
 use image::{Rgb, RgbImage};
 use std::path::Path;
 
-/// One panel of a scatter figure: 2-D points (row-major `[n, 2]`) and a title colour.
+/// One panel of a scatter figure: 2-D points (row-major `[n, 2]`) and their colour.
 pub struct Panel<'a> {
     /// The points, `x0, y0, x1, y1, …`.
     pub points: &'a [f32],
     /// The colour of the points.
     pub colour: [u8; 3],
+}
+
+/// An `RgbImage` as an `embedded-graphics` draw target (pixels outside are dropped).
+struct Canvas(RgbImage);
+
+impl OriginDimensions for Canvas {
+    fn size(&self) -> Size {
+        Size::new(self.0.width(), self.0.height())
+    }
+}
+
+impl DrawTarget for Canvas {
+    type Color = Rgb888;
+    type Error = std::convert::Infallible;
+
+    fn draw_iter<I>(&mut self, pixels: I) -> std::result::Result<(), Self::Error>
+    where
+        I: IntoIterator<Item = Pixel<Self::Color>>,
+    {
+        for Pixel(p, c) in pixels {
+            if p.x >= 0
+                && p.y >= 0
+                && (p.x as u32) < self.0.width()
+                && (p.y as u32) < self.0.height()
+            {
+                self.0
+                    .put_pixel(p.x as u32, p.y as u32, Rgb([c.r(), c.g(), c.b()]));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Canvas {
+    fn new(width: u32, height: u32) -> Self {
+        Canvas(RgbImage::from_pixel(width, height, Rgb([255, 255, 255])))
+    }
+
+    fn text(&mut self, s: &str, x: i32, y: i32, align: Alignment) {
+        let style = MonoTextStyle::new(&FONT_6X10, Rgb888::BLACK);
+        let Ok(_) = Text::with_alignment(s, Point::new(x, y), style, align).draw(self);
+    }
+
+    fn line(&mut self, from: (i32, i32), to: (i32, i32), colour: [u8; 3], width: u32) {
+        let style = PrimitiveStyle::with_stroke(rgb(colour), width);
+        let Ok(()) = Line::new(Point::new(from.0, from.1), Point::new(to.0, to.1))
+            .into_styled(style)
+            .draw(self);
+    }
+
+    fn frame(&mut self, x: i32, y: i32, w: u32, h: u32, colour: [u8; 3]) {
+        let style = PrimitiveStyle::with_stroke(rgb(colour), 1);
+        let Ok(()) = Rectangle::new(Point::new(x, y), Size::new(w, h))
+            .into_styled(style)
+            .draw(self);
+    }
+
+    fn dot(&mut self, x: i32, y: i32, colour: [u8; 3]) {
+        let Ok(()) = Circle::with_center(Point::new(x, y), 7)
+            .into_styled(PrimitiveStyle::with_fill(rgb(colour)))
+            .draw(self);
+    }
+
+    fn save(self, path: &Path) -> Result<()> {
+        let mut bytes = Vec::new();
+        self.0
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .map_err(|e| Error::InvalidArgument {
+                name: "figure",
+                reason: format!("PNG encoding failed: {e}"),
+            })?;
+        crate::data::write_atomically(path, &bytes)
+    }
+}
+
+fn rgb(c: [u8; 3]) -> Rgb888 {
+    Rgb888::new(c[0], c[1], c[2])
 }
 
 /// Draws the panels side by side, `size`×`size` pixels each, on a common square window
@@ -21,7 +109,21 @@ pub fn scatter_png(
     extent: f32,
     size: u32,
 ) -> Result<()> {
-    if panels.is_empty() || size < 8 || !(extent.is_finite() && extent > 0.0) {
+    scatter_grid_png(path, &[panels], &[], &[], extent, size)
+}
+
+/// A grid of scatter panels (`rows[r][c]`), with optional titles above the columns and at the
+/// left of the rows; every panel shows `[-extent, extent]²` in `size`×`size` pixels.
+pub fn scatter_grid_png(
+    path: impl AsRef<Path>,
+    rows: &[&[Panel<'_>]],
+    column_titles: &[&str],
+    row_titles: &[&str],
+    extent: f32,
+    size: u32,
+) -> Result<()> {
+    let columns = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    if columns == 0 || size < 8 || !(extent.is_finite() && extent > 0.0) {
         return Err(Error::InvalidArgument {
             name: "panels",
             reason: "a scatter figure needs at least one panel, size ≥ 8 and a positive extent"
@@ -29,45 +131,187 @@ pub fn scatter_png(
         });
     }
     let gap = 8;
-    let width = panels.len() as u32 * (size + gap) - gap;
-    let mut img = RgbImage::from_pixel(width, size, Rgb([255, 255, 255]));
-    let mut ink = vec![0.0f32; (width * size) as usize];
-    for (k, panel) in panels.iter().enumerate() {
-        let x0 = k as u32 * (size + gap);
-        for p in panel.points.chunks_exact(2) {
-            let px = ((p[0] / extent + 1.0) * 0.5 * size as f32).floor();
-            let py = ((1.0 - p[1] / extent) * 0.5 * size as f32).floor();
-            if px >= 0.0 && py >= 0.0 && (px as u32) < size && (py as u32) < size {
-                let i = (py as u32 * width + x0 + px as u32) as usize;
-                ink[i] += 1.0;
-            }
+    let left = if row_titles.is_empty() {
+        0
+    } else {
+        8 + 6 * row_titles.iter().map(|t| t.len() as u32).max().unwrap_or(0)
+    };
+    let top = if column_titles.is_empty() { 0 } else { 16 };
+    let width = left + columns as u32 * (size + gap) - gap;
+    let height = top + rows.len() as u32 * (size + gap) - gap;
+    let mut canvas = Canvas::new(width, height);
+    for (c, title) in column_titles.iter().enumerate().take(columns) {
+        let x = left + c as u32 * (size + gap) + size / 2;
+        canvas.text(title, x as i32, 11, Alignment::Center);
+    }
+    for (r, row) in rows.iter().enumerate() {
+        let y0 = top + r as u32 * (size + gap);
+        if let Some(title) = row_titles.get(r) {
+            canvas.text(title, 4, (y0 + size / 2) as i32, Alignment::Left);
         }
-        // Colour each pixel by its ink: one point is light, many are saturated.
-        for y in 0..size {
-            for x in 0..size {
-                let i = (y * width + x0 + x) as usize;
-                let a = 1.0 - (-0.6 * ink[i]).exp();
-                let c = panel
-                    .colour
-                    .map(|c| (255.0 + a * (f32::from(c) - 255.0)) as u8);
-                img.put_pixel(x0 + x, y, Rgb(c));
-            }
+        for (c, panel) in row.iter().enumerate() {
+            let x0 = left + c as u32 * (size + gap);
+            draw_density(&mut canvas.0, panel, x0, y0, extent, size);
+            canvas.frame(x0 as i32, y0 as i32, size, size, [160, 160, 160]);
         }
-        // Frame.
-        for t in 0..size {
-            for (x, y) in [(x0 + t, 0), (x0 + t, size - 1), (x0, t), (x0 + size - 1, t)] {
-                img.put_pixel(x, y, Rgb([160, 160, 160]));
+    }
+    canvas.save(path.as_ref())
+}
+
+/// Colours each pixel of the panel at `(x0, y0)` by the number of points in it: one point is
+/// light, many are saturated.
+fn draw_density(img: &mut RgbImage, panel: &Panel<'_>, x0: u32, y0: u32, extent: f32, size: u32) {
+    let mut ink = vec![0.0f32; (size * size) as usize];
+    for p in panel.points.chunks_exact(2) {
+        let px = ((p[0] / extent + 1.0) * 0.5 * size as f32).floor();
+        let py = ((1.0 - p[1] / extent) * 0.5 * size as f32).floor();
+        if px >= 0.0 && py >= 0.0 && (px as u32) < size && (py as u32) < size {
+            ink[(py as u32 * size + px as u32) as usize] += 1.0;
+        }
+    }
+    for y in 0..size {
+        for x in 0..size {
+            let a = 1.0 - (-0.6 * ink[(y * size + x) as usize]).exp();
+            let c = panel
+                .colour
+                .map(|c| (255.0 + a * (f32::from(c) - 255.0)) as u8);
+            img.put_pixel(x0 + x, y0 + y, Rgb(c));
+        }
+    }
+}
+
+/// One line of a [`line_chart_png`]: `(x, y)` points joined in order, with a dot at each.
+pub struct Series<'a> {
+    /// The legend entry.
+    pub name: &'a str,
+    /// The points; non-finite ones (and non-positive ones on a log axis) are skipped.
+    pub points: &'a [(f64, f64)],
+    /// The line colour.
+    pub colour: [u8; 3],
+}
+
+/// A colour cycle for series.
+pub const PALETTE: [[u8; 3]; 8] = [
+    [31, 119, 180],
+    [214, 39, 40],
+    [44, 160, 44],
+    [255, 127, 14],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [23, 190, 207],
+];
+
+/// A line chart on log-log axes (e.g. quality against NFE), `width`×`height` pixels, with a
+/// title, axis labels, decade ticks and a legend; written as PNG to `path` atomically.
+pub fn line_chart_png(
+    path: impl AsRef<Path>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    width: u32,
+    height: u32,
+) -> Result<()> {
+    let usable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && x > 0.0 && y > 0.0;
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied().filter(usable))
+        .collect();
+    if all.is_empty() || width < 200 || height < 150 {
+        return Err(Error::InvalidArgument {
+            name: "series",
+            reason: "a line chart needs a positive finite point and at least 200×150 pixels".into(),
+        });
+    }
+    let range = |v: Vec<f64>| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min).log10();
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max).log10();
+        let pad = 0.05 * (hi - lo).max(0.2);
+        (lo - pad, hi + pad)
+    };
+    let (x_lo, x_hi) = range(all.iter().map(|p| p.0).collect());
+    let (y_lo, y_hi) = range(all.iter().map(|p| p.1).collect());
+    let (left, right, top, bottom) = (56i32, 150i32, 28i32, 34i32);
+    let (pw, ph) = (width as i32 - left - right, height as i32 - top - bottom);
+    let to_px = |x: f64, y: f64| {
+        (
+            left + ((x.log10() - x_lo) / (x_hi - x_lo) * pw as f64).round() as i32,
+            top + ph - ((y.log10() - y_lo) / (y_hi - y_lo) * ph as f64).round() as i32,
+        )
+    };
+    let mut canvas = Canvas::new(width, height);
+    canvas.text(title, left + pw / 2, 14, Alignment::Center);
+    canvas.text(x_label, left + pw / 2, height as i32 - 6, Alignment::Center);
+    canvas.text(y_label, 4, top - 4, Alignment::Left);
+    // Ticks at 1, 2 and 5 times each decade inside the window, grid lines at decades.
+    for (lo, hi, is_x) in [(x_lo, x_hi, true), (y_lo, y_hi, false)] {
+        for decade in (lo.floor() as i32)..=(hi.ceil() as i32) {
+            for m in [1.0, 2.0, 5.0] {
+                let v = m * 10f64.powi(decade);
+                if v.log10() < lo || v.log10() > hi {
+                    continue;
+                }
+                let label = format_tick(v);
+                if is_x {
+                    let (px, _) = to_px(v, 10f64.powf(y_lo));
+                    if m == 1.0 {
+                        canvas.line((px, top), (px, top + ph), [225, 225, 225], 1);
+                    }
+                    canvas.line((px, top + ph), (px, top + ph + 4), [0, 0, 0], 1);
+                    canvas.text(&label, px, top + ph + 14, Alignment::Center);
+                } else {
+                    let (_, py) = to_px(10f64.powf(x_lo), v);
+                    if m == 1.0 {
+                        canvas.line((left, py), (left + pw, py), [225, 225, 225], 1);
+                    }
+                    canvas.line((left - 4, py), (left, py), [0, 0, 0], 1);
+                    canvas.text(&label, left - 6, py + 3, Alignment::Right);
+                }
             }
         }
     }
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| Error::InvalidArgument {
-        name: "panels",
-        reason: format!("PNG encoding failed: {e}"),
-    })?;
-    crate::data::write_atomically(path.as_ref(), &bytes)
+    canvas.frame(left, top, pw as u32, ph as u32, [0, 0, 0]);
+    for (i, s) in series.iter().enumerate() {
+        let points: Vec<(i32, i32)> = s
+            .points
+            .iter()
+            .filter(|p| usable(p))
+            .map(|&(x, y)| to_px(x, y))
+            .collect();
+        for pair in points.windows(2) {
+            canvas.line(pair[0], pair[1], s.colour, 2);
+        }
+        for &(x, y) in &points {
+            canvas.dot(x, y, s.colour);
+        }
+        let ly = top + 8 + 14 * i as i32;
+        canvas.line((left + pw + 8, ly), (left + pw + 24, ly), s.colour, 2);
+        canvas.dot(left + pw + 16, ly, s.colour);
+        canvas.text(s.name, left + pw + 28, ly + 3, Alignment::Left);
+    }
+    canvas.save(path.as_ref())
+}
+
+/// A tick label: plain decimals where short, else scientific.
+fn format_tick(v: f64) -> String {
+    if (0.01..10_000.0).contains(&v) {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_are_short() {
+        assert_eq!(format_tick(0.05), "0.05");
+        assert_eq!(format_tick(2.0), "2");
+        assert_eq!(format_tick(100.0), "100");
+        assert_eq!(format_tick(0.001), "1e-3");
+    }
 }

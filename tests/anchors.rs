@@ -1,7 +1,7 @@
 //! The anchor store: storage types, indexing, initialisations.
 
-use integration_flow::data::Toy;
-use integration_flow::train::{AnchorStorage, AnchorStore};
+use integration_flow::data::{Pca, Toy};
+use integration_flow::train::{AnchorStorage, AnchorStore, OtSpace};
 use rand::{rngs::StdRng, SeedableRng};
 
 #[test]
@@ -71,6 +71,7 @@ fn optimal_transport_assignment_has_no_improving_swap() {
         &data,
         1.0,
         64,
+        OtSpace::Data,
         AnchorStorage::F32,
         &mut StdRng::seed_from_u64(2),
     )
@@ -93,8 +94,54 @@ fn optimal_transport_assignment_has_no_improving_swap() {
         &data,
         1.0,
         0,
+        OtSpace::Data,
         AnchorStorage::F32,
         &mut StdRng::seed_from_u64(2)
+    )
+    .is_err());
+}
+
+/// Matching in the space of all principal directions is matching in the data space; on one
+/// direction it is the 1-D optimal transport, which pairs the sorted projections in order.
+#[test]
+fn optimal_transport_in_pca_space() {
+    let data = Toy::Moons.sample(128, 0).unwrap();
+    let ot = |space| {
+        AnchorStore::optimal_transport(
+            &data,
+            1.0,
+            128,
+            space,
+            AnchorStorage::F32,
+            &mut StdRng::seed_from_u64(3),
+        )
+        .unwrap()
+        .get(&(0..128).collect::<Vec<_>>())
+        .unwrap()
+    };
+    let full = ot(OtSpace::Data);
+    let all_dims = ot(OtSpace::Pca { dims: 2 });
+    assert_eq!(full, all_dims);
+    let one = ot(OtSpace::Pca { dims: 1 });
+    assert_ne!(full, one);
+    let pca = Pca::fit(&data, 1).unwrap();
+    let x: Vec<f64> = (0..128).map(|i| pca.project(data.row(i))[0]).collect();
+    let a: Vec<f64> = one.chunks(2).map(|r| pca.project(r)[0]).collect();
+    for i in 0..128 {
+        for j in 0..128 {
+            assert!(
+                (x[i] - x[j]) * (a[i] - a[j]) >= -1e-9,
+                "examples {i} and {j} are paired out of order"
+            );
+        }
+    }
+    assert!(AnchorStore::optimal_transport(
+        &data,
+        1.0,
+        128,
+        OtSpace::Pca { dims: 3 },
+        AnchorStorage::F32,
+        &mut StdRng::seed_from_u64(3)
     )
     .is_err());
 }

@@ -9,9 +9,9 @@ use integration_flow::data::Toy;
 #[test]
 fn quick_compare_shows_both_methods_generating() {
     let config = CompareConfig::quick(Toy::EightGaussians);
-    let (results, one_step) =
-        run_compare::<CpuAutodiff>(&config, |line| println!("{line}")).unwrap();
-    println!("{}", markdown_table(&config, &results));
+    let output = run_compare::<CpuAutodiff>(&config, |line| println!("{line}")).unwrap();
+    let results = &output.results;
+    println!("{}", markdown_table(&config, results));
     assert_eq!(results.rows.len(), 4 * 16);
     for flow in ["rf", "vp", "ve", "pfgmpp"] {
         let prior = results.prior_sw2[flow][0];
@@ -31,6 +31,10 @@ fn quick_compare_shows_both_methods_generating() {
         assert!(dopri.nfe > 8);
         assert_eq!(results.row(flow, "if-renoise-4").unwrap().nfe, 4);
         assert_eq!(results.row(flow, "baseline-heun-8").unwrap().nfe, 15);
-        assert_eq!(one_step[flow].len(), 2 * config.samples);
+        let one_step = &output.samples[&(flow.to_string(), "if-anchor-1".to_string())];
+        assert_eq!(one_step.len(), 2 * config.samples);
+        assert!(output
+            .samples
+            .contains_key(&(flow.to_string(), "baseline-dopri5-1e-5-1e-5".to_string())));
     }
 }

@@ -1,10 +1,13 @@
-//! Datasets: an in-memory `[n, dim]` array type, the toy 2-D generators, NPY output.
+//! Datasets: an in-memory `[n, dim]` array type, the toy 2-D generators, NPY output, and
+//! principal directions.
 
 mod npy;
+mod pca;
 mod toy;
 
 pub(crate) use npy::write_atomically;
 pub use npy::write_npy_f32;
+pub use pca::Pca;
 pub use toy::Toy;
 
 use crate::error::{Error, Result};

@@ -106,12 +106,77 @@ pub fn renoise<B: Backend, N: IntegrationNet<B>>(
     })
 }
 
-/// `steps − 1` re-noising times evenly spaced in t between the ends (exclusive):
+/// `steps − 1` re-noising times evenly spaced in t (see [`RenoiseSchedule`] for the default) between the ends (exclusive):
 /// `t_max − i·(t_max − t_min)/steps`, i = 1..steps.
 pub fn renoise_times(model_range: crate::flow::TimeRange, steps: usize) -> Vec<f64> {
     (1..steps)
         .map(|i| model_range.max - i as f64 * model_range.len() / steps as f64)
         .collect()
+}
+
+/// Where the re-noising sampler puts its intermediate steps, as noise-to-signal ratios σ/α
+/// (EDM's σ), which mean the same on every flow: `steps − 1` ratios spaced geometrically from
+/// `first` down to `last` (just `first` for 2 steps).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RenoiseSchedule {
+    /// The ratio of the first re-noising (the largest).
+    pub first: f64,
+    /// The ratio of the last re-noising (the smallest).
+    pub last: f64,
+}
+
+impl Default for RenoiseSchedule {
+    /// `first` 0.5, `last` 0.05: chosen by the re-noising sweep in docs/evidence.md.
+    fn default() -> Self {
+        RenoiseSchedule {
+            first: 0.5,
+            last: 0.05,
+        }
+    }
+}
+
+impl RenoiseSchedule {
+    /// The `steps − 1` re-noising times of a `steps`-step sampler on `flow`.
+    pub fn times(&self, flow: &dyn crate::flow::ProbabilityFlow, steps: usize) -> Result<Vec<f64>> {
+        if !(self.first.is_finite() && self.last > 0.0 && self.last <= self.first) {
+            return Err(Error::InvalidArgument {
+                name: "schedule",
+                reason: format!(
+                    "need 0 < last ≤ first < ∞, got first {} and last {}",
+                    self.first, self.last
+                ),
+            });
+        }
+        if steps == 0 {
+            return Err(Error::InvalidArgument {
+                name: "steps",
+                reason: "a sampler needs at least one step".into(),
+            });
+        }
+        let k = steps - 1;
+        let mut times: Vec<f64> = (0..k)
+            .map(|i| {
+                let frac = if k > 1 {
+                    i as f64 / (k - 1) as f64
+                } else {
+                    0.0
+                };
+                let ratio = self.first * (self.last / self.first).powf(frac);
+                flow.time_at_noise_to_signal(ratio)
+            })
+            .collect();
+        // Ratios beyond the flow's range clamp to its ends; keep the times strictly
+        // decreasing and below t_max, as `renoise` requires.
+        let range = flow.time_range();
+        let mut last = range.max;
+        for t in &mut times {
+            if *t >= last {
+                *t = last - 1e-6 * range.len();
+            }
+            last = *t;
+        }
+        Ok(times)
+    }
 }
 
 /// Generates `count` samples in batches of at most `batch` with `sampler(n)`, returning the

@@ -1,6 +1,7 @@
 //! The anchor store: one anchor per training example, read and written by dataset index.
 
-use crate::data::Dataset;
+use super::config::OtSpace;
+use crate::data::{Dataset, Pca};
 use crate::error::{Error, Result};
 use half::f16;
 use rand::seq::SliceRandom;
@@ -61,6 +62,7 @@ impl AnchorStore {
         data: &Dataset,
         scale: f64,
         chunk: usize,
+        space: OtSpace,
         storage: AnchorStorage,
         rng: &mut dyn Rng,
     ) -> Result<Self> {
@@ -72,6 +74,19 @@ impl AnchorStore {
             });
         }
         let (n, dim) = (data.len(), data.dim());
+        // The space the squared distances are measured in: the data's own, or its top
+        // principal directions (data rows are projected once, draws per chunk).
+        let pca = match space {
+            OtSpace::Data => None,
+            OtSpace::Pca { dims } => Some(Pca::fit(data, dims)?),
+        };
+        let features = |x: &[f32]| -> Vec<f64> {
+            match &pca {
+                Some(p) => p.project(x),
+                None => x.iter().map(|&v| f64::from(v)).collect(),
+            }
+        };
+        let data_features: Vec<Vec<f64>> = (0..n).map(|i| features(data.row(i))).collect();
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
         let mut values = vec![0.0f32; n * dim];
@@ -83,14 +98,15 @@ impl AnchorStore {
                     (z * scale) as f32
                 })
                 .collect();
+            let draw_features: Vec<Vec<f64>> = draws.chunks(dim).map(features).collect();
             let mut cost = Vec::with_capacity(m * m);
             for &i in examples {
-                let x = data.row(i);
-                for draw in draws.chunks(dim) {
+                let x = &data_features[i];
+                for draw in &draw_features {
                     cost.push(
                         x.iter()
                             .zip(draw)
-                            .map(|(a, b)| f64::from(a - b).powi(2))
+                            .map(|(a, b)| (a - b).powi(2))
                             .sum::<f64>(),
                     );
                 }

@@ -35,6 +35,21 @@ impl AnchorPolicy {
     }
 }
 
+/// Where policy `ot` measures the distance between anchors and examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OtSpace {
+    /// Squared distance in the data space.
+    #[default]
+    Data,
+    /// Squared distance between projections on the data's top `dims` principal directions
+    /// (for high-dimensional data, where pairings in the full space are close to random).
+    Pca {
+        /// The number of directions, 1 ≤ dims ≤ the data's dimension.
+        dims: usize,
+    },
+}
+
 /// Anchor settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +60,11 @@ pub struct AnchorConfig {
     pub scale: f64,
     /// Examples per optimal-transport assignment (policy `ot`).
     pub ot_chunk: usize,
+    /// Policy `ot`: draw fresh anchors and match them again every this many epochs (0: never,
+    /// the matching stays frozen), so that training sees more of the anchor law sampling feeds.
+    pub ot_refresh_epochs: usize,
+    /// Policy `ot`: the space of the matching.
+    pub ot_space: OtSpace,
     /// Storage of the anchor values.
     pub storage: AnchorStorage,
 }
@@ -55,6 +75,8 @@ impl Default for AnchorConfig {
             policy: AnchorPolicy::default(),
             scale: 1.0,
             ot_chunk: 1024,
+            ot_refresh_epochs: 0,
+            ot_space: OtSpace::Data,
             storage: AnchorStorage::F32,
         }
     }
@@ -221,6 +243,9 @@ pub struct TrainConfig {
     pub distance: Distance,
     /// Training-time distribution.
     pub time: TimeDistribution,
+    /// Fraction of each batch trained at `t = t_max` exactly (the time one-step sampling
+    /// uses), the rest drawn from `time`; 0 by default.
+    pub t_max_fraction: f64,
     /// Loss weight λ(t).
     pub loss_weight: LossWeight,
     /// Optimizer.
@@ -246,6 +271,7 @@ impl Default for TrainConfig {
             weighting: Weighting::default(),
             distance: Distance::default(),
             time: TimeDistribution::default(),
+            t_max_fraction: 0.0,
             loss_weight: LossWeight::default(),
             optimizer: OptimizerConfig::default(),
             ema: EmaConfig::default(),
@@ -277,6 +303,13 @@ impl TrainConfig {
                 "must be at least 1",
             ));
         }
+        if let OtSpace::Pca { dims: 0 } = self.anchor.ot_space {
+            return Err(invalid_config(
+                NAME,
+                "anchor.ot_space.dims",
+                "must be at least 1",
+            ));
+        }
         match self.weighting {
             Weighting::InverseEpoch => {}
             Weighting::Constant { w } => unit_interval(NAME, "weighting.w", w)?,
@@ -296,6 +329,7 @@ impl TrainConfig {
             _ => {}
         }
         self.time.validate()?;
+        unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;
         let o = &self.optimizer;
         for (field, value) in [
             ("optimizer.lr", o.lr),

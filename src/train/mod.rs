@@ -11,6 +11,6 @@ pub use anchors::{AnchorStorage, AnchorStore};
 pub use checkpoint::{checkpoint_path, CHECKPOINT_FILE};
 pub use config::{
     AnchorConfig, AnchorPolicy, Distance, EmaConfig, LossWeight, OptimizerConfig, OptimizerKind,
-    TrainConfig, Weighting,
+    OtSpace, TrainConfig, Weighting,
 };
 pub use trainer::{StepStats, Trainer};

@@ -369,7 +369,12 @@ where
         let dim = self.data.dim();
         let flow = self.model.flow().clone();
         let mut rng = stream(self.config.seed, Stream::Step, step as u64);
-        let t = flow.sample_time(&self.config.time, &mut rng, n)?;
+        let mut t = flow.sample_time(&self.config.time, &mut rng, n)?;
+        // The first ⌊fraction·n⌋ examples of the (shuffled) batch train at t_max.
+        let at_max = (self.config.t_max_fraction * n as f64).floor() as usize;
+        for ti in t.iter_mut().take(at_max) {
+            *ti = flow.time_range().max;
+        }
         let noise = flow.sample_noise(&mut rng, n, dim)?;
         let mut x0 = Vec::new();
         self.data.gather_into(&indices, &mut x0);
@@ -474,6 +479,7 @@ where
             self.position.batch = 0;
             self.position.epoch += 1;
             self.order = self.epoch_order(self.position.epoch);
+            self.refresh_anchors()?;
         }
         Ok(StepStats {
             step,
@@ -484,6 +490,26 @@ where
             w,
             anchor_drift,
         })
+    }
+
+    /// Policy `ot` with `ot_refresh_epochs = k > 0`: at the start of every k-th epoch, fresh
+    /// anchors matched again (from a random stream of that epoch, so a resumed run refreshes
+    /// identically).
+    fn refresh_anchors(&mut self) -> Result<()> {
+        let a = &self.config.anchor;
+        let epoch = self.position.epoch;
+        if a.policy != AnchorPolicy::Ot
+            || a.ot_refresh_epochs == 0
+            || epoch % a.ot_refresh_epochs != 0
+        {
+            return Ok(());
+        }
+        let mut rng = stream(self.config.seed, Stream::Anchors, epoch as u64);
+        let store = AnchorStore::optimal_transport(
+            &self.data, a.scale, a.ot_chunk, a.ot_space, a.storage, &mut rng,
+        )?;
+        self.anchors = Some(store);
+        Ok(())
     }
 
     /// Writes a checkpoint (model, EMA, optimizer, anchors, config, position) to `dir`
@@ -656,7 +682,7 @@ fn init_anchors(data: &Dataset, config: &TrainConfig) -> Result<Option<AnchorSto
     Ok(match a.policy {
         AnchorPolicy::Off => None,
         AnchorPolicy::Ot => Some(AnchorStore::optimal_transport(
-            data, a.scale, a.ot_chunk, a.storage, &mut rng,
+            data, a.scale, a.ot_chunk, a.ot_space, a.storage, &mut rng,
         )?),
         AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen => Some(
             AnchorStore::gaussian(data.len(), data.dim(), a.scale, a.storage, &mut rng)?,

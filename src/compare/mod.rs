@@ -1,0 +1,524 @@
+//! Integration Flow against the classical way of sampling, measured side by side: the engine
+//! of the `compare` example (and of its CI check).
+//!
+//! For each flow it trains the default Integration Flow model (OT anchors) and the baseline
+//! (the same network with anchor policy `off`: a plain x̂_0 denoiser) with the same steps and
+//! seed, then measures every sampler on the same reference data. Independent trainings run
+//! side by side ([`jobs`]); ablations of the recipe live in [`ablation`].
+
+pub mod ablation;
+pub mod jobs;
+
+pub use ablation::{ablation_table, run_ablation, AblationRow, Variant};
+
+use crate::data::{Dataset, Toy};
+use crate::error::{Error, Result};
+use crate::flow::{
+    Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
+};
+use crate::metrics::{
+    energy_distance, mmd, nearest_neighbour_distance, sliced_wasserstein2, MMD_BANDWIDTHS,
+};
+use crate::model::{AnchorLaw, IntegrationFlow};
+use crate::nn::{Mlp, MlpConfig};
+use crate::sample::{
+    anchor_convergence, anchor_iteration, generate_batched, renoise, solve_ode, straightness,
+    OdeSolver, RenoiseAnchor, RenoiseSchedule,
+};
+use crate::train::{AnchorPolicy, TrainConfig, Trainer};
+use burn::tensor::backend::AutodiffBackend;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What to compare.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompareConfig {
+    /// The toy dataset.
+    pub dataset: Toy,
+    /// Training steps of each model.
+    pub steps: usize,
+    /// Seeds 0..seeds, each a full repetition (data, weights, training, sampling).
+    pub seeds: u64,
+    /// Training points.
+    pub points: usize,
+    /// Samples per method (and reference points).
+    pub samples: usize,
+    /// Samples used by the quadratic-cost metrics (energy, MMD, NN distance).
+    pub pairwise_samples: usize,
+    /// Trainings run side by side (0 = one per core); results do not depend on it.
+    #[serde(default)]
+    pub workers: usize,
+    /// Where the re-noising sampler re-noises.
+    #[serde(default)]
+    pub renoise: RenoiseSchedule,
+}
+
+impl CompareConfig {
+    /// The default run: 8192 points, 20k steps, 10k samples, one seed.
+    pub fn standard(dataset: Toy) -> Self {
+        CompareConfig {
+            dataset,
+            steps: 20_000,
+            seeds: 1,
+            points: 8192,
+            samples: 10_000,
+            pairwise_samples: 3000,
+            workers: 0,
+            renoise: RenoiseSchedule::default(),
+        }
+    }
+
+    /// A run of a couple of minutes for CI: 300 steps, 2048 points, 1000 samples.
+    pub fn quick(dataset: Toy) -> Self {
+        CompareConfig {
+            dataset,
+            steps: 300,
+            seeds: 1,
+            points: 2048,
+            samples: 1000,
+            pairwise_samples: 1000,
+            workers: 0,
+            renoise: RenoiseSchedule::default(),
+        }
+    }
+}
+
+/// One method on one flow, with one value per seed for each metric.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompareRow {
+    /// The flow's name.
+    pub flow: String,
+    /// `if-anchor-k`, `if-renoise-k` or `baseline-<solver>`.
+    pub method: String,
+    /// Network evaluations per sample.
+    pub nfe: usize,
+    /// Sliced Wasserstein-2 to the reference data.
+    pub sw2: Vec<f64>,
+    /// Energy distance to the reference data.
+    pub energy: Vec<f64>,
+    /// MMD² to the reference data.
+    pub mmd: Vec<f64>,
+    /// Mean nearest-neighbour distance to the training set.
+    pub nn_distance: Vec<f64>,
+    /// Seconds to generate 10k samples.
+    pub seconds_per_10k: Vec<f64>,
+}
+
+/// The prior's SW2 to the reference data, per flow and seed: the no-skill reference.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompareResults {
+    /// Every measured row.
+    pub rows: Vec<CompareRow>,
+    /// Prior samples' SW2 per flow (one value per seed).
+    pub prior_sw2: BTreeMap<String, Vec<f64>>,
+    /// Fresh data's mean nearest-neighbour distance to the training set (per seed): the value
+    /// that samples which do not memorise should reach.
+    pub data_nn_distance: Vec<f64>,
+    /// Diagnostics of the trained models per flow.
+    #[serde(default)]
+    pub diagnostics: BTreeMap<String, Diagnostics>,
+}
+
+/// How the trained models behave beyond sample quality (DESIGN.md §4 diagnostics).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Diagnostics {
+    /// Anchor iteration of the IF model: mean ‖a_{n+1} − a_n‖ for n = 1..16, per seed
+    /// ([`crate::sample::anchor_convergence`]).
+    pub anchor_convergence: Vec<Vec<f64>>,
+    /// Straightness (variance of the prediction along one noise–data line) of the IF model,
+    /// per seed ([`crate::sample::straightness`]).
+    pub straightness_if: Vec<f64>,
+    /// The same for the baseline, per seed.
+    pub straightness_baseline: Vec<f64>,
+}
+
+impl CompareResults {
+    /// The row of `method` on `flow`.
+    pub fn row(&self, flow: &str, method: &str) -> Option<&CompareRow> {
+        self.rows
+            .iter()
+            .find(|r| r.flow == flow && r.method == method)
+    }
+}
+
+/// The four families with the defaults the comparison uses.
+pub fn default_flows() -> Result<Vec<Arc<dyn ProbabilityFlow>>> {
+    Ok(vec![
+        Arc::new(RectifiedFlowConfig::default().init()?),
+        Arc::new(VpConfig::default().init()?),
+        Arc::new(VeConfig::default().init()?),
+        Arc::new(PfgmPPConfig::default().init()?),
+    ])
+}
+
+/// An EMA model of the default MLP, ready for sampling.
+pub(crate) type EmaModel<B> = IntegrationFlow<
+    <B as AutodiffBackend>::InnerBackend,
+    Mlp<<B as AutodiffBackend>::InnerBackend>,
+>;
+
+/// Trains the default MLP on `data` with `train` (its seed and steps set here, no progress bar)
+/// and returns the EMA model, the last step's loss and the last epoch's anchor drift.
+pub(crate) fn train<B: AutodiffBackend>(
+    flow: &Arc<dyn ProbabilityFlow>,
+    data: &Dataset,
+    train: &TrainConfig,
+    parameterization: Parameterization,
+    steps: usize,
+    seed: u64,
+) -> Result<(EmaModel<B>, f64, f64)> {
+    let (_, sd) = data.mean_and_std();
+    let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
+    let model = IntegrationFlow::from_shared(
+        flow.clone(),
+        net,
+        parameterization,
+        sd,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )?;
+    let config = TrainConfig {
+        seed,
+        steps,
+        progress: false,
+        ..train.clone()
+    };
+    let mut trainer = Trainer::new(model, data.clone(), config)?;
+    let last = trainer.fit()?;
+    let drift = trainer.anchor_drift().last().copied().unwrap_or(0.0);
+    Ok((
+        trainer.ema_model(),
+        last.map_or(f64::NAN, |s| s.loss),
+        drift,
+    ))
+}
+
+/// The default recipe with anchor policy `policy`.
+pub(crate) fn with_policy(policy: AnchorPolicy) -> TrainConfig {
+    let mut config = TrainConfig::default();
+    config.anchor.policy = policy;
+    config
+}
+
+/// A sampler under test: IF methods run on the IF model, ODE solvers on the baseline.
+enum Method {
+    AnchorIteration(usize),
+    Renoise(usize),
+    Ode(OdeSolver),
+}
+
+impl Method {
+    fn all() -> Vec<Method> {
+        let mut methods: Vec<Method> = [1, 2, 4, 8].map(Method::AnchorIteration).into();
+        methods.extend([2, 4, 8].map(Method::Renoise));
+        methods.extend([1, 2, 4, 8, 16, 100].map(|steps| Method::Ode(OdeSolver::Euler { steps })));
+        methods.extend(
+            [
+                OdeSolver::Heun { steps: 8 },
+                OdeSolver::Rk4 { steps: 8 },
+                OdeSolver::DOPRI5,
+            ]
+            .map(Method::Ode),
+        );
+        methods
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Method::AnchorIteration(k) => format!("if-anchor-{k}"),
+            Method::Renoise(k) => format!("if-renoise-{k}"),
+            Method::Ode(solver) => format!("baseline-{}", solver.label()),
+        }
+    }
+}
+
+/// Which of the two models a job trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Model {
+    /// Integration Flow with OT anchors, sampled by its own samplers.
+    IntegrationFlow,
+    /// The anchor-free denoiser, sampled by the ODE solvers.
+    Baseline,
+}
+
+/// The methods whose seed-0 samples are kept for figures.
+pub const KEPT_METHODS: [&str; 4] = [
+    "if-anchor-1",
+    "if-renoise-2",
+    "baseline-euler-8",
+    "baseline-dopri5-1e-5-1e-5",
+];
+
+/// What one training-and-measuring job found.
+struct JobOutput {
+    rows: Vec<CompareRow>,
+    prior_sw2: Option<f64>,
+    convergence: Option<Vec<f64>>,
+    straightness: f64,
+    samples: Vec<(String, Vec<f32>)>,
+}
+
+/// What [`run_compare`] returns: the measurements and, for seed 0, the samples of the methods in
+/// [`KEPT_METHODS`] per flow (row-major `[samples, 2]`).
+#[derive(Clone, Debug, Default)]
+pub struct CompareOutput {
+    /// Every measurement.
+    pub results: CompareResults,
+    /// `(flow, method) → samples` of seed 0.
+    pub samples: BTreeMap<(String, String), Vec<f32>>,
+}
+
+/// Runs the comparison; `progress` receives one line per trained model and measured method
+/// (from several threads, so it must be `Sync`).
+pub fn run_compare<B: AutodiffBackend>(
+    config: &CompareConfig,
+    progress: impl Fn(&str) + Sync,
+) -> Result<CompareOutput> {
+    if config.seeds == 0 || config.samples == 0 || config.pairwise_samples == 0 {
+        return Err(Error::InvalidArgument {
+            name: "config",
+            reason: "seeds, samples and pairwise_samples must be at least 1".into(),
+        });
+    }
+    let flows = default_flows()?;
+    let mut jobs = Vec::new();
+    for seed in 0..config.seeds {
+        for flow in &flows {
+            for model in [Model::IntegrationFlow, Model::Baseline] {
+                jobs.push((seed, flow.clone(), model));
+            }
+        }
+    }
+    let outputs = jobs::run_jobs(&jobs, config.workers, |(seed, flow, model)| {
+        compare_job::<B>(config, *seed, flow, *model, &progress)
+    })?;
+    let mut out = CompareOutput::default();
+    for seed in 0..config.seeds {
+        let data = config.dataset.sample(config.points, seed)?;
+        let reference = config.dataset.sample(config.samples, 1_000 + seed)?;
+        let pairwise = config.pairwise_samples.min(config.samples);
+        out.results
+            .data_nn_distance
+            .push(nearest_neighbour_distance(
+                &reference.values()[..2 * pairwise],
+                data.values(),
+                2,
+            )?);
+    }
+    let mut rows: BTreeMap<(String, String), CompareRow> = BTreeMap::new();
+    for ((seed, flow, model), job) in jobs.iter().zip(outputs) {
+        let name = flow.name().to_string();
+        let diagnostics = out.results.diagnostics.entry(name.clone()).or_default();
+        if let Some(c) = job.convergence {
+            diagnostics.anchor_convergence.push(c);
+        }
+        match model {
+            Model::IntegrationFlow => diagnostics.straightness_if.push(job.straightness),
+            Model::Baseline => diagnostics.straightness_baseline.push(job.straightness),
+        }
+        if let Some(prior) = job.prior_sw2 {
+            out.results
+                .prior_sw2
+                .entry(name.clone())
+                .or_default()
+                .push(prior);
+        }
+        for row in job.rows {
+            let merged = rows
+                .entry((name.clone(), row.method.clone()))
+                .or_insert_with(|| CompareRow {
+                    flow: name.clone(),
+                    method: row.method.clone(),
+                    nfe: row.nfe,
+                    ..Default::default()
+                });
+            merged.sw2.extend(row.sw2);
+            merged.energy.extend(row.energy);
+            merged.mmd.extend(row.mmd);
+            merged.nn_distance.extend(row.nn_distance);
+            merged.seconds_per_10k.extend(row.seconds_per_10k);
+        }
+        if *seed == 0 {
+            for (method, values) in job.samples {
+                out.samples.insert((name.clone(), method), values);
+            }
+        }
+    }
+    out.results.rows = rows.into_values().collect();
+    Ok(out)
+}
+
+/// Trains one model of one flow for one seed and measures its samplers.
+fn compare_job<B: AutodiffBackend>(
+    config: &CompareConfig,
+    seed: u64,
+    flow: &Arc<dyn ProbabilityFlow>,
+    model: Model,
+    progress: &(impl Fn(&str) + Sync),
+) -> Result<JobOutput> {
+    let count = config.samples;
+    let pairwise = config.pairwise_samples.min(count);
+    let data = config.dataset.sample(config.points, seed)?;
+    let reference = config.dataset.sample(count, 1_000 + seed)?;
+    let pair_ref = &reference.values()[..2 * pairwise];
+    let name = flow.name();
+    let (policy, label) = match model {
+        Model::IntegrationFlow => (AnchorPolicy::Ot, "IF"),
+        Model::Baseline => (AnchorPolicy::Off, "baseline"),
+    };
+    let started = Instant::now();
+    let (trained, _, _) = train::<B>(
+        flow,
+        &data,
+        &with_policy(policy),
+        Parameterization::Integral,
+        config.steps,
+        seed,
+    )?;
+    progress(&format!(
+        "{name} {label}, seed {seed}: trained {} steps in {:.0} s",
+        config.steps,
+        started.elapsed().as_secs_f64()
+    ));
+    let mut rng = StdRng::seed_from_u64(30_000 + seed);
+    let mut out = JobOutput {
+        rows: Vec::new(),
+        prior_sw2: None,
+        convergence: None,
+        straightness: straightness(&trained, &mut rng, 1000, 16)?,
+        samples: Vec::new(),
+    };
+    if model == Model::IntegrationFlow {
+        out.convergence = Some(anchor_convergence(&trained, &mut rng, 2000, 17)?);
+        let mut rng = StdRng::seed_from_u64(20_000 + seed);
+        let prior: Vec<f32> = trained
+            .sample_prior(&mut rng, count)?
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        out.prior_sw2 = Some(sliced_wasserstein2(
+            &prior,
+            reference.values(),
+            2,
+            256,
+            seed,
+        )?);
+    }
+    let methods = Method::all()
+        .into_iter()
+        .filter(|m| matches!(m, Method::Ode(_)) == (model == Model::Baseline));
+    for method in methods {
+        let mut rng = StdRng::seed_from_u64(10_000 + seed);
+        let started = Instant::now();
+        let (samples, nfe) = generate_batched(count, 2500, |n| match &method {
+            Method::AnchorIteration(k) => anchor_iteration(&trained, &mut rng, n, *k),
+            Method::Renoise(k) => renoise(
+                &trained,
+                &mut rng,
+                n,
+                &config.renoise.times(flow.as_ref(), *k)?,
+                RenoiseAnchor::Fixed,
+            ),
+            Method::Ode(solver) => solve_ode(&trained, &mut rng, n, *solver),
+        })?;
+        let seconds = started.elapsed().as_secs_f64() * 10_000.0 / count as f64;
+        let finite = samples.iter().all(|v| v.is_finite());
+        let pair = &samples[..2 * pairwise];
+        let metric = |value: Result<f64>| if finite { value } else { Ok(f64::NAN) };
+        let row = CompareRow {
+            flow: name.to_string(),
+            method: method.name(),
+            nfe,
+            sw2: vec![metric(sliced_wasserstein2(
+                &samples,
+                reference.values(),
+                2,
+                256,
+                seed,
+            ))?],
+            energy: vec![metric(energy_distance(pair, pair_ref, 2))?],
+            mmd: vec![metric(mmd(pair, pair_ref, 2, &MMD_BANDWIDTHS))?],
+            nn_distance: vec![metric(nearest_neighbour_distance(pair, data.values(), 2))?],
+            seconds_per_10k: vec![seconds],
+        };
+        progress(&format!(
+            "  {name} seed {seed} {:<26} NFE {nfe:>4}  sw2 {:.4}",
+            row.method, row.sw2[0]
+        ));
+        if seed == 0 && KEPT_METHODS.contains(&row.method.as_str()) {
+            out.samples.push((row.method.clone(), samples));
+        }
+        out.rows.push(row);
+    }
+    Ok(out)
+}
+
+/// `mean ± std` over seeds (just the mean for one seed).
+pub(crate) fn summary(values: &[f64]) -> String {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return format!("{mean:.4}");
+    }
+    let std = (values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    format!("{mean:.4} ± {std:.4}")
+}
+
+/// The results as a Markdown table, one section per flow.
+pub fn markdown_table(config: &CompareConfig, results: &CompareResults) -> String {
+    let mut out = format!(
+        "# compare: {} ({} training points, {} steps, {} seed(s), {} samples)\n\n\
+         Fresh data's mean nearest-neighbour distance to the training set: {}\n",
+        config.dataset.name(),
+        config.points,
+        config.steps,
+        config.seeds,
+        config.samples,
+        summary(&results.data_nn_distance)
+    );
+    let mut flows: Vec<&String> = results.prior_sw2.keys().collect();
+    flows.sort();
+    for flow in flows {
+        out.push_str(&format!(
+            "\n## {flow} (prior SW2 {})\n\n| method | NFE | SW2 | energy | MMD² | NN distance | s / 10k |\n|---|---|---|---|---|---|---|\n",
+            summary(&results.prior_sw2[flow])
+        ));
+        for r in results.rows.iter().filter(|r| &r.flow == flow) {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                r.method,
+                r.nfe,
+                summary(&r.sw2),
+                summary(&r.energy),
+                summary(&r.mmd),
+                summary(&r.nn_distance),
+                summary(&r.seconds_per_10k)
+            ));
+        }
+        if let Some(d) = results.diagnostics.get(flow) {
+            let per_n = |n: usize| {
+                let v: Vec<f64> = d
+                    .anchor_convergence
+                    .iter()
+                    .filter_map(|c| c.get(n).copied())
+                    .collect();
+                summary(&v)
+            };
+            out.push_str(&format!(
+                "\nDiagnostics: anchor iteration mean ‖a_(n+1) − a_n‖ at n = 1, 2, 4, 8, 16: {}, {}, {}, {}, {}; \
+                 straightness (variance along a noise–data line) IF {}, baseline {}\n",
+                per_n(0),
+                per_n(1),
+                per_n(3),
+                per_n(7),
+                per_n(15),
+                summary(&d.straightness_if),
+                summary(&d.straightness_baseline)
+            ));
+        }
+    }
+    out
+}
