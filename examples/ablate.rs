@@ -144,7 +144,11 @@ fn variants(knob: &str) -> Result<Vec<Variant>, String> {
                 })
             })
             .collect(),
-        "chunk" => [256usize, 1024, 4096]
+        "chunk" => [256usize, 1024, 4096, 8192]
+            .into_iter()
+            .map(|k| variant(&format!("ot chunk {k}"), |c| c.anchor.ot_chunk = k))
+            .collect(),
+        "chunk8192" => [8192usize]
             .into_iter()
             .map(|k| variant(&format!("ot chunk {k}"), |c| c.anchor.ot_chunk = k))
             .collect(),

@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value = "checkerboard")]
     dataset: String,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 20_000)]
     steps: usize,
     /// Training points drawn from the dataset.
     #[arg(long, default_value_t = 8192)]

@@ -308,6 +308,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn charts_and_grids_are_written_as_png() {
+        let dir =
+            std::env::temp_dir().join(format!("integration_flow_plot_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let points = [(1.0, 0.5), (2.0, 0.2), (100.0, 0.1)];
+        let series = [Series {
+            name: "a",
+            points: &points,
+            colour: PALETTE[0],
+        }];
+        let chart = dir.join("chart.png");
+        line_chart_png(&chart, "t", "x", "y", &series, 400, 300).unwrap();
+        let img = image::open(&chart).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (400, 300));
+        // The line's colour is drawn somewhere.
+        assert!(img.pixels().any(|p| p.0 == PALETTE[0]));
+        // No usable point (log axes need positive values): a typed error, no file.
+        let bad = [(0.0, 1.0), (1.0, f64::NAN)];
+        let series = [Series {
+            name: "b",
+            points: &bad,
+            colour: PALETTE[1],
+        }];
+        assert!(line_chart_png(dir.join("bad.png"), "t", "x", "y", &series, 400, 300).is_err());
+        assert!(!dir.join("bad.png").exists());
+        let cloud = [0.0f32, 0.0, 1.0, 1.0];
+        let panel = [Panel {
+            points: &cloud,
+            colour: [200, 0, 0],
+        }];
+        let grid = dir.join("grid.png");
+        scatter_grid_png(
+            &grid,
+            &[&panel, &panel],
+            &["c"],
+            &["row one", "row two"],
+            2.0,
+            64,
+        )
+        .unwrap();
+        let img = image::open(&grid).unwrap().to_rgb8();
+        assert!(img.width() > 64 && img.height() > 2 * 64);
+        assert!(scatter_grid_png(dir.join("empty.png"), &[], &[], &[], 2.0, 64).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn tick_labels_are_short() {
         assert_eq!(format_tick(0.05), "0.05");
         assert_eq!(format_tick(2.0), "2");

@@ -13,6 +13,12 @@ fn quick_compare_shows_both_methods_generating() {
     let results = &output.results;
     println!("{}", markdown_table(&config, results));
     assert_eq!(results.rows.len(), 4 * 16);
+    // The floor: fresh data against the reference is far better than the prior.
+    let floor = results.data_sw2[0];
+    assert!(
+        floor > 0.0 && floor < 0.5 * results.prior_sw2["rf"][0],
+        "data SW2 {floor}"
+    );
     for flow in ["rf", "vp", "ve", "pfgmpp"] {
         let prior = results.prior_sw2[flow][0];
         let if1 = results.row(flow, "if-anchor-1").unwrap();
@@ -30,6 +36,9 @@ fn quick_compare_shows_both_methods_generating() {
         );
         assert!(dopri.nfe > 8);
         assert_eq!(results.row(flow, "if-renoise-4").unwrap().nfe, 4);
+        let d = &results.diagnostics[flow];
+        assert_eq!(d.anchor_convergence[0].len(), 16);
+        assert!(d.straightness_if[0].is_finite() && d.straightness_baseline[0].is_finite());
         assert_eq!(results.row(flow, "baseline-heun-8").unwrap().nfe, 15);
         let one_step = &output.samples[&(flow.to_string(), "if-anchor-1".to_string())];
         assert_eq!(one_step.len(), 2 * config.samples);

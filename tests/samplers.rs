@@ -267,3 +267,46 @@ fn diagnostics_measure_convergence_and_straightness() {
     assert!(curved > 1e-3, "straightness {curved}");
     assert!(straightness(&model, &mut StdRng::seed_from_u64(7), 32, 1).is_err());
 }
+
+/// The re-noising schedule lands on the requested noise-to-signal ratios, on every flow.
+#[test]
+fn renoise_schedule_hits_its_ratios() {
+    use integration_flow::sample::RenoiseSchedule;
+    let flows: Vec<Arc<dyn ProbabilityFlow>> = vec![
+        Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+        Arc::new(VpConfig::default().init().unwrap()),
+        Arc::new(VeConfig::default().init().unwrap()),
+    ];
+    let schedule = RenoiseSchedule {
+        first: 0.8,
+        last: 0.05,
+    };
+    for flow in &flows {
+        assert_eq!(schedule.times(flow.as_ref(), 1).unwrap(), Vec::<f64>::new());
+        let two = schedule.times(flow.as_ref(), 2).unwrap();
+        assert_eq!(two.len(), 1);
+        let ratio = flow.noise_to_signal(two[0]);
+        assert!((ratio - 0.8).abs() < 1e-6 * 0.8, "{}: {ratio}", flow.name());
+        let four = schedule.times(flow.as_ref(), 4).unwrap();
+        let ratios: Vec<f64> = four.iter().map(|&t| flow.noise_to_signal(t)).collect();
+        // Geometric: 0.8, 0.2, 0.05.
+        for (r, want) in ratios.iter().zip([0.8, 0.2, 0.05]) {
+            assert!(
+                (r - want).abs() < 1e-6 * want,
+                "{}: {ratios:?}",
+                flow.name()
+            );
+        }
+        assert!(four.windows(2).all(|w| w[1] < w[0]));
+    }
+    let rf = flows[0].as_ref();
+    for (first, last) in [
+        (0.1, 0.5),
+        (0.5, 0.0),
+        (f64::NAN, 0.1),
+        (f64::INFINITY, 0.1),
+    ] {
+        assert!(RenoiseSchedule { first, last }.times(rf, 2).is_err());
+    }
+    assert!(RenoiseSchedule::default().times(rf, 0).is_err());
+}

@@ -10,7 +10,7 @@ use integration_flow::flow::{
 use integration_flow::metrics::sliced_wasserstein2;
 use integration_flow::model::{AnchorLaw, IntegrationFlow};
 use integration_flow::nn::{Mlp, MlpConfig};
-use integration_flow::train::{AnchorPolicy, TrainConfig, Trainer};
+use integration_flow::train::{AnchorPolicy, OtSpace, TrainConfig, Trainer};
 use integration_flow::Error;
 use rand::{rngs::StdRng, SeedableRng};
 use std::sync::Arc;
@@ -209,9 +209,20 @@ fn weights<B: burn::tensor::backend::Backend, M: Module<B>>(m: &M) -> Vec<f32> {
 fn resume_is_exact() {
     let data = Toy::TwoSpirals.sample(512, 4).unwrap();
     let vp: Arc<dyn ProbabilityFlow> = Arc::new(VpConfig::default().init().unwrap());
-    for policy in [AnchorPolicy::Prediction, AnchorPolicy::Ot] {
+    // The third case re-matches OT anchors every epoch (on the first principal direction) and
+    // trains a quarter of each batch at t_max: the refresh must also resume exactly.
+    for (case, policy) in [AnchorPolicy::Prediction, AnchorPolicy::Ot, AnchorPolicy::Ot]
+        .into_iter()
+        .enumerate()
+    {
         let mut config = quiet(8, 128); // 4 steps per epoch
         config.anchor.policy = policy;
+        if case == 2 {
+            config.anchor.ot_refresh_epochs = 1;
+            config.anchor.ot_space = OtSpace::Pca { dims: 1 };
+            config.t_max_fraction = 0.25;
+        }
+        let policy = format!("{policy:?} (case {case})");
         let mut straight =
             Trainer::new(model(vp.clone(), 32, 1.0), data.clone(), config.clone()).unwrap();
         let losses_straight: Vec<f64> = (0..8)
@@ -219,13 +230,20 @@ fn resume_is_exact() {
             .collect();
 
         let dir = std::env::temp_dir().join(format!(
-            "integration_flow_resume_{policy:?}_{}",
+            "integration_flow_resume_{case}_{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let mut first =
             Trainer::new(model(vp.clone(), 32, 1.0), data.clone(), config.clone()).unwrap();
+        let initial_anchors = first.anchors().cloned();
         let mut losses: Vec<f64> = (0..4).map(|_| first.train_step().unwrap().loss).collect();
+        if case == 2 {
+            assert!(
+                first.anchors().cloned() != initial_anchors,
+                "the refresh at the epoch boundary did not change the anchors"
+            );
+        }
         assert_eq!(first.epoch(), 1);
         first.save_checkpoint(&dir).unwrap();
         drop(first);
@@ -363,8 +381,27 @@ fn bad_input_is_a_typed_error_before_training() {
     // Impossible optimizer settings name their field.
     let mut bad = quiet(1, 10);
     bad.optimizer.beta2 = 1.5;
-    let err = Trainer::new(model(rf, 16, 1.0), data, bad).err().unwrap();
+    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), bad)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("optimizer.beta2"), "{err}");
+    let mut bad = quiet(1, 10);
+    bad.t_max_fraction = 1.5;
+    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), bad)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("t_max_fraction"), "{err}");
+    let mut bad = quiet(1, 10);
+    bad.anchor.ot_space = OtSpace::Pca { dims: 0 };
+    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), bad)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("ot_space"), "{err}");
+    // More principal directions than the data has dimensions.
+    let mut bad = quiet(1, 10);
+    bad.anchor.ot_space = OtSpace::Pca { dims: 3 };
+    let err = Trainer::new(model(rf, 16, 1.0), data, bad).err().unwrap();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
 
 #[test]

@@ -118,6 +118,10 @@ pub struct CompareResults {
     /// Fresh data's mean nearest-neighbour distance to the training set (per seed): the value
     /// that samples which do not memorise should reach.
     pub data_nn_distance: Vec<f64>,
+    /// SW2 between a second fresh data sample and the reference data (per seed): the floor
+    /// that perfect samples reach at this sample size.
+    #[serde(default)]
+    pub data_sw2: Vec<f64>,
     /// Diagnostics of the trained models per flow.
     #[serde(default)]
     pub diagnostics: BTreeMap<String, Diagnostics>,
@@ -300,6 +304,14 @@ pub fn run_compare<B: AutodiffBackend>(
         let data = config.dataset.sample(config.points, seed)?;
         let reference = config.dataset.sample(config.samples, 1_000 + seed)?;
         let pairwise = config.pairwise_samples.min(config.samples);
+        let fresh = config.dataset.sample(config.samples, 2_000 + seed)?;
+        out.results.data_sw2.push(sliced_wasserstein2(
+            fresh.values(),
+            reference.values(),
+            2,
+            256,
+            seed,
+        )?);
         out.results
             .data_nn_distance
             .push(nearest_neighbour_distance(
@@ -471,13 +483,15 @@ pub(crate) fn summary(values: &[f64]) -> String {
 pub fn markdown_table(config: &CompareConfig, results: &CompareResults) -> String {
     let mut out = format!(
         "# compare: {} ({} training points, {} steps, {} seed(s), {} samples)\n\n\
-         Fresh data's mean nearest-neighbour distance to the training set: {}\n",
+         Fresh data's mean nearest-neighbour distance to the training set: {}; \
+         SW2 of fresh data to the reference (the floor at this sample size): {}\n",
         config.dataset.name(),
         config.points,
         config.steps,
         config.seeds,
         config.samples,
-        summary(&results.data_nn_distance)
+        summary(&results.data_nn_distance),
+        summary(&results.data_sw2)
     );
     let mut flows: Vec<&String> = results.prior_sw2.keys().collect();
     flows.sort();

@@ -111,16 +111,7 @@ impl AnchorStore {
                     );
                 }
             }
-            let cost = lapjv::Matrix::from_shape_vec((m, m), cost).map_err(|e| {
-                Error::InvalidArgument {
-                    name: "chunk",
-                    reason: format!("cost matrix: {e}"),
-                }
-            })?;
-            let (row_to_col, _) = lapjv::lapjv(&cost).map_err(|e| Error::InvalidArgument {
-                name: "data",
-                reason: format!("the assignment solver failed: {e:?}"),
-            })?;
+            let row_to_col = super::assignment::solve(&cost, m)?;
             for (row, &i) in examples.iter().enumerate() {
                 let col = row_to_col[row];
                 values[i * dim..(i + 1) * dim].copy_from_slice(&draws[col * dim..(col + 1) * dim]);

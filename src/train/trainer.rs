@@ -500,7 +500,7 @@ where
         let epoch = self.position.epoch;
         if a.policy != AnchorPolicy::Ot
             || a.ot_refresh_epochs == 0
-            || epoch % a.ot_refresh_epochs != 0
+            || !epoch.is_multiple_of(a.ot_refresh_epochs)
         {
             return Ok(());
         }
