@@ -1,7 +1,7 @@
 //! Training (DESIGN.md §3): [`Trainer`], [`TrainConfig`], the [`AnchorStore`], checkpoints.
 
 mod anchors;
-mod assignment;
+pub mod assignment;
 mod checkpoint;
 mod config;
 mod ema;
