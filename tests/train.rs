@@ -378,29 +378,31 @@ fn bad_input_is_a_typed_error_before_training() {
     let mut no_drop = quiet(1, 101);
     no_drop.drop_last = false;
     assert!(Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), no_drop).is_ok());
-    // Impossible optimizer settings name their field.
-    let mut bad = quiet(1, 10);
-    bad.optimizer.beta2 = 1.5;
-    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), bad)
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("optimizer.beta2"), "{err}");
-    let mut bad = quiet(1, 10);
-    bad.t_max_fraction = 1.5;
-    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), bad)
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("t_max_fraction"), "{err}");
-    let mut bad = quiet(1, 10);
-    bad.anchor.ot_space = OtSpace::Pca { dims: 0 };
-    let err = Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), bad)
-        .err()
-        .unwrap();
-    assert!(err.to_string().contains("ot_space"), "{err}");
+    // Impossible settings are refused before training, naming their field.
+    let rejected = |edit: &dyn Fn(&mut TrainConfig)| -> Error {
+        let mut bad = quiet(1, 10);
+        edit(&mut bad);
+        Trainer::new(model(rf.clone(), 16, 1.0), data.clone(), bad)
+            .err()
+            .expect("the config is refused")
+    };
+    for (field, edit) in [
+        (
+            "optimizer.beta2",
+            &(|c: &mut TrainConfig| c.optimizer.beta2 = 1.5) as &dyn Fn(&mut TrainConfig),
+        ),
+        ("t_max_fraction", &|c: &mut TrainConfig| {
+            c.t_max_fraction = 1.5
+        }),
+        ("ot_space", &|c: &mut TrainConfig| {
+            c.anchor.ot_space = OtSpace::Pca { dims: 0 }
+        }),
+    ] {
+        let err = rejected(edit);
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
     // More principal directions than the data has dimensions.
-    let mut bad = quiet(1, 10);
-    bad.anchor.ot_space = OtSpace::Pca { dims: 3 };
-    let err = Trainer::new(model(rf, 16, 1.0), data, bad).err().unwrap();
+    let err = rejected(&|c: &mut TrainConfig| c.anchor.ot_space = OtSpace::Pca { dims: 3 });
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
 
