@@ -98,20 +98,17 @@ impl AnchorStore {
                     (z * scale) as f32
                 })
                 .collect();
-            let draw_features: Vec<Vec<f64>> = draws.chunks(dim).map(features).collect();
-            let mut cost = Vec::with_capacity(m * m);
-            for &i in examples {
-                let x = &data_features[i];
-                for draw in &draw_features {
-                    cost.push(
-                        x.iter()
-                            .zip(draw)
-                            .map(|(a, b)| (a - b).powi(2))
-                            .sum::<f64>(),
-                    );
-                }
-            }
-            let row_to_col = super::assignment::solve(&cost, m)?;
+            let draw_features: Vec<f64> = draws.chunks(dim).flat_map(features).collect();
+            let example_features: Vec<f64> = examples
+                .iter()
+                .flat_map(|&i| data_features[i].iter().copied())
+                .collect();
+            let feature_dim = draw_features.len() / m.max(1);
+            let row_to_col = super::assignment::solve_squared_distances(
+                &example_features,
+                &draw_features,
+                feature_dim,
+            )?;
             for (row, &i) in examples.iter().enumerate() {
                 let col = row_to_col[row];
                 values[i * dim..(i + 1) * dim].copy_from_slice(&draws[col * dim..(col + 1) * dim]);
