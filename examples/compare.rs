@@ -10,6 +10,8 @@
 //! (2, 4, 8); baseline Euler (1, 2, 4, 8, 16, 100), Heun (8), RK4 (8) and DOPRI5. Writes
 //! `DIR/table.md`, `DIR/results.json`, `DIR/<flow>_if_nfe1.npy` (one-step samples of seed 0),
 //! `DIR/<flow>_sw2_vs_nfe.png` (quality against NFE) and `DIR/scatter_grid.png` (samples).
+//! Each finished job (one model, flow and seed) is saved in `DIR/jobs/` as it completes: the
+//! same command run again after a stop picks up where it was.
 use clap::Parser;
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::compare::{markdown_table, run_compare, CompareConfig};
@@ -52,6 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.seeds = args.seeds.unwrap_or(config.seeds);
     config.points = args.points.unwrap_or(config.points);
     std::fs::create_dir_all(&args.out)?;
+    // Finished jobs are kept here: a stopped run, started again, picks up where it was.
+    config.job_dir = Some(args.out.join("jobs"));
     let started = std::time::Instant::now();
     let output = run_compare::<CpuAutodiff>(&config, |line| eprintln!("{line}"))?;
     let results = &output.results;

@@ -8,7 +8,10 @@ use integration_flow::data::Toy;
 
 #[test]
 fn quick_compare_shows_both_methods_generating() {
-    let config = CompareConfig::quick(Toy::EightGaussians);
+    let jobs = std::env::temp_dir().join(format!("if-compare-jobs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&jobs);
+    let mut config = CompareConfig::quick(Toy::EightGaussians);
+    config.job_dir = Some(jobs.clone());
     let output = run_compare::<CpuAutodiff>(&config, |line| println!("{line}")).unwrap();
     let results = &output.results;
     println!("{}", markdown_table(&config, results));
@@ -46,4 +49,28 @@ fn quick_compare_shows_both_methods_generating() {
             .samples
             .contains_key(&(flow.to_string(), "baseline-dopri5-1e-5-1e-5".to_string())));
     }
+    // Every job was saved as it finished; a rerun reads them back and reports the same
+    // results without training (a damaged file is run again, not trusted).
+    assert_eq!(std::fs::read_dir(&jobs).unwrap().count(), 8);
+    std::fs::write(jobs.join("seed0_rf_if.json"), "{ truncated").unwrap();
+    let reused = std::sync::Mutex::new(0);
+    let again = run_compare::<CpuAutodiff>(&config, |line| {
+        if line.ends_with(": reused") {
+            *reused.lock().unwrap() += 1;
+        }
+    })
+    .unwrap();
+    assert_eq!(*reused.lock().unwrap(), 7);
+    let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x == y);
+    for (a, b) in again.results.rows.iter().zip(&results.rows) {
+        assert_eq!((&a.flow, &a.method, a.nfe), (&b.flow, &b.method, b.nfe));
+        assert!(
+            same(&a.sw2, &b.sw2) && same(&a.mmd, &b.mmd),
+            "{} {}",
+            a.flow,
+            a.method
+        );
+    }
+    assert_eq!(again.samples, output.samples);
+    let _ = std::fs::remove_dir_all(&jobs);
 }

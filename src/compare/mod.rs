@@ -31,6 +31,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,6 +56,13 @@ pub struct CompareConfig {
     /// Where the re-noising sampler re-noises.
     #[serde(default)]
     pub renoise: RenoiseSchedule,
+    /// Where each finished job (one model of one flow and seed) is saved as it completes, so
+    /// that a run that stops loses only the jobs in flight: a rerun with the same settings
+    /// reads the saved jobs back instead of recomputing them. `None`: nothing is saved.
+    /// (Saved jobs record the crate version and the settings above, not the code: delete the
+    /// folder after changing the code.)
+    #[serde(default)]
+    pub job_dir: Option<PathBuf>,
 }
 
 impl CompareConfig {
@@ -69,6 +77,7 @@ impl CompareConfig {
             pairwise_samples: 3000,
             workers: 0,
             renoise: RenoiseSchedule::default(),
+            job_dir: None,
         }
     }
 
@@ -83,6 +92,7 @@ impl CompareConfig {
             pairwise_samples: 1000,
             workers: 0,
             renoise: RenoiseSchedule::default(),
+            job_dir: None,
         }
     }
 }
@@ -240,7 +250,7 @@ impl Method {
 }
 
 /// Which of the two models a job trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Model {
     /// Integration Flow with OT anchors, sampled by its own samplers.
     IntegrationFlow,
@@ -257,6 +267,7 @@ pub const KEPT_METHODS: [&str; 4] = [
 ];
 
 /// What one training-and-measuring job found.
+#[derive(Serialize, Deserialize)]
 struct JobOutput {
     rows: Vec<CompareRow>,
     prior_sw2: Option<f64>,
@@ -297,7 +308,17 @@ pub fn run_compare<B: AutodiffBackend>(
         }
     }
     let outputs = jobs::run_jobs(&jobs, config.workers, |(seed, flow, model)| {
-        compare_job::<B>(config, *seed, flow, *model, &progress)
+        let key = JobKey::new(config, *seed, flow.name(), *model);
+        if let Some(dir) = &config.job_dir {
+            if let Some(saved) = load_job(dir, &key, &progress) {
+                return Ok(saved);
+            }
+        }
+        let output = compare_job::<B>(config, *seed, flow, *model, &progress)?;
+        if let Some(dir) = &config.job_dir {
+            save_job(dir, &key, &output)?;
+        }
+        Ok(output)
     })?;
     let mut out = CompareOutput::default();
     for seed in 0..config.seeds {
@@ -361,6 +382,101 @@ pub fn run_compare<B: AutodiffBackend>(
     }
     out.results.rows = rows.into_values().collect();
     Ok(out)
+}
+
+/// Everything a job's result depends on (besides the code), stored with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct JobKey {
+    version: String,
+    dataset: Toy,
+    steps: usize,
+    points: usize,
+    samples: usize,
+    pairwise_samples: usize,
+    renoise: RenoiseSchedule,
+    seed: u64,
+    flow: String,
+    model: Model,
+}
+
+impl JobKey {
+    fn new(config: &CompareConfig, seed: u64, flow: &str, model: Model) -> Self {
+        JobKey {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            dataset: config.dataset,
+            steps: config.steps,
+            points: config.points,
+            samples: config.samples,
+            pairwise_samples: config.pairwise_samples,
+            renoise: config.renoise,
+            seed,
+            flow: flow.to_string(),
+            model,
+        }
+    }
+
+    fn file(&self, dir: &Path) -> PathBuf {
+        let model = match self.model {
+            Model::IntegrationFlow => "if",
+            Model::Baseline => "baseline",
+        };
+        dir.join(format!("seed{}_{}_{model}.json", self.seed, self.flow))
+    }
+}
+
+/// A saved job: the key it was made with and what it found.
+#[derive(Deserialize)]
+struct SavedJob {
+    key: JobKey,
+    output: JobOutput,
+}
+
+/// [`SavedJob`] for writing, without copying the output.
+#[derive(Serialize)]
+struct SavedJobRef<'a> {
+    key: &'a JobKey,
+    output: &'a JobOutput,
+}
+
+/// The saved result of `key`'s job, if there is one made with the same settings. A missing,
+/// unreadable or mismatched file means the job runs again (said through `progress`).
+fn load_job(dir: &Path, key: &JobKey, progress: &(impl Fn(&str) + Sync)) -> Option<JobOutput> {
+    let file = key.file(dir);
+    let text = std::fs::read_to_string(&file).ok()?;
+    match serde_json::from_str::<SavedJob>(&text) {
+        Ok(saved) if saved.key == *key => {
+            progress(&format!("{}: reused", file.display()));
+            Some(saved.output)
+        }
+        Ok(_) => {
+            progress(&format!(
+                "{}: other settings, running again",
+                file.display()
+            ));
+            None
+        }
+        Err(e) => {
+            progress(&format!(
+                "{}: unreadable ({e}), running again",
+                file.display()
+            ));
+            None
+        }
+    }
+}
+
+fn save_job(dir: &Path, key: &JobKey, output: &JobOutput) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let json =
+        serde_json::to_vec(&SavedJobRef { key, output }).map_err(|e| Error::InvalidArgument {
+            name: "job",
+            reason: format!("cannot encode a finished job: {e}"),
+        })?;
+    crate::data::npy::write_atomically(&key.file(dir), &json)
 }
 
 /// Trains one model of one flow for one seed and measures its samplers.

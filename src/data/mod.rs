@@ -1,7 +1,7 @@
 //! Datasets: an in-memory `[n, dim]` array type, the toy 2-D generators, NPY output, and
 //! principal directions.
 
-mod npy;
+pub(crate) mod npy;
 mod pca;
 mod toy;
 
