@@ -74,3 +74,11 @@ fn quick_compare_shows_both_methods_generating() {
     assert_eq!(again.samples, output.samples);
     let _ = std::fs::remove_dir_all(&jobs);
 }
+
+#[test]
+fn unknown_flow_names_are_refused() {
+    let mut config = CompareConfig::quick(Toy::EightGaussians);
+    config.flows = vec!["rf".into(), "flowy".into()];
+    let err = run_compare::<CpuAutodiff>(&config, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("flowy"), "{err}");
+}

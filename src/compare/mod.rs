@@ -56,6 +56,9 @@ pub struct CompareConfig {
     /// Where the re-noising sampler re-noises.
     #[serde(default)]
     pub renoise: RenoiseSchedule,
+    /// The flows to compare, by name (`rf`, `vp`, `ve`, `pfgmpp`); empty: all of them.
+    #[serde(default)]
+    pub flows: Vec<String>,
     /// Where each finished job (one model of one flow and seed) is saved as it completes, so
     /// that a run that stops loses only the jobs in flight: a rerun with the same settings
     /// reads the saved jobs back instead of recomputing them. `None`: nothing is saved.
@@ -77,6 +80,7 @@ impl CompareConfig {
             pairwise_samples: 3000,
             workers: 0,
             renoise: RenoiseSchedule::default(),
+            flows: Vec::new(),
             job_dir: None,
         }
     }
@@ -92,6 +96,7 @@ impl CompareConfig {
             pairwise_samples: 1000,
             workers: 0,
             renoise: RenoiseSchedule::default(),
+            flows: Vec::new(),
             job_dir: None,
         }
     }
@@ -298,7 +303,20 @@ pub fn run_compare<B: AutodiffBackend>(
             reason: "seeds, samples and pairwise_samples must be at least 1".into(),
         });
     }
-    let flows = default_flows()?;
+    let mut flows = default_flows()?;
+    if !config.flows.is_empty() {
+        if let Some(unknown) = config
+            .flows
+            .iter()
+            .find(|name| !flows.iter().any(|f| f.name() == name.as_str()))
+        {
+            return Err(Error::InvalidArgument {
+                name: "flows",
+                reason: format!("unknown flow {unknown:?} (rf, vp, ve or pfgmpp)"),
+            });
+        }
+        flows.retain(|f| config.flows.iter().any(|name| name == f.name()));
+    }
     let mut jobs = Vec::new();
     for seed in 0..config.seeds {
         for flow in &flows {
