@@ -5,9 +5,12 @@
 mod embedding;
 mod init;
 mod mlp;
+mod norm;
+mod unet;
 
 pub use embedding::NoiseEmbedding;
 pub use mlp::{Mlp, MlpConfig};
+pub use unet::{AnchorInput, UNet, UNetConfig};
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
