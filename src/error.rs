@@ -59,6 +59,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A data file is corrupt, truncated, or not in the format it was read as.
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file (`(in memory)` for bytes parsed directly).
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A checkpoint is corrupt, truncated, or does not belong to this model or dataset.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

@@ -1,12 +1,18 @@
-//! Datasets: an in-memory `[n, dim]` array type, the toy 2-D generators, NPY output, and
-//! principal directions.
+//! Datasets: an in-memory `[n, dim]` array type, the toy 2-D generators, image loaders (IDX,
+//! CIFAR-10, NPY, folders), the bundled MNIST subset, NPY input and output, and principal
+//! directions.
 
+mod idx;
+mod images;
+pub mod mnist;
 pub(crate) mod npy;
 mod pca;
 mod toy;
 
+pub use idx::{parse_idx, read_idx, IdxArray};
+pub use images::{Images, NpyLayout};
 pub(crate) use npy::write_atomically;
-pub use npy::write_npy_f32;
+pub use npy::{parse_npy, read_npy, write_npy_f32, NpyArray, NpyData};
 pub use pca::Pca;
 pub use toy::Toy;
 
@@ -63,6 +69,11 @@ impl Dataset {
             });
         }
         Ok(Dataset { values, dim })
+    }
+
+    /// Wraps values the caller has already checked (a slice of a valid dataset).
+    pub(crate) fn from_checked(values: Vec<f32>, dim: usize) -> Self {
+        Dataset { values, dim }
     }
 
     /// Number of examples.

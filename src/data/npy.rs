@@ -1,9 +1,166 @@
-//! Writing NPY files (NumPy's array format, version 1.0).
+//! NPY files (NumPy's array format): writing float32 (version 1.0), reading unsigned bytes
+//! and float32 (versions 1 to 3, C order).
 
 use crate::error::{Error, Result};
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The elements of an NPY array.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NpyData {
+    /// `|u1`.
+    U8(Vec<u8>),
+    /// `<f4`.
+    F32(Vec<f32>),
+}
+
+/// An NPY array read by [`parse_npy`] or [`read_npy`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    /// The shape, outermost first.
+    pub shape: Vec<usize>,
+    /// The elements, row-major.
+    pub data: NpyData,
+}
+
+/// Parses NPY `bytes` holding unsigned bytes (`|u1`) or little-endian float32 (`<f4`) in C
+/// order. Never panics: anything malformed or unsupported is an [`Error::Format`] saying what.
+///
+/// ```
+/// use integration_flow::data::{parse_npy, NpyData};
+/// let dir = std::env::temp_dir().join("integration_flow_parse_npy_doc");
+/// std::fs::create_dir_all(&dir).unwrap();
+/// integration_flow::data::write_npy_f32(dir.join("a.npy"), &[1.0, 2.0], &[1, 2])?;
+/// let array = parse_npy(&std::fs::read(dir.join("a.npy")).unwrap())?;
+/// assert_eq!((array.shape, array.data), (vec![1, 2], NpyData::F32(vec![1.0, 2.0])));
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
+    parse(bytes).map_err(|reason| Error::Format {
+        path: PathBuf::from("(in memory)"),
+        reason,
+    })
+}
+
+/// Reads the NPY file at `path` (see [`parse_npy`]).
+pub fn read_npy(path: impl AsRef<Path>) -> Result<NpyArray> {
+    let path = path.as_ref();
+    let bytes = fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&bytes).map_err(|reason| Error::Format {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
+    if !bytes.starts_with(b"\x93NUMPY") {
+        return Err("not an NPY file: missing the \\x93NUMPY magic".into());
+    }
+    let version = *bytes.get(6).ok_or("truncated NPY preamble")?;
+    let (header_start, header_len) = match version {
+        1 => {
+            let b = bytes.get(8..10).ok_or("truncated NPY preamble")?;
+            (10usize, usize::from(u16::from_le_bytes([b[0], b[1]])))
+        }
+        2 | 3 => {
+            let b = bytes.get(8..12).ok_or("truncated NPY preamble")?;
+            (12, u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        }
+        v => return Err(format!("NPY version {v} is not supported (1, 2 or 3)")),
+    };
+    let header = header_start
+        .checked_add(header_len)
+        .and_then(|end| bytes.get(header_start..end))
+        .ok_or_else(|| format!("truncated NPY header: {header_len} bytes declared"))?;
+    let header = std::str::from_utf8(header).map_err(|_| "NPY header is not text")?;
+    let descr = dict_value(header, "descr").ok_or("NPY header has no 'descr'")?;
+    let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
+    let fortran = dict_value(header, "fortran_order").ok_or("NPY header has no 'fortran_order'")?;
+    if fortran.trim() != "False" {
+        return Err("Fortran-ordered NPY arrays are not supported; save in C order".into());
+    }
+    let shape_text = dict_value(header, "shape").ok_or("NPY header has no 'shape'")?;
+    let shape = parse_shape(shape_text)?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    let body = &bytes[header_start + header_len..];
+    let (width, kind) = match descr {
+        "|u1" | "<u1" | "u1" => (1, 0),
+        "<f4" | "f4" => (4, 1),
+        other => {
+            return Err(format!(
+                "NPY dtype {other:?} is not supported (unsigned bytes '|u1' or float32 '<f4')"
+            ))
+        }
+    };
+    let need = count
+        .checked_mul(width)
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    if body.len() != need {
+        return Err(format!(
+            "shape {shape:?} of {descr} needs {need} bytes of data, found {}{}",
+            body.len(),
+            if body.len() < need {
+                " (truncated)"
+            } else {
+                " (trailing bytes)"
+            }
+        ));
+    }
+    let data = if kind == 0 {
+        NpyData::U8(body.to_vec())
+    } else {
+        NpyData::F32(
+            body.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    };
+    Ok(NpyArray { shape, data })
+}
+
+/// The text after `'key':` in a Python dict literal, up to the next top-level comma or brace.
+fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let at = header
+        .find(&format!("'{key}'"))
+        .or_else(|| header.find(&format!("\"{key}\"")))?;
+    let rest = &header[at + key.len() + 2..];
+    let rest = rest.trim_start().strip_prefix(':')?;
+    let mut depth = 0i32;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' | '}' if depth <= 0 => return Some(&rest[..i]),
+            _ => {}
+        }
+    }
+    Some(rest)
+}
+
+fn parse_shape(text: &str) -> std::result::Result<Vec<usize>, String> {
+    let inner = text
+        .trim()
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| format!("NPY shape {text:?} is not a tuple"))?;
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim_end_matches('L')
+                .parse::<usize>()
+                .map_err(|_| format!("NPY shape entry {s:?} is not a count"))
+        })
+        .collect()
+}
 
 /// Writes `values` as a little-endian float32 NPY array of `shape` (C order) to `path`,
 /// atomically (temporary file, fsync, rename).
