@@ -152,7 +152,7 @@ impl Images {
             }
         }
         from_bytes(
-            &files[0].as_ref().to_path_buf(),
+            files[0].as_ref(),
             &pixels,
             [3, 32, 32],
             Some(labels),
