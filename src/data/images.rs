@@ -151,12 +151,7 @@ impl Images {
                 pixels.extend_from_slice(&record[1..]);
             }
         }
-        from_bytes(
-            files[0].as_ref(),
-            &pixels,
-            [3, 32, 32],
-            Some(labels),
-        )
+        from_bytes(files[0].as_ref(), &pixels, [3, 32, 32], Some(labels))
     }
 
     /// An NPY array of images: `[n, h, w]`, `[n, h, w, c]` or `[n, c, h, w]` (see
