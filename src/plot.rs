@@ -303,8 +303,104 @@ fn format_tick(v: f64) -> String {
     }
 }
 
+/// Writes the first `rows·cols` images of `values` (flat `[n, c·h·w]`, values in [-1, 1],
+/// `c` = 1 or 3) as a grid PNG with a one-pixel white gutter, each pixel drawn `scale`×`scale`,
+/// atomically.
+///
+/// ```
+/// let dir = std::env::temp_dir().join("integration_flow_grid_doc");
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let images = vec![0.0f32; 4 * 2 * 2];
+/// integration_flow::plot::image_grid_png(dir.join("g.png"), &images, [1, 2, 2], 2, 2, 3)?;
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub fn image_grid_png(
+    path: impl AsRef<Path>,
+    values: &[f32],
+    shape: [usize; 3],
+    rows: usize,
+    cols: usize,
+    scale: u32,
+) -> Result<()> {
+    let [c, h, w] = shape;
+    let per = c * h * w;
+    if !(c == 1 || c == 3) || per == 0 || rows == 0 || cols == 0 || scale == 0 {
+        return Err(Error::InvalidArgument {
+            name: "shape",
+            reason: format!(
+                "need 1 or 3 channels, non-empty images, rows, columns and scale; got {shape:?}, \
+                 {rows}×{cols}, scale {scale}"
+            ),
+        });
+    }
+    if values.len() < rows * cols * per {
+        return Err(Error::ShapeMismatch {
+            context: "image_grid_png",
+            expected: format!("at least {} images of {per} values", rows * cols),
+            found: format!("{} values", values.len()),
+        });
+    }
+    let s = scale as usize;
+    let (cell_w, cell_h) = (w * s + 1, h * s + 1);
+    let mut img = RgbImage::from_pixel(
+        (cols * cell_w + 1) as u32,
+        (rows * cell_h + 1) as u32,
+        Rgb([255, 255, 255]),
+    );
+    let byte = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+    for r in 0..rows {
+        for col in 0..cols {
+            let image = &values[(r * cols + col) * per..(r * cols + col + 1) * per];
+            for y in 0..h * s {
+                for x in 0..w * s {
+                    let i = (y / s) * w + x / s;
+                    let pixel = if c == 1 {
+                        let g = byte(image[i]);
+                        [g, g, g]
+                    } else {
+                        [
+                            byte(image[i]),
+                            byte(image[h * w + i]),
+                            byte(image[2 * h * w + i]),
+                        ]
+                    };
+                    img.put_pixel(
+                        (1 + col * cell_w + x) as u32,
+                        (1 + r * cell_h + y) as u32,
+                        Rgb(pixel),
+                    );
+                }
+            }
+        }
+    }
+    Canvas(img).save(path.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn image_grids_place_each_image_in_its_cell() {
+        let dir = std::env::temp_dir().join("integration_flow_grid_test");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Four 2×2 grey images: image k is uniformly −1 + k·0.5.
+        let values: Vec<f32> = (0..4)
+            .flat_map(|k| std::iter::repeat_n(-1.0 + 0.5 * k as f32, 4))
+            .collect();
+        let path = dir.join("grid.png");
+        super::image_grid_png(&path, &values, [1, 2, 2], 2, 2, 3).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        // Cells are 2·3 + 1 = 7 pixels with a one-pixel gutter: 2·7 + 1 = 15.
+        assert_eq!((img.width(), img.height()), (15, 15));
+        assert_eq!(img.get_pixel(0, 0).0, [255, 255, 255]);
+        let level = |k: f32| ((k + 1.0) * 127.5).round() as u8;
+        assert_eq!(img.get_pixel(1, 1).0, [level(-1.0); 3]);
+        assert_eq!(img.get_pixel(8, 1).0, [level(-0.5); 3]);
+        assert_eq!(img.get_pixel(1, 8).0, [level(0.0); 3]);
+        assert_eq!(img.get_pixel(13, 13).0, [level(0.5); 3]);
+        assert!(super::image_grid_png(&path, &values[..15], [1, 2, 2], 2, 2, 1).is_err());
+        assert!(super::image_grid_png(&path, &values, [2, 1, 2], 2, 2, 1).is_err());
+    }
+
     use super::*;
 
     #[test]

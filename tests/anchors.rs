@@ -145,3 +145,78 @@ fn optimal_transport_in_pca_space() {
     )
     .is_err());
 }
+
+fn temp_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join("integration_flow_anchor_files");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A memory-mapped store behaves like the in-memory one: same draws, same reads and writes,
+/// its values in the file, and clones that live in memory.
+#[test]
+fn file_backed_stores_match_in_memory_ones() {
+    use integration_flow::train::AnchorBacking;
+    let data = Toy::Checkerboard.sample(1000, 3).unwrap();
+    for storage in [AnchorStorage::F32, AnchorStorage::F16] {
+        let path = temp_file(&format!("store_{storage:?}.bin"));
+        let file = AnchorBacking::File { path: path.clone() };
+        let memory =
+            AnchorStore::gaussian(500, 3, 1.5, storage, &mut StdRng::seed_from_u64(9)).unwrap();
+        let mut mapped =
+            AnchorStore::gaussian_in(500, 3, 1.5, storage, &file, &mut StdRng::seed_from_u64(9))
+                .unwrap();
+        assert_eq!(mapped, memory);
+        assert_eq!(mapped.file(), Some(path.as_path()));
+        assert_eq!(memory.file(), None);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() as usize,
+            mapped.bytes()
+        );
+        mapped.set(&[3], &[1.0, -2.0, 0.5]).unwrap();
+        assert_eq!(mapped.get(&[3]).unwrap(), vec![1.0, -2.0, 0.5]);
+        assert!(mapped.get(&[500]).is_err() && mapped.set(&[0], &[1.0]).is_err());
+        let copy = mapped.clone();
+        assert_eq!(copy.file(), None);
+        assert_eq!(copy, mapped);
+        // The values are in the file, little-endian.
+        let raw = std::fs::read(&path).unwrap();
+        let w = storage.width();
+        let third = &raw[3 * 3 * w..3 * 3 * w + w];
+        let value = match storage {
+            AnchorStorage::F32 => f32::from_le_bytes(third.try_into().unwrap()),
+            AnchorStorage::F16 => half::f16::from_le_bytes(third.try_into().unwrap()).to_f32(),
+        };
+        assert_eq!(value, 1.0);
+
+        let ot = |backing: &AnchorBacking| {
+            AnchorStore::optimal_transport_in(
+                &data,
+                1.0,
+                256,
+                OtSpace::Data,
+                storage,
+                backing,
+                &mut StdRng::seed_from_u64(4),
+            )
+            .unwrap()
+        };
+        let in_file = ot(&AnchorBacking::File {
+            path: temp_file(&format!("ot_{storage:?}.bin")),
+        });
+        assert_eq!(in_file, ot(&AnchorBacking::Memory));
+        let back = in_file.into_backing(&AnchorBacking::Memory).unwrap();
+        assert_eq!(back.file(), None);
+        assert_eq!(back, ot(&AnchorBacking::Memory));
+    }
+    // A file that cannot be created is an I/O error naming it.
+    let bad = AnchorBacking::File {
+        path: "/nonexistent/dir/anchors.bin".into(),
+    };
+    match AnchorStore::zeros(10, 2, AnchorStorage::F32, &bad) {
+        Err(integration_flow::Error::Io { path, .. }) => {
+            assert_eq!(path, std::path::Path::new("/nonexistent/dir/anchors.bin"))
+        }
+        other => panic!("expected an I/O error, got {:?}", other.map(|s| s.len())),
+    }
+}

@@ -10,7 +10,7 @@ use integration_flow::flow::{
 use integration_flow::metrics::sliced_wasserstein2;
 use integration_flow::model::{AnchorLaw, IntegrationFlow};
 use integration_flow::nn::{Mlp, MlpConfig};
-use integration_flow::train::{AnchorPolicy, OtSpace, TrainConfig, Trainer};
+use integration_flow::train::{AnchorBacking, AnchorPolicy, OtSpace, TrainConfig, Trainer};
 use integration_flow::Error;
 use rand::{rngs::StdRng, SeedableRng};
 use std::sync::Arc;
@@ -205,19 +205,27 @@ fn weights<B: burn::tensor::backend::Backend, M: Module<B>>(m: &M) -> Vec<f32> {
 }
 
 /// 2 epochs straight, or 1 epoch, checkpoint, resume, 1 more: the same losses and weights.
+/// Cases 3 and 4 keep the anchors of the interrupted run in a memory-mapped file: training with
+/// the file-backed store gives exactly what the in-memory store gives.
 #[test]
 fn resume_is_exact() {
     let data = Toy::TwoSpirals.sample(512, 4).unwrap();
     let vp: Arc<dyn ProbabilityFlow> = Arc::new(VpConfig::default().init().unwrap());
     // The third case re-matches OT anchors every epoch (on the first principal direction) and
     // trains a quarter of each batch at t_max: the refresh must also resume exactly.
-    for (case, policy) in [AnchorPolicy::Prediction, AnchorPolicy::Ot, AnchorPolicy::Ot]
-        .into_iter()
-        .enumerate()
+    for (case, policy) in [
+        AnchorPolicy::Prediction,
+        AnchorPolicy::Ot,
+        AnchorPolicy::Ot,
+        AnchorPolicy::Prediction,
+        AnchorPolicy::Ot,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut config = quiet(8, 128); // 4 steps per epoch
         config.anchor.policy = policy;
-        if case == 2 {
+        if case == 2 || case == 4 {
             config.anchor.ot_refresh_epochs = 1;
             config.anchor.ot_space = OtSpace::Pca { dims: 1 };
             config.t_max_fraction = 0.25;
@@ -234,11 +242,21 @@ fn resume_is_exact() {
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        let mut interrupted = config.clone();
+        if case >= 3 {
+            interrupted.anchor.backing = AnchorBacking::File {
+                path: std::env::temp_dir().join(format!(
+                    "integration_flow_resume_anchors_{case}_{}.bin",
+                    std::process::id()
+                )),
+            };
+        }
         let mut first =
-            Trainer::new(model(vp.clone(), 32, 1.0), data.clone(), config.clone()).unwrap();
+            Trainer::new(model(vp.clone(), 32, 1.0), data.clone(), interrupted).unwrap();
+        assert_eq!(first.anchors().unwrap().file().is_some(), case >= 3);
         let initial_anchors = first.anchors().cloned();
         let mut losses: Vec<f64> = (0..4).map(|_| first.train_step().unwrap().loss).collect();
-        if case == 2 {
+        if case == 2 || case == 4 {
             assert!(
                 first.anchors().cloned() != initial_anchors,
                 "the refresh at the epoch boundary did not change the anchors"
@@ -267,6 +285,7 @@ fn resume_is_exact() {
         };
         let mut resumed = Trainer::resume(&dir, template, data.clone()).unwrap();
         assert_eq!((resumed.step(), resumed.epoch()), (4, 1));
+        assert_eq!(resumed.anchors().unwrap().file().is_some(), case >= 3);
         losses.extend((0..4).map(|_| resumed.train_step().unwrap().loss));
 
         assert_eq!(losses, losses_straight, "{policy:?}");

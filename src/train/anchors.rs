@@ -4,10 +4,12 @@ use super::config::OtSpace;
 use crate::data::{Dataset, Pca};
 use crate::error::{Error, Result};
 use half::f16;
+use memmap2::MmapMut;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// How anchors are stored: `f32`, or `f16` at half the memory (about 3 significant digits).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,22 +22,92 @@ pub enum AnchorStorage {
     F16,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+impl AnchorStorage {
+    /// Bytes per value.
+    pub fn width(self) -> usize {
+        match self {
+            AnchorStorage::F32 => 4,
+            AnchorStorage::F16 => 2,
+        }
+    }
+}
+
+/// Where the anchor values live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AnchorBacking {
+    /// In RAM.
+    #[default]
+    Memory,
+    /// In a file mapped into memory (created or overwritten), for datasets whose anchors
+    /// exceed RAM: the operating system pages values in and out. The file is scratch space;
+    /// checkpoints keep their own copy.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug)]
 enum Values {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// Little-endian values of `storage` type in a mapped file.
+    Mapped {
+        map: MmapMut,
+        storage: AnchorStorage,
+        path: PathBuf,
+    },
 }
 
 /// One anchor of `dim` values per training example, indexed by the example's position in the
-/// dataset. Training state: it is saved in every checkpoint.
-#[derive(Clone, Debug, PartialEq)]
+/// dataset, stored as `f32` or `f16`, in memory or in a memory-mapped file. Training state: it
+/// is saved in every checkpoint.
+///
+/// Cloning a file-backed store gives an in-memory copy.
+#[derive(Debug)]
 pub struct AnchorStore {
     values: Values,
     dim: usize,
 }
 
+impl Clone for AnchorStore {
+    fn clone(&self) -> Self {
+        let values = match &self.values {
+            Values::F32(v) => Values::F32(v.clone()),
+            Values::F16(v) => Values::F16(v.clone()),
+            Values::Mapped { map, storage, .. } => match storage {
+                AnchorStorage::F32 => Values::F32(
+                    map.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
+                AnchorStorage::F16 => Values::F16(
+                    map.chunks_exact(2)
+                        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                ),
+            },
+        };
+        AnchorStore {
+            values,
+            dim: self.dim,
+        }
+    }
+}
+
+impl PartialEq for AnchorStore {
+    /// Same dimension, storage type and values, wherever they live.
+    fn eq(&self, other: &Self) -> bool {
+        self.dim == other.dim
+            && self.storage() == other.storage()
+            && self.len() == other.len()
+            && (0..self.len()).all(|i| self.get(&[i]).ok() == other.get(&[i]).ok())
+    }
+}
+
 impl AnchorStore {
-    /// `n` anchors of `dim` values drawn from `N(0, scale²·I)`.
+    /// `n` anchors of `dim` values drawn from `N(0, scale²·I)`, in memory.
     pub fn gaussian(
         n: usize,
         dim: usize,
@@ -43,27 +115,91 @@ impl AnchorStore {
         storage: AnchorStorage,
         rng: &mut dyn Rng,
     ) -> Result<Self> {
-        let len = crate::flow::sample_len(n, dim)?;
+        Self::gaussian_in(n, dim, scale, storage, &AnchorBacking::Memory, rng)
+    }
+
+    /// Like [`gaussian`](Self::gaussian), stored where `backing` says; the same `rng` gives the
+    /// same anchors in memory and in a file.
+    pub fn gaussian_in(
+        n: usize,
+        dim: usize,
+        scale: f64,
+        storage: AnchorStorage,
+        backing: &AnchorBacking,
+        rng: &mut dyn Rng,
+    ) -> Result<Self> {
+        crate::flow::sample_len(n, dim)?;
         check_scale(scale)?;
-        let values = (0..len)
-            .map(|_| {
-                let z: f64 = StandardNormal.sample(rng);
-                (z * scale) as f32
-            })
-            .collect();
-        Ok(Self::from_values(values, dim, storage))
+        let mut store = Self::zeros(n, dim, storage, backing)?;
+        // Row blocks, so that a file-backed store never needs all values in RAM at once.
+        const BLOCK: usize = 4096;
+        for start in (0..n).step_by(BLOCK) {
+            let rows: Vec<usize> = (start..(start + BLOCK).min(n)).collect();
+            let values: Vec<f32> = (0..rows.len() * dim)
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(rng);
+                    (z * scale) as f32
+                })
+                .collect();
+            store.set(&rows, &values)?;
+        }
+        Ok(store)
+    }
+
+    /// `n` zero anchors of `dim` values, stored where `backing` says.
+    pub fn zeros(
+        n: usize,
+        dim: usize,
+        storage: AnchorStorage,
+        backing: &AnchorBacking,
+    ) -> Result<Self> {
+        let len = crate::flow::sample_len(n, dim)?;
+        let values = match backing {
+            AnchorBacking::Memory => match storage {
+                AnchorStorage::F32 => Values::F32(vec![0.0; len]),
+                AnchorStorage::F16 => Values::F16(vec![f16::ZERO; len]),
+            },
+            AnchorBacking::File { path } => Values::Mapped {
+                map: map_file(path, len * storage.width())?,
+                storage,
+                path: path.clone(),
+            },
+        };
+        Ok(AnchorStore { values, dim })
     }
 
     /// Anchors matched to the examples by optimal transport: the examples are split into random
     /// chunks of at most `chunk`; in each, as many draws from `N(0, scale²·I)` are assigned to
-    /// the examples by an exact linear assignment (Jonker–Volgenant) minimising the total
-    /// squared distance.
+    /// the examples by a linear assignment minimising the total squared distance (auction
+    /// algorithm, within 1e-9 of the optimum). In memory.
     pub fn optimal_transport(
         data: &Dataset,
         scale: f64,
         chunk: usize,
         space: OtSpace,
         storage: AnchorStorage,
+        rng: &mut dyn Rng,
+    ) -> Result<Self> {
+        Self::optimal_transport_in(
+            data,
+            scale,
+            chunk,
+            space,
+            storage,
+            &AnchorBacking::Memory,
+            rng,
+        )
+    }
+
+    /// Like [`optimal_transport`](Self::optimal_transport), stored where `backing` says,
+    /// written chunk by chunk; the same `rng` gives the same anchors in memory and in a file.
+    pub fn optimal_transport_in(
+        data: &Dataset,
+        scale: f64,
+        chunk: usize,
+        space: OtSpace,
+        storage: AnchorStorage,
+        backing: &AnchorBacking,
         rng: &mut dyn Rng,
     ) -> Result<Self> {
         check_scale(scale)?;
@@ -89,7 +225,8 @@ impl AnchorStore {
         let data_features: Vec<Vec<f64>> = (0..n).map(|i| features(data.row(i))).collect();
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
-        let mut values = vec![0.0f32; n * dim];
+        let mut store = Self::zeros(n, dim, storage, backing)?;
+        let mut matched = Vec::new();
         for examples in order.chunks(chunk) {
             let m = examples.len();
             let draws: Vec<f32> = (0..m * dim)
@@ -109,12 +246,33 @@ impl AnchorStore {
                 &draw_features,
                 feature_dim,
             )?;
-            for (row, &i) in examples.iter().enumerate() {
-                let col = row_to_col[row];
-                values[i * dim..(i + 1) * dim].copy_from_slice(&draws[col * dim..(col + 1) * dim]);
+            matched.clear();
+            for &col in &row_to_col {
+                matched.extend_from_slice(&draws[col * dim..(col + 1) * dim]);
             }
+            store.set(examples, &matched)?;
         }
-        Ok(Self::from_values(values, dim, storage))
+        Ok(store)
+    }
+
+    /// The same anchors stored where `backing` says (copied in blocks of rows).
+    pub fn into_backing(self, backing: &AnchorBacking) -> Result<Self> {
+        let in_place = match (&self.values, backing) {
+            (Values::Mapped { path, .. }, AnchorBacking::File { path: p }) => path == p,
+            (Values::F32(_) | Values::F16(_), AnchorBacking::Memory) => true,
+            _ => false,
+        };
+        if in_place {
+            return Ok(self);
+        }
+        let (n, dim) = (self.len(), self.dim);
+        let mut target = Self::zeros(n, dim, self.storage(), backing)?;
+        const BLOCK: usize = 4096;
+        for start in (0..n).step_by(BLOCK) {
+            let rows: Vec<usize> = (start..(start + BLOCK).min(n)).collect();
+            target.set(&rows, &self.get(&rows)?)?;
+        }
+        Ok(target)
     }
 
     /// A store holding `values` (row-major, `dim` per anchor).
@@ -146,21 +304,28 @@ impl AnchorStore {
         match self.values {
             Values::F32(_) => AnchorStorage::F32,
             Values::F16(_) => AnchorStorage::F16,
+            Values::Mapped { storage, .. } => storage,
         }
     }
 
-    /// Bytes held by the anchor values.
-    pub fn bytes(&self) -> usize {
+    /// The file behind a file-backed store.
+    pub fn file(&self) -> Option<&Path> {
         match &self.values {
-            Values::F32(v) => v.len() * 4,
-            Values::F16(v) => v.len() * 2,
+            Values::Mapped { path, .. } => Some(path),
+            _ => None,
         }
+    }
+
+    /// Bytes held by the anchor values (in RAM or in the file).
+    pub fn bytes(&self) -> usize {
+        self.raw_len() * self.storage().width()
     }
 
     fn raw_len(&self) -> usize {
         match &self.values {
             Values::F32(v) => v.len(),
             Values::F16(v) => v.len(),
+            Values::Mapped { map, storage, .. } => map.len() / storage.width(),
         }
     }
 
@@ -184,6 +349,22 @@ impl AnchorStore {
             match &self.values {
                 Values::F32(v) => out.extend_from_slice(&v[range]),
                 Values::F16(v) => out.extend(v[range].iter().map(|x| x.to_f32())),
+                Values::Mapped { map, storage, .. } => {
+                    let w = storage.width();
+                    let bytes = &map[range.start * w..range.end * w];
+                    match storage {
+                        AnchorStorage::F32 => out.extend(
+                            bytes
+                                .chunks_exact(4)
+                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                        ),
+                        AnchorStorage::F16 => out.extend(
+                            bytes
+                                .chunks_exact(2)
+                                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+                        ),
+                    }
+                }
             }
         }
         Ok(out)
@@ -208,6 +389,18 @@ impl AnchorStore {
                         *dst = f16::from_f32(src);
                     }
                 }
+                Values::Mapped { map, storage, .. } => {
+                    let w = storage.width();
+                    let bytes = &mut map[range.start * w..range.end * w];
+                    for (dst, &src) in bytes.chunks_exact_mut(w).zip(row) {
+                        match storage {
+                            AnchorStorage::F32 => dst.copy_from_slice(&src.to_le_bytes()),
+                            AnchorStorage::F16 => {
+                                dst.copy_from_slice(&f16::from_f32(src).to_le_bytes())
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -218,6 +411,13 @@ impl AnchorStore {
         let mut out = Vec::with_capacity(9 + self.bytes());
         out.extend_from_slice(&(self.dim as u64).to_le_bytes());
         match &self.values {
+            Values::Mapped { map, storage, .. } => {
+                out.push(match storage {
+                    AnchorStorage::F32 => 0,
+                    AnchorStorage::F16 => 1,
+                });
+                out.extend_from_slice(map);
+            }
             Values::F32(v) => {
                 out.push(0);
                 v.iter()
@@ -255,6 +455,29 @@ impl AnchorStore {
         let store = AnchorStore { values, dim };
         store.raw_len().is_multiple_of(dim).then_some(store)
     }
+}
+
+/// Creates (or truncates) `path` with `len` zero bytes and maps it read-write.
+fn map_file(path: &Path, len: usize) -> Result<MmapMut> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    file.set_len(len as u64).map_err(io)?;
+    if len == 0 {
+        return MmapMut::map_anon(0).map_err(io);
+    }
+    // SAFETY: the file was just created (truncated) by this process for the store's exclusive
+    // use and the store owns the only mapping. The mapping's soundness relies on no other
+    // process truncating the file while training runs, as for any memory-mapped file.
+    unsafe { MmapMut::map_mut(&file) }.map_err(io)
 }
 
 fn check_scale(scale: f64) -> Result<()> {

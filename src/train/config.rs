@@ -1,6 +1,6 @@
 //! The training configuration (DESIGN.md §3), serde-serialisable and validated.
 
-use super::anchors::AnchorStorage;
+use super::anchors::{AnchorBacking, AnchorStorage};
 use crate::error::{invalid_config, require_finite, Result};
 use crate::flow::TimeDistribution;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,9 @@ pub struct AnchorConfig {
     pub ot_space: OtSpace,
     /// Storage of the anchor values.
     pub storage: AnchorStorage,
+    /// Where the anchor values live: RAM, or a memory-mapped file for datasets whose anchors
+    /// exceed RAM.
+    pub backing: AnchorBacking,
 }
 
 impl Default for AnchorConfig {
@@ -79,6 +82,7 @@ impl Default for AnchorConfig {
             ot_refresh_epochs: 0,
             ot_space: OtSpace::Data,
             storage: AnchorStorage::F32,
+            backing: AnchorBacking::Memory,
         }
     }
 }

@@ -8,7 +8,7 @@ mod ema;
 mod loss;
 mod trainer;
 
-pub use anchors::{AnchorStorage, AnchorStore};
+pub use anchors::{AnchorBacking, AnchorStorage, AnchorStore};
 pub use checkpoint::{checkpoint_path, CHECKPOINT_FILE};
 pub use config::{
     AnchorConfig, AnchorPolicy, Distance, EmaConfig, LossWeight, OptimizerConfig, OptimizerKind,

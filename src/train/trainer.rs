@@ -1,6 +1,6 @@
 //! The training loop: anchors, loss, optimizer, EMA, progress, metrics log and checkpoints.
 
-use super::anchors::AnchorStore;
+use super::anchors::{AnchorBacking, AnchorStore};
 use super::checkpoint::{self, Sections};
 use super::config::{AnchorPolicy, LossWeight, OptimizerKind, TrainConfig};
 use super::{ema, loss};
@@ -280,11 +280,28 @@ where
 
     /// Runs `count` more steps (past `config.steps` if asked).
     pub fn train_steps(&mut self, count: usize) -> Result<Option<StepStats>> {
+        self.run(count, None)
+    }
+
+    /// Trains until `budget` of wall time is spent or `config.steps` are done, whichever comes
+    /// first (a step that starts inside the budget finishes), then checkpoints like
+    /// [`fit`](Self::fit). For runs sized by time rather than steps.
+    pub fn train_for(&mut self, budget: std::time::Duration) -> Result<Option<StepStats>> {
+        let remaining = self.config.steps.saturating_sub(self.position.step);
+        self.run(remaining, Some(Instant::now() + budget))
+    }
+
+    fn run(&mut self, count: usize, deadline: Option<Instant>) -> Result<Option<StepStats>> {
         let bar = self.progress_bar(count);
         let mut last = None;
-        let mut window = (Instant::now(), 0usize);
+        let mut window = (Instant::now(), self.position.step);
+        let mut ran = 0;
         for _ in 0..count {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
             let stats = self.train_step()?;
+            ran += 1;
             let done = self.position.step;
             if done.is_multiple_of(self.config.log_every)
                 || done == self.config.steps
@@ -305,7 +322,7 @@ where
         }
         bar.finish_and_clear();
         let every = self.config.checkpoint_every;
-        if count > 0 && (every == 0 || !self.position.step.is_multiple_of(every)) {
+        if ran > 0 && (every == 0 || !self.position.step.is_multiple_of(every)) {
             // The periodic checkpoints missed the final state.
             self.checkpoint()?;
         }
@@ -505,8 +522,12 @@ where
             return Ok(());
         }
         let mut rng = stream(self.config.seed, Stream::Anchors, epoch as u64);
-        let store = AnchorStore::optimal_transport(
-            &self.data, a.scale, a.ot_chunk, a.ot_space, a.storage, &mut rng,
+        if matches!(a.backing, AnchorBacking::File { .. }) {
+            // The new store re-creates the file: unmap the old one first.
+            self.anchors = None;
+        }
+        let store = AnchorStore::optimal_transport_in(
+            &self.data, a.scale, a.ot_chunk, a.ot_space, a.storage, &a.backing, &mut rng,
         )?;
         self.anchors = Some(store);
         Ok(())
@@ -650,7 +671,7 @@ where
                     data.dim()
                 )));
             }
-            Some(store)
+            Some(store.into_backing(&meta.config.anchor.backing)?)
         };
         let optim_bytes = sections.take("optimizer", &path)?;
         let model = model.with_net(net).with_anchor_law(meta.anchor_law);
@@ -681,12 +702,19 @@ fn init_anchors(data: &Dataset, config: &TrainConfig) -> Result<Option<AnchorSto
     let mut rng = stream(config.seed, Stream::Anchors, 0);
     Ok(match a.policy {
         AnchorPolicy::Off => None,
-        AnchorPolicy::Ot => Some(AnchorStore::optimal_transport(
-            data, a.scale, a.ot_chunk, a.ot_space, a.storage, &mut rng,
+        AnchorPolicy::Ot => Some(AnchorStore::optimal_transport_in(
+            data, a.scale, a.ot_chunk, a.ot_space, a.storage, &a.backing, &mut rng,
         )?),
-        AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen => Some(
-            AnchorStore::gaussian(data.len(), data.dim(), a.scale, a.storage, &mut rng)?,
-        ),
+        AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen => {
+            Some(AnchorStore::gaussian_in(
+                data.len(),
+                data.dim(),
+                a.scale,
+                a.storage,
+                &a.backing,
+                &mut rng,
+            )?)
+        }
     })
 }
 
