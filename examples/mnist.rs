@@ -8,7 +8,7 @@
 //!
 //! Writes to `DIR` (default `runs/mnist`): `samples_nfe1.npy` and `samples_nfe4.npy` (float32
 //! `[count, 784]` in [-1, 1]), `grid_nfe1.png` and `grid_nfe4.png` (8×8), the checkpoint,
-//! `config.json`, `metrics.jsonl` and `results.json`, and prints last
+//! `config.json`, `metrics.jsonl`, `results.json` and `fd_vs_nfe.png`, and prints last
 //! `fd=<one-step FD> steps=<training steps> seconds=<whole run>`.
 //!
 //! With `--policy off` the same UNet is trained as the plain denoiser (no anchor) and sampled
@@ -27,7 +27,7 @@ use integration_flow::flow::{
 use integration_flow::metrics::{Classifier, ClassifierConfig, ImageScore};
 use integration_flow::model::{AnchorLaw, IntegrationFlow};
 use integration_flow::nn::UNetConfig;
-use integration_flow::plot::image_grid_png;
+use integration_flow::plot::{image_grid_png, line_chart_png, Series, PALETTE};
 use integration_flow::sample::{
     generate_batched, one_step, renoise, solve_ode, Generated, OdeSolver, RenoiseAnchor,
     RenoiseSchedule,
@@ -66,6 +66,10 @@ struct Args {
     /// Policy ot: principal directions the matching measures distances in (0: pixel space).
     #[arg(long, default_value_t = 16)]
     ot_pca: usize,
+    /// Policy ot: draw anchors in the data's top K principal directions (0: isotropic
+    /// Gaussian anchors matched in the --ot-pca space).
+    #[arg(long, default_value_t = 0)]
+    subspace: usize,
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -79,6 +83,13 @@ struct Args {
     /// t ∈ [1e-3, 1 − 1e-3], where EDM's c_noise is finite.
     #[arg(long, default_value = "integral")]
     param: String,
+    /// Also sample the curve: re-noising with 2 and 8 steps (policy ot), Euler with 4 steps
+    /// and Heun with 4 (policy off).
+    #[arg(long)]
+    curve: bool,
+    /// Earlier runs' output folders whose results.json join this run's FD-against-NFE figure.
+    #[arg(long)]
+    compare: Vec<PathBuf>,
     /// Score the samples in this NPY file instead of training.
     #[arg(long)]
     score: Option<PathBuf>,
@@ -189,6 +200,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     config.optimizer.lr = args.lr;
     config.anchor.policy = policy;
+    if policy == AnchorPolicy::Ot {
+        config.anchor.subspace = args.subspace;
+    }
     config.anchor.ot_space = match args.ot_pca {
         0 => OtSpace::Data,
         dims => OtSpace::Pca { dims },
@@ -272,17 +286,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fd_one_step = if policy == AnchorPolicy::Off {
         // The baseline: the denoiser through the ODE solvers.
         let mut first = None;
-        for (tag, solver) in [
-            ("nfe1", OdeSolver::Euler { steps: 1 }),
-            ("heun", OdeSolver::Heun { steps: 8 }),
-            (
-                "dopri5",
-                OdeSolver::Dopri5 {
-                    rtol: 1e-3,
-                    atol: 1e-3,
-                },
-            ),
-        ] {
+        let mut solvers = vec![("nfe1", OdeSolver::Euler { steps: 1 })];
+        if args.curve {
+            solvers.push(("euler4", OdeSolver::Euler { steps: 4 }));
+            solvers.push(("heun4", OdeSolver::Heun { steps: 4 }));
+        }
+        solvers.push(("heun", OdeSolver::Heun { steps: 8 }));
+        solvers.push((
+            "dopri5",
+            OdeSolver::Dopri5 {
+                rtol: 1e-3,
+                atol: 1e-3,
+            },
+        ));
+        for (tag, solver) in solvers {
             let (values, nfe, seconds) = sample(tag, &|rng, n| solve_ode(&ema, rng, n, solver))?;
             let fd = record(&solver.label(), &values, nfe, seconds)?;
             save(tag, &values)?;
@@ -293,16 +310,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (one, nfe, seconds) = sample("one step", &|rng, n| one_step(&ema, rng, n))?;
         let fd = record("one step", &one, nfe, seconds)?;
         save("nfe1", &one)?;
-        let times = RenoiseSchedule::default().times(ema.flow().as_ref(), 4)?;
-        let (four, nfe, seconds) = sample("re-noising, 4 steps", &|rng, n| {
-            renoise(&ema, rng, n, &times, RenoiseAnchor::Fixed)
-        })?;
-        record("re-noising, 4 steps", &four, nfe, seconds)?;
-        save("nfe4", &four)?;
+        let steps: &[usize] = if args.curve { &[2, 4, 8] } else { &[4] };
+        for &k in steps {
+            let times = RenoiseSchedule::default().times(ema.flow().as_ref(), k)?;
+            let name = format!("re-noising, {k} steps");
+            let (values, nfe, seconds) = sample(&name, &|rng, n| {
+                renoise(&ema, rng, n, &times, RenoiseAnchor::Fixed)
+            })?;
+            record(&name, &values, nfe, seconds)?;
+            if k == 4 {
+                save("nfe4", &values)?;
+            }
+        }
         fd
     };
+    // FD against NFE: this run, plus the runs named by --compare.
+    let mut curves = vec![(
+        format!("{} ({})", args.policy, args.flow),
+        results
+            .iter()
+            .map(|r| (r.nfe as f64, r.fd))
+            .collect::<Vec<_>>(),
+    )];
+    for dir in &args.compare {
+        let text = std::fs::read_to_string(dir.join("results.json"))?;
+        let other: serde_json::Value = serde_json::from_str(&text)?;
+        let points = other["samplers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| Some((r["nfe"].as_f64()?, r["fd"].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let label = other["label"].as_str().unwrap_or("other run").to_string();
+        curves.push((label, points));
+    }
+    let series: Vec<Series> = curves
+        .iter()
+        .zip(PALETTE.iter().cycle())
+        .map(|((name, points), &colour)| Series {
+            name,
+            points,
+            colour,
+        })
+        .collect();
+    line_chart_png(
+        args.out.join("fd_vs_nfe.png"),
+        "MNIST: classifier FD against network calls",
+        "NFE",
+        "FD",
+        &series,
+        640,
+        420,
+    )?;
     #[derive(Serialize)]
     struct Results<'a> {
+        label: String,
         steps: usize,
         train_seconds: f64,
         classifier_accuracy: f64,
@@ -311,6 +375,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&Results {
+            label: format!("{} ({})", args.policy, args.flow),
             steps: trainer.step(),
             train_seconds,
             classifier_accuracy: classifier.test_accuracy(),

@@ -13,13 +13,19 @@ use std::sync::Arc;
 
 /// What the network receives as its anchor when nothing better is known (at sampling): a
 /// draw from the anchor law the model was trained with.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AnchorLaw {
     /// `N(0, scale²·I)`: random and optimal-transport anchors.
     Gaussian {
         /// Standard deviation.
         scale: f64,
+    },
+    /// A Gaussian fitted to the data in its top principal directions: anchors are smooth
+    /// sketches of examples (see [`SubspaceLaw`]).
+    Subspace {
+        /// The law.
+        law: Arc<SubspaceLaw>,
     },
     /// Zeros: the anchor input is switched off (the plain denoiser).
     Zero,
@@ -28,15 +34,107 @@ pub enum AnchorLaw {
 impl AnchorLaw {
     /// `n` draws of `dim` values, on the host.
     pub fn sample(&self, rng: &mut dyn Rng, n: usize, dim: usize) -> Vec<f32> {
-        match *self {
+        match self {
             AnchorLaw::Gaussian { scale } => (0..n * dim)
                 .map(|_| {
                     let z: f64 = StandardNormal.sample(rng);
                     (z * scale) as f32
                 })
                 .collect(),
+            AnchorLaw::Subspace { law } => {
+                (0..n).flat_map(|_| law.compose(&law.draw(rng))).collect()
+            }
             AnchorLaw::Zero => vec![0.0; n * dim],
         }
+    }
+}
+
+/// `mean + Σᵢ zᵢ·sᵢ·pᵢ` with `z ~ N(0, I_k)`: the Gaussian that fits the data along its top `k`
+/// principal directions `pᵢ` (standard deviations `sᵢ`), and nothing outside them.
+///
+/// In high dimension, random isotropic anchors matched to images by optimal transport pair
+/// almost at random (most of an anchor is noise no image shares). Anchors drawn in the data's
+/// principal subspace are matched on what they carry, and at sampling a fresh draw is a
+/// plausible sketch for the network to complete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubspaceLaw {
+    mean: Vec<f32>,
+    basis: Vec<f32>,
+    scales: Vec<f64>,
+}
+
+impl SubspaceLaw {
+    /// Fits the law to `data` along its top `k` principal directions.
+    pub fn fit(data: &crate::data::Dataset, k: usize) -> Result<Self> {
+        let pca = crate::data::Pca::fit(data, k)?;
+        let (mean, _) = data.mean_and_std();
+        let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        let centre = pca.project(&mean);
+        let n = data.len() as f64;
+        let mut var = vec![0.0; k];
+        for i in 0..data.len() {
+            for ((v, c), m) in var.iter_mut().zip(pca.project(data.row(i))).zip(&centre) {
+                *v += (c - m).powi(2) / n;
+            }
+        }
+        let basis = (0..k)
+            .flat_map(|i| {
+                pca.component(i)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Ok(SubspaceLaw {
+            mean,
+            basis,
+            scales: var.iter().map(|v| v.sqrt().max(1e-12)).collect(),
+        })
+    }
+
+    /// Directions.
+    pub fn dims(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Values per anchor.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// A standard-normal code `z` of `k` values.
+    pub fn draw(&self, rng: &mut dyn Rng) -> Vec<f64> {
+        (0..self.dims())
+            .map(|_| StandardNormal.sample(rng))
+            .collect()
+    }
+
+    /// The anchor of code `z`: `mean + Σᵢ zᵢ·sᵢ·pᵢ`.
+    pub fn compose(&self, z: &[f64]) -> Vec<f32> {
+        let mut out = self.mean.clone();
+        for ((p, &zi), &s) in self.basis.chunks_exact(self.dim()).zip(z).zip(&self.scales) {
+            let w = (zi * s) as f32;
+            for (o, &pv) in out.iter_mut().zip(p) {
+                *o += w * pv;
+            }
+        }
+        out
+    }
+
+    /// The whitened coordinates of `x`: `(pᵢ·(x − mean))/sᵢ`, comparable with codes `z`.
+    pub fn code(&self, x: &[f32]) -> Vec<f64> {
+        self.basis
+            .chunks_exact(self.dim())
+            .zip(&self.scales)
+            .map(|(p, &s)| {
+                p.iter()
+                    .zip(x)
+                    .zip(&self.mean)
+                    .map(|((&pv, &xv), &m)| f64::from(pv) * f64::from(xv - m))
+                    .sum::<f64>()
+                    / s
+            })
+            .collect()
     }
 }
 
@@ -97,6 +195,15 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
                 reason: format!("must be finite and positive, got {sigma_data}"),
             });
         }
+        if let AnchorLaw::Subspace { law } = &anchor_law {
+            if law.dim() != net.dim() {
+                return Err(Error::ShapeMismatch {
+                    context: "anchor law (subspace)",
+                    expected: format!("{} values per anchor (the network's)", net.dim()),
+                    found: format!("{}", law.dim()),
+                });
+            }
+        }
         if let AnchorLaw::Gaussian { scale } = anchor_law {
             if !(scale.is_finite() && scale > 0.0) {
                 return Err(Error::InvalidArgument {
@@ -136,7 +243,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
             net,
             form: self.form,
             sigma_data: self.sigma_data,
-            anchor_law: self.anchor_law,
+            anchor_law: self.anchor_law.clone(),
             _backend: PhantomData,
         }
     }
@@ -164,7 +271,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
 
     /// The law of the anchor at sampling.
     pub fn anchor_law(&self) -> AnchorLaw {
-        self.anchor_law
+        self.anchor_law.clone()
     }
 
     /// Values per example.

@@ -220,3 +220,89 @@ fn file_backed_stores_match_in_memory_ones() {
         other => panic!("expected an I/O error, got {:?}", other.map(|s| s.len())),
     }
 }
+
+/// Data spread along two known directions of a 5-D space: the subspace law finds their
+/// scales, codes invert sketches, and OT-matched sketches sit closer to their examples than
+/// random ones.
+#[test]
+fn subspace_law_fits_the_principal_directions_and_matches_by_code() {
+    use integration_flow::data::Dataset;
+    use integration_flow::model::SubspaceLaw;
+    use integration_flow::train::AnchorBacking;
+    use rand::RngExt;
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = StdRng::seed_from_u64(11);
+    let mean = [1.0f32, -2.0, 0.5, 0.0, 3.0];
+    let (e1, e2) = ([0.6f32, 0.8, 0.0, 0.0, 0.0], [0.0f32, 0.0, 0.0, 1.0, 0.0]);
+    let n = 4000;
+    let mut values = Vec::with_capacity(n * 5);
+    for _ in 0..n {
+        let a: f32 = StandardNormal.sample(&mut rng);
+        let b: f32 = StandardNormal.sample(&mut rng);
+        for d in 0..5 {
+            let jitter = rng.random_range(-0.01f32..0.01);
+            values.push(mean[d] + 3.0 * a * e1[d] + 0.5 * b * e2[d] + jitter);
+        }
+    }
+    let data = Dataset::new(values, 5).unwrap();
+    let law = SubspaceLaw::fit(&data, 2).unwrap();
+    assert_eq!((law.dims(), law.dim()), (2, 5));
+    // The code of a sketch is its z; the sketch of z = 0 is the mean.
+    let z = [0.7, -1.3];
+    let back = law.code(&law.compose(&z));
+    assert!(
+        (back[0] - z[0]).abs() < 1e-4 && (back[1] - z[1]).abs() < 1e-4,
+        "{back:?}"
+    );
+    let centre = law.compose(&[0.0, 0.0]);
+    for (c, m) in centre.iter().zip(mean) {
+        assert!((c - m).abs() < 0.15, "{centre:?}");
+    }
+    // Along e1 the sketch moves 3 units per unit of z (the fitted scale), along e2 0.5.
+    let step1 = law.compose(&[1.0, 0.0]);
+    let moved: f32 = step1
+        .iter()
+        .zip(&centre)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    assert!((moved - 3.0).abs() < 0.15, "{moved}");
+    // Matched sketches lie near their examples; a second, unmatched draw does not.
+    let store = AnchorStore::optimal_transport_subspace(
+        &data,
+        &law,
+        1000,
+        AnchorStorage::F32,
+        &AnchorBacking::Memory,
+        &mut StdRng::seed_from_u64(5),
+    )
+    .unwrap();
+    let mut matched = 0.0;
+    let mut unmatched = 0.0;
+    for i in 0..n {
+        let a = store.get(&[i]).unwrap();
+        let other = law.compose(&law.draw(&mut rng));
+        let d = |x: &[f32]| -> f64 {
+            x.iter()
+                .zip(data.row(i))
+                .map(|(p, q)| f64::from(p - q).powi(2))
+                .sum()
+        };
+        matched += d(&a);
+        unmatched += d(&other);
+    }
+    assert!(
+        matched < 0.1 * unmatched,
+        "matched {matched}, unmatched {unmatched}"
+    );
+    let wrong = SubspaceLaw::fit(&Toy::Moons.sample(100, 0).unwrap(), 1).unwrap();
+    assert!(AnchorStore::optimal_transport_subspace(
+        &data,
+        &wrong,
+        100,
+        AnchorStorage::F32,
+        &AnchorBacking::Memory,
+        &mut rng
+    )
+    .is_err());
+}

@@ -219,12 +219,18 @@ fn resume_is_exact() {
         AnchorPolicy::Ot,
         AnchorPolicy::Prediction,
         AnchorPolicy::Ot,
+        AnchorPolicy::Ot,
     ]
     .into_iter()
     .enumerate()
     {
         let mut config = quiet(8, 128); // 4 steps per epoch
         config.anchor.policy = policy;
+        if case == 5 {
+            // Anchors drawn on the data's first principal direction, re-matched every epoch.
+            config.anchor.subspace = 1;
+            config.anchor.ot_refresh_epochs = 1;
+        }
         if case == 2 || case == 4 {
             config.anchor.ot_refresh_epochs = 1;
             config.anchor.ot_space = OtSpace::Pca { dims: 1 };
@@ -243,7 +249,7 @@ fn resume_is_exact() {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let mut interrupted = config.clone();
-        if case >= 3 {
+        if case == 3 || case == 4 {
             interrupted.anchor.backing = AnchorBacking::File {
                 path: std::env::temp_dir().join(format!(
                     "integration_flow_resume_anchors_{case}_{}.bin",
@@ -253,10 +259,17 @@ fn resume_is_exact() {
         }
         let mut first =
             Trainer::new(model(vp.clone(), 32, 1.0), data.clone(), interrupted).unwrap();
-        assert_eq!(first.anchors().unwrap().file().is_some(), case >= 3);
+        assert_eq!(
+            first.anchors().unwrap().file().is_some(),
+            case == 3 || case == 4
+        );
+        assert_eq!(
+            matches!(first.model().anchor_law(), AnchorLaw::Subspace { .. }),
+            case == 5
+        );
         let initial_anchors = first.anchors().cloned();
         let mut losses: Vec<f64> = (0..4).map(|_| first.train_step().unwrap().loss).collect();
-        if case == 2 || case == 4 {
+        if case == 2 || case == 4 || case == 5 {
             assert!(
                 first.anchors().cloned() != initial_anchors,
                 "the refresh at the epoch boundary did not change the anchors"
@@ -285,7 +298,12 @@ fn resume_is_exact() {
         };
         let mut resumed = Trainer::resume(&dir, template, data.clone()).unwrap();
         assert_eq!((resumed.step(), resumed.epoch()), (4, 1));
-        assert_eq!(resumed.anchors().unwrap().file().is_some(), case >= 3);
+        assert_eq!(
+            resumed.anchors().unwrap().file().is_some(),
+            case == 3 || case == 4
+        );
+        // The law sampling draws anchors from comes back with the checkpoint.
+        assert_eq!(resumed.model().anchor_law(), straight.model().anchor_law());
         losses.extend((0..4).map(|_| resumed.train_step().unwrap().loss));
 
         assert_eq!(losses, losses_straight, "{policy:?}");
@@ -416,12 +434,18 @@ fn bad_input_is_a_typed_error_before_training() {
         ("ot_space", &|c: &mut TrainConfig| {
             c.anchor.ot_space = OtSpace::Pca { dims: 0 }
         }),
+        ("anchor.subspace", &|c: &mut TrainConfig| {
+            c.anchor.subspace = 1;
+            c.anchor.policy = AnchorPolicy::Frozen;
+        }),
     ] {
         let err = rejected(edit);
         assert!(err.to_string().contains(field), "{field}: {err}");
     }
     // More principal directions than the data has dimensions.
     let err = rejected(&|c: &mut TrainConfig| c.anchor.ot_space = OtSpace::Pca { dims: 3 });
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let err = rejected(&|c: &mut TrainConfig| c.anchor.subspace = 3);
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
 

@@ -3,6 +3,7 @@
 use super::config::OtSpace;
 use crate::data::{Dataset, Pca};
 use crate::error::{Error, Result};
+use crate::model::SubspaceLaw;
 use half::f16;
 use memmap2::MmapMut;
 use rand::seq::SliceRandom;
@@ -273,6 +274,56 @@ impl AnchorStore {
             target.set(&rows, &self.get(&rows)?)?;
         }
         Ok(target)
+    }
+
+    /// Anchors drawn from a [`SubspaceLaw`] and matched to the examples by optimal transport
+    /// on whitened principal coordinates: in random chunks of at most `chunk` examples, as
+    /// many codes `z ~ N(0, I_k)` are assigned to the examples' codes minimising the total
+    /// squared distance; each example's anchor is its code's sketch `law.compose(z)`.
+    pub fn optimal_transport_subspace(
+        data: &Dataset,
+        law: &SubspaceLaw,
+        chunk: usize,
+        storage: AnchorStorage,
+        backing: &AnchorBacking,
+        rng: &mut dyn Rng,
+    ) -> Result<Self> {
+        if chunk == 0 {
+            return Err(Error::InvalidArgument {
+                name: "chunk",
+                reason: "the optimal-transport chunk size must be at least 1".into(),
+            });
+        }
+        let (n, dim) = (data.len(), data.dim());
+        if law.dim() != dim {
+            return Err(Error::ShapeMismatch {
+                context: "AnchorStore::optimal_transport_subspace",
+                expected: format!("a law of {dim} values per anchor"),
+                found: format!("{}", law.dim()),
+            });
+        }
+        let k = law.dims();
+        let codes: Vec<Vec<f64>> = (0..n).map(|i| law.code(data.row(i))).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(rng);
+        let mut store = Self::zeros(n, dim, storage, backing)?;
+        let mut matched = Vec::new();
+        for examples in order.chunks(chunk) {
+            let draws: Vec<Vec<f64>> = (0..examples.len()).map(|_| law.draw(rng)).collect();
+            let example_codes: Vec<f64> = examples
+                .iter()
+                .flat_map(|&i| codes[i].iter().copied())
+                .collect();
+            let draw_codes: Vec<f64> = draws.iter().flatten().copied().collect();
+            let row_to_col =
+                super::assignment::solve_squared_distances(&example_codes, &draw_codes, k)?;
+            matched.clear();
+            for &col in &row_to_col {
+                matched.extend(law.compose(&draws[col]));
+            }
+            store.set(examples, &matched)?;
+        }
+        Ok(store)
     }
 
     /// A store holding `values` (row-major, `dim` per anchor).

@@ -71,6 +71,11 @@ pub struct AnchorConfig {
     /// Where the anchor values live: RAM, or a memory-mapped file for datasets whose anchors
     /// exceed RAM.
     pub backing: AnchorBacking,
+    /// Policy `ot`: draw anchors in the data's top `subspace` principal directions (a
+    /// [`SubspaceLaw`](crate::model::SubspaceLaw) fitted to the data, matched on its
+    /// coordinates; `scale` and `ot_space` are then unused); 0 (the default) draws isotropic
+    /// `N(0, scale²·I)` anchors. For images, where isotropic anchors pair almost at random.
+    pub subspace: usize,
 }
 
 impl Default for AnchorConfig {
@@ -83,6 +88,7 @@ impl Default for AnchorConfig {
             ot_space: OtSpace::Data,
             storage: AnchorStorage::F32,
             backing: AnchorBacking::Memory,
+            subspace: 0,
         }
     }
 }
@@ -306,6 +312,15 @@ impl TrainConfig {
                 NAME,
                 "anchor.ot_chunk",
                 "must be at least 1",
+            ));
+        }
+        if self.anchor.subspace > 0
+            && !matches!(self.anchor.policy, AnchorPolicy::Ot | AnchorPolicy::Off)
+        {
+            return Err(invalid_config(
+                NAME,
+                "anchor.subspace",
+                "subspace anchors are matched by optimal transport: use policy `ot`",
             ));
         }
         if let OtSpace::Pca { dims: 0 } = self.anchor.ot_space {

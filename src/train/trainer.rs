@@ -8,7 +8,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::flow::tensor::column;
 use crate::flow::ProbabilityFlowExt;
-use crate::model::{device_of, AnchorLaw, IntegrationFlow};
+use crate::model::{device_of, AnchorLaw, IntegrationFlow, SubspaceLaw};
 use crate::nn::IntegrationNet;
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What one optimizer step measured.
@@ -138,8 +139,9 @@ where
     /// anchors and builds the optimizer and the EMA. Nothing is trained yet.
     pub fn new(model: IntegrationFlow<B, N>, data: Dataset, config: TrainConfig) -> Result<Self> {
         let anchors = init_anchors(&data, &config)?;
-        let model = model.with_anchor_law(anchor_law(&config));
-        Self::assemble(model, data, config, anchors, Position::default(), None)
+        let model = model.with_anchor_law(anchor_law(&config, anchors.as_ref())?);
+        let store = anchors.map(|a| a.store);
+        Self::assemble(model, data, config, store, Position::default(), None)
     }
 
     fn assemble(
@@ -526,9 +528,15 @@ where
             // The new store re-creates the file: unmap the old one first.
             self.anchors = None;
         }
-        let store = AnchorStore::optimal_transport_in(
-            &self.data, a.scale, a.ot_chunk, a.ot_space, a.storage, &a.backing, &mut rng,
-        )?;
+        let store = if let AnchorLaw::Subspace { law } = self.model.anchor_law() {
+            AnchorStore::optimal_transport_subspace(
+                &self.data, &law, a.ot_chunk, a.storage, &a.backing, &mut rng,
+            )?
+        } else {
+            AnchorStore::optimal_transport_in(
+                &self.data, a.scale, a.ot_chunk, a.ot_space, a.storage, &a.backing, &mut rng,
+            )?
+        };
         self.anchors = Some(store);
         Ok(())
     }
@@ -696,17 +704,34 @@ where
 }
 
 /// The anchor store a fresh run starts with.
-fn init_anchors(data: &Dataset, config: &TrainConfig) -> Result<Option<AnchorStore>> {
+/// The anchor store a run starts with, and the subspace law its anchors were drawn from.
+struct InitialAnchors {
+    store: AnchorStore,
+    law: Option<Arc<SubspaceLaw>>,
+}
+
+fn init_anchors(data: &Dataset, config: &TrainConfig) -> Result<Option<InitialAnchors>> {
     config.validate()?;
     let a = &config.anchor;
     let mut rng = stream(config.seed, Stream::Anchors, 0);
+    let plain = |store| Some(InitialAnchors { store, law: None });
     Ok(match a.policy {
         AnchorPolicy::Off => None,
-        AnchorPolicy::Ot => Some(AnchorStore::optimal_transport_in(
+        AnchorPolicy::Ot if a.subspace > 0 => {
+            let law = Arc::new(SubspaceLaw::fit(data, a.subspace)?);
+            let store = AnchorStore::optimal_transport_subspace(
+                data, &law, a.ot_chunk, a.storage, &a.backing, &mut rng,
+            )?;
+            Some(InitialAnchors {
+                store,
+                law: Some(law),
+            })
+        }
+        AnchorPolicy::Ot => plain(AnchorStore::optimal_transport_in(
             data, a.scale, a.ot_chunk, a.ot_space, a.storage, &a.backing, &mut rng,
         )?),
         AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen => {
-            Some(AnchorStore::gaussian_in(
+            plain(AnchorStore::gaussian_in(
                 data.len(),
                 data.dim(),
                 a.scale,
@@ -719,13 +744,17 @@ fn init_anchors(data: &Dataset, config: &TrainConfig) -> Result<Option<AnchorSto
 }
 
 /// The anchor law sampling uses after training with `config`.
-fn anchor_law(config: &TrainConfig) -> AnchorLaw {
-    match config.anchor.policy {
-        AnchorPolicy::Off => AnchorLaw::Zero,
+/// The law sampling draws anchors from: the one the stored anchors came from.
+fn anchor_law(config: &TrainConfig, anchors: Option<&InitialAnchors>) -> Result<AnchorLaw> {
+    Ok(match (config.anchor.policy, anchors) {
+        (AnchorPolicy::Off, _) => AnchorLaw::Zero,
+        (_, Some(InitialAnchors { law: Some(law), .. })) => {
+            AnchorLaw::Subspace { law: law.clone() }
+        }
         _ => AnchorLaw::Gaussian {
             scale: config.anchor.scale,
         },
-    }
+    })
 }
 
 fn build_optimizer<B: AutodiffBackend, N: AutodiffModule<B>>(
