@@ -67,8 +67,9 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     ot_pca: usize,
     /// Policy ot: draw anchors in the data's top K principal directions (0: isotropic
-    /// Gaussian anchors matched in the --ot-pca space).
-    #[arg(long, default_value_t = 0)]
+    /// Gaussian anchors matched in the --ot-pca space). 16 generated best of 0, 16 and 48
+    /// (docs/evidence.md).
+    #[arg(long, default_value_t = 16)]
     subspace: usize,
     /// Images per step.
     #[arg(long, default_value_t = 64)]
@@ -87,9 +88,16 @@ struct Args {
     /// and Heun with 4 (policy off).
     #[arg(long)]
     curve: bool,
-    /// Earlier runs' output folders whose results.json join this run's FD-against-NFE figure.
+    /// Earlier runs' output folders whose results.json join this run's FD-against-NFE figure,
+    /// as `DIR` or `DIR=LABEL`.
     #[arg(long)]
-    compare: Vec<PathBuf>,
+    compare: Vec<String>,
+    /// This run's name in figures (default from policy, flow and subspace).
+    #[arg(long)]
+    label: Option<String>,
+    /// Only redraw `DIR/fd_vs_nfe.png` from `DIR/results.json` and the --compare runs.
+    #[arg(long)]
+    replot: bool,
     /// Score the samples in this NPY file instead of training.
     #[arg(long)]
     score: Option<PathBuf>,
@@ -162,6 +170,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         100.0 * classifier.test_accuracy(),
         started.elapsed().as_secs_f64()
     );
+    if args.replot {
+        let (label, points) = read_results(&args.out)?;
+        fd_figure(&args, &args.label.clone().unwrap_or(label), points)?;
+        return Ok(());
+    }
     if let Some(path) = &args.score {
         let array = read_npy(path)?;
         let NpyData::F32(values) = array.data else {
@@ -324,27 +337,76 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         fd
     };
-    // FD against NFE: this run, plus the runs named by --compare.
-    let mut curves = vec![(
-        format!("{} ({})", args.policy, args.flow),
-        results
-            .iter()
-            .map(|r| (r.nfe as f64, r.fd))
-            .collect::<Vec<_>>(),
-    )];
-    for dir in &args.compare {
-        let text = std::fs::read_to_string(dir.join("results.json"))?;
-        let other: serde_json::Value = serde_json::from_str(&text)?;
-        let points = other["samplers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| Some((r["nfe"].as_f64()?, r["fd"].as_f64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let label = other["label"].as_str().unwrap_or("other run").to_string();
-        curves.push((label, points));
+    let label = args.label.clone().unwrap_or_else(|| default_label(&args));
+    let points: Vec<(f64, f64)> = results.iter().map(|r| (r.nfe as f64, r.fd)).collect();
+    fd_figure(&args, &label, points)?;
+    #[derive(Serialize)]
+    struct Results<'a> {
+        label: String,
+        steps: usize,
+        train_seconds: f64,
+        classifier_accuracy: f64,
+        samplers: &'a [SamplerResult],
+    }
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&Results {
+            label: label.clone(),
+            steps: trainer.step(),
+            train_seconds,
+            classifier_accuracy: classifier.test_accuracy(),
+            samplers: &results,
+        })?,
+    )?;
+    println!(
+        "fd={fd_one_step:.4} steps={} seconds={:.1}",
+        trainer.step(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn default_label(args: &Args) -> String {
+    match (args.policy.as_str(), args.subspace) {
+        ("off", _) => format!("denoiser + ODE ({})", args.flow),
+        (_, 0) => format!("IF ({}, isotropic anchors)", args.flow),
+        (_, k) => format!("IF ({}, subspace {k})", args.flow),
+    }
+}
+
+/// The label and (NFE, FD) points of a finished run.
+fn read_results(
+    dir: &std::path::Path,
+) -> Result<(String, Vec<(f64, f64)>), Box<dyn std::error::Error>> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let run: serde_json::Value = serde_json::from_str(&text)?;
+    let points = run["samplers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| Some((r["nfe"].as_f64()?, r["fd"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let label = run["label"].as_str().unwrap_or("earlier run").to_string();
+    Ok((label, points))
+}
+
+/// `DIR/fd_vs_nfe.png`: this run's curve and those of the --compare runs.
+fn fd_figure(
+    args: &Args,
+    label: &str,
+    points: Vec<(f64, f64)>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut curves = vec![(label.to_string(), points)];
+    for spec in &args.compare {
+        let (dir, name) = match spec.rsplit_once('=') {
+            Some((dir, name)) => (dir, Some(name.to_string())),
+            None => (spec.as_str(), None),
+        };
+        let (own, points) = read_results(std::path::Path::new(dir))?;
+        curves.push((name.unwrap_or(own), points));
     }
     let series: Vec<Series> = curves
         .iter()
@@ -364,28 +426,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         640,
         420,
     )?;
-    #[derive(Serialize)]
-    struct Results<'a> {
-        label: String,
-        steps: usize,
-        train_seconds: f64,
-        classifier_accuracy: f64,
-        samplers: &'a [SamplerResult],
-    }
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&Results {
-            label: format!("{} ({})", args.policy, args.flow),
-            steps: trainer.step(),
-            train_seconds,
-            classifier_accuracy: classifier.test_accuracy(),
-            samplers: &results,
-        })?,
-    )?;
-    println!(
-        "fd={fd_one_step:.4} steps={} seconds={:.1}",
-        trainer.step(),
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! Group normalisation laid out for the CPU backend's fast paths.
 //!
 //! burn's `GroupNorm` multiplies by `γ` shaped `[1, c, 1, …]`; broadcasting over the batch
-//! dimension makes the flex backend fall back to a scalar strided loop, which cost as much
-//! as the convolutions in a UNet training step. Repeating `γ` and `β` over the batch first
-//! (`[n, c, 1, 1]`, contiguous) keeps every operation on a SIMD path: the same arithmetic,
-//! about twice as fast for the whole step (docs/benchmarks.md).
+//! dimension makes the flex backend fall back to a scalar strided loop (the top entry of a
+//! `perf` profile of the UNet step). Repeating `γ` and `β` over the batch first (`[n, c, 1, 1]`,
+//! contiguous) keeps every operation on a SIMD path: the same arithmetic, and in one
+//! measurement of the default UNet at batch 64 the forward pass went from 0.34 to 0.18 s and
+//! the training step from 1.17 to 0.93 s.
 
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
