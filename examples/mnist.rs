@@ -374,10 +374,11 @@ fn default_label(args: &Args) -> String {
     }
 }
 
+/// A run's label and its (NFE, FD) points.
+type Curve = (String, Vec<(f64, f64)>);
+
 /// The label and (NFE, FD) points of a finished run.
-fn read_results(
-    dir: &std::path::Path,
-) -> Result<(String, Vec<(f64, f64)>), Box<dyn std::error::Error>> {
+fn read_results(dir: &std::path::Path) -> Result<Curve, Box<dyn std::error::Error>> {
     let path = dir.join("results.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let run: serde_json::Value = serde_json::from_str(&text)?;
