@@ -67,9 +67,9 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     ot_pca: usize,
     /// Policy ot: draw anchors in the data's top K principal directions (0: isotropic
-    /// Gaussian anchors matched in the --ot-pca space). 16 generated best of 0, 16 and 48
-    /// (docs/evidence.md).
-    #[arg(long, default_value_t = 16)]
+    /// Gaussian anchors matched in the --ot-pca space). 8 generated best of 0, 4, 8, 16 and
+    /// 48 (docs/evidence.md).
+    #[arg(long, default_value_t = 8)]
     subspace: usize,
     /// Images per step.
     #[arg(long, default_value_t = 64)]
