@@ -8,9 +8,9 @@
 use super::frechet::{frechet_from_moments, moments};
 use crate::data::{write_atomically, Images};
 use crate::error::{Error, Result};
-use burn::module::{AutodiffModule, Module, Param};
+use burn::module::{AutodiffModule, Module};
 use burn::nn::conv::Conv2d;
-use burn::nn::{Linear, PaddingConfig2d};
+use burn::nn::Linear;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::activation::{log_softmax, relu};
@@ -18,7 +18,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -71,9 +71,9 @@ impl<B: Backend> ClassifierNet<B> {
         let side = |s: usize| s.div_ceil(2).div_ceil(2);
         let flat = 32 * side(h) * side(w);
         ClassifierNet {
-            conv1: conv(c, 16, 1, &mut rng, device),
-            conv2: conv(16, 32, 2, &mut rng, device),
-            conv3: conv(32, 32, 2, &mut rng, device),
+            conv1: crate::nn::init_conv(c, 16, 3, 1, &mut rng, device, false),
+            conv2: crate::nn::init_conv(16, 32, 3, 2, &mut rng, device, false),
+            conv3: crate::nn::init_conv(32, 32, 3, 2, &mut rng, device, false),
             features: crate::nn::init_linear(flat, FEATURES, &mut rng, device),
             classes: crate::nn::init_linear(FEATURES, classes, &mut rng, device),
         }
@@ -87,32 +87,6 @@ impl<B: Backend> ClassifierNet<B> {
         let features = relu(self.features.forward(h.flatten(1, 3)));
         let logits = self.classes.forward(features.clone());
         (features, logits)
-    }
-}
-
-fn conv<B: Backend>(
-    c_in: usize,
-    c_out: usize,
-    stride: usize,
-    rng: &mut StdRng,
-    device: &B::Device,
-) -> Conv2d<B> {
-    let k = 1.0 / ((c_in * 9) as f32).sqrt();
-    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-k..k)).collect() };
-    Conv2d {
-        weight: Param::from_tensor(Tensor::from_data(
-            TensorData::new(draw(c_out * c_in * 9), [c_out, c_in, 3, 3]),
-            device,
-        )),
-        bias: Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(draw(c_out), [c_out]),
-            device,
-        ))),
-        stride: [stride, stride],
-        kernel_size: [3, 3],
-        dilation: [1, 1],
-        groups: 1,
-        padding: PaddingConfig2d::Explicit(1, 1, 1, 1),
     }
 }
 

@@ -9,7 +9,7 @@ mod norm;
 mod unet;
 
 pub use embedding::NoiseEmbedding;
-pub(crate) use init::linear as init_linear;
+pub(crate) use init::{conv as init_conv, linear as init_linear};
 pub use mlp::{Mlp, MlpConfig};
 pub use unet::{AnchorInput, UNet, UNetConfig};
 

@@ -6,12 +6,13 @@
 //! connections. Data stays flat (`[n, c·h·w]`) outside; the network reshapes inside.
 
 use super::embedding::{embed, NoiseEmbedding};
+use super::init::{self, conv};
 use super::norm::GroupNorm;
-use super::{init, IntegrationNet};
+use super::IntegrationNet;
 use crate::error::{invalid_config, Result};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
-use burn::nn::{Linear, PaddingConfig2d};
+use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -313,43 +314,6 @@ impl UNetConfig {
             residual,
             attention,
         })
-    }
-}
-
-/// A convolution with PyTorch's default initialisation (`U(−k, k)`, `k = 1/sqrt(fan_in)`), or
-/// zeros where `zero` (output layers start at zero, as in DDPM).
-fn conv<B: Backend>(
-    c_in: usize,
-    c_out: usize,
-    kernel: usize,
-    stride: usize,
-    rng: &mut StdRng,
-    device: &B::Device,
-    zero: bool,
-) -> Conv2d<B> {
-    let fan_in = c_in * kernel * kernel;
-    let k = 1.0 / (fan_in as f32).sqrt();
-    let mut draw = |n: usize| -> Vec<f32> {
-        if zero {
-            vec![0.0; n]
-        } else {
-            (0..n).map(|_| rng.random_range(-k..k)).collect()
-        }
-    };
-    let weight = Tensor::from_data(
-        TensorData::new(draw(c_out * fan_in), [c_out, c_in, kernel, kernel]),
-        device,
-    );
-    let bias = Tensor::from_data(TensorData::new(draw(c_out), [c_out]), device);
-    let pad = kernel / 2;
-    Conv2d {
-        weight: Param::from_tensor(weight),
-        bias: Some(Param::from_tensor(bias)),
-        stride: [stride, stride],
-        kernel_size: [kernel, kernel],
-        dilation: [1, 1],
-        groups: 1,
-        padding: PaddingConfig2d::Explicit(pad, pad, pad, pad),
     }
 }
 
