@@ -69,14 +69,10 @@ fn parse(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
         .ok_or_else(|| format!("dimensions {dims:?} overflow"))?;
     let body = &bytes[4 + 4 * rank..];
     if body.len() != count {
-        return Err(format!(
-            "dimensions {dims:?} need {count} bytes of data, found {}{}",
+        return Err(super::body_size_error(
+            format!("dimensions {dims:?}"),
+            count,
             body.len(),
-            if body.len() < count {
-                " (truncated)"
-            } else {
-                " (trailing bytes)"
-            }
         ));
     }
     Ok(IdxArray {

@@ -16,6 +16,17 @@ pub use npy::{parse_npy, read_npy, write_npy_f32, NpyArray, NpyData};
 pub use pca::Pca;
 pub use toy::Toy;
 
+/// "needs N bytes of data, found M (truncated|trailing bytes)" for a parser whose header
+/// declares a size the body does not have.
+pub(crate) fn body_size_error(what: String, need: usize, found: usize) -> String {
+    let kind = if found < need {
+        "truncated"
+    } else {
+        "trailing bytes"
+    };
+    format!("{what} needs {need} bytes of data, found {found} ({kind})")
+}
+
 use crate::error::{Error, Result};
 
 /// An in-memory dataset of `n` examples with `dim` values each, row-major `f32`, checked on
@@ -74,6 +85,21 @@ impl Dataset {
     /// Wraps values the caller has already checked (a slice of a valid dataset).
     pub(crate) fn from_checked(values: Vec<f32>, dim: usize) -> Self {
         Dataset { values, dim }
+    }
+
+    /// CRC-32 of the values (little-endian bytes): identifies the data a checkpoint or a
+    /// cached model was made from.
+    pub(crate) fn crc(&self) -> u32 {
+        self.crc_hasher().finalize()
+    }
+
+    /// A CRC-32 hasher fed with the values, for callers that hash more after them.
+    pub(crate) fn crc_hasher(&self) -> crc32fast::Hasher {
+        let mut hasher = crc32fast::Hasher::new();
+        for v in &self.values {
+            hasher.update(&v.to_le_bytes());
+        }
+        hasher
     }
 
     /// Number of examples.

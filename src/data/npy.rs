@@ -103,14 +103,10 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         .checked_mul(width)
         .ok_or_else(|| format!("shape {shape:?} overflows"))?;
     if body.len() != need {
-        return Err(format!(
-            "shape {shape:?} of {descr} needs {need} bytes of data, found {}{}",
+        return Err(super::body_size_error(
+            format!("shape {shape:?} of {descr}"),
+            need,
             body.len(),
-            if body.len() < need {
-                " (truncated)"
-            } else {
-                " (trailing bytes)"
-            }
         ));
     }
     let data = if kind == 0 {

@@ -346,10 +346,7 @@ impl<B: Backend> Classifier<B> {
 }
 
 fn crc(images: &Images) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    for v in images.dataset().values() {
-        hasher.update(&v.to_le_bytes());
-    }
+    let mut hasher = images.dataset().crc_hasher();
     if let Some(labels) = images.labels() {
         hasher.update(labels);
     }

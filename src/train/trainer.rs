@@ -586,7 +586,7 @@ where
             anchor_law: self.model.anchor_law(),
             data_len: self.data.len(),
             data_dim: self.data.dim(),
-            data_crc: data_crc(&self.data),
+            data_crc: self.data.crc(),
             param_shapes: param_shapes(self.model.net()),
             drift: self.drift.clone(),
         }
@@ -633,7 +633,7 @@ where
             (
                 "dataset contents (CRC-32)",
                 meta.data_crc.to_string(),
-                data_crc(&data).to_string(),
+                data.crc().to_string(),
             ),
             (
                 "network parameter shapes",
@@ -802,14 +802,6 @@ fn stream(seed: u64, stream: Stream, index: u64) -> StdRng {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     StdRng::seed_from_u64(z ^ (z >> 31))
-}
-
-fn data_crc(data: &Dataset) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    for v in data.values() {
-        hasher.update(&v.to_le_bytes());
-    }
-    hasher.finalize()
 }
 
 fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
