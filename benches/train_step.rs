@@ -6,11 +6,8 @@
 //! EMA, gradient clipping) on 8192 checkerboard points, reported in samples/s.
 //!
 //! Run: `cargo bench --bench train_step --features ndarray,flex`
-use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::activation::silu;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use integration_flow::data::Toy;
@@ -20,34 +17,10 @@ use integration_flow::nn::MlpConfig;
 use integration_flow::train::{TrainConfig, Trainer};
 use std::hint::black_box;
 
+mod common;
+use common::{Mlp, INPUT, OUTPUT};
+
 const BATCH: usize = 512;
-const INPUT: usize = 2 + 2 + 32;
-const WIDTH: usize = 256;
-const DEPTH: usize = 3;
-const OUTPUT: usize = 2;
-
-#[derive(Module, Debug)]
-struct Mlp<B: Backend> {
-    hidden: Vec<Linear<B>>,
-    out: Linear<B>,
-}
-
-impl<B: Backend> Mlp<B> {
-    fn new(device: &B::Device) -> Self {
-        let hidden = (0..DEPTH)
-            .map(|i| LinearConfig::new(if i == 0 { INPUT } else { WIDTH }, WIDTH).init(device))
-            .collect();
-        let out = LinearConfig::new(WIDTH, OUTPUT).init(device);
-        Mlp { hidden, out }
-    }
-
-    fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
-        for layer in &self.hidden {
-            x = silu(layer.forward(x));
-        }
-        self.out.forward(x)
-    }
-}
 
 fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, name: &str) {
     let device = B::Device::default();

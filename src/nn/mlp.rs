@@ -1,11 +1,11 @@
 //! A multilayer perceptron for low-dimensional data.
 
 use super::embedding::{embed, NoiseEmbedding};
+use super::silu;
 use super::{init, IntegrationNet};
 use crate::error::{invalid_config, Result};
 use burn::module::Module;
 use burn::nn::Linear;
-use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;

@@ -6,11 +6,13 @@ mod embedding;
 mod init;
 mod mlp;
 mod norm;
+mod silu;
 mod unet;
 
 pub use embedding::NoiseEmbedding;
 pub(crate) use init::{conv as init_conv, linear as init_linear};
 pub use mlp::{Mlp, MlpConfig};
+pub use silu::silu;
 pub use unet::{AnchorInput, UNet, UNetConfig};
 
 use burn::module::Module;

@@ -8,12 +8,13 @@
 use super::embedding::{embed, NoiseEmbedding};
 use super::init::{self, conv};
 use super::norm::GroupNorm;
+use super::silu;
 use super::IntegrationNet;
 use crate::error::{invalid_config, Result};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the PyTorch reference (reference.py) in its own virtualenv, making it on first use.
+#
+#   benches/reference/run.sh mlp 512            # median ms per training step, 2 threads
+#   benches/reference/run.sh unet 64 --steps 20
+#
+# TORCH_SPEC picks the wheel (default: torch from PyPI); TORCH_INDEX an extra index, e.g.
+# https://download.pytorch.org/whl/cpu where it can be reached.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="${REFERENCE_VENV:-$here/.venv}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    echo "making $venv with ${TORCH_SPEC:-torch} (once)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip >&2
+    "$venv/bin/pip" install --quiet ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} \
+        "${TORCH_SPEC:-torch}" numpy >&2
+fi
+exec "$venv/bin/python" "$here/reference.py" "$@"
