@@ -119,6 +119,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let steps = flag("--steps", 50)?;
+    // As the examples do; NO_TUNE=1 measures without it.
+    if std::env::var_os("NO_TUNE").is_none() {
+        integration_flow::backend::tune_allocator();
+    }
     let warmup = flag("--warmup", 5)?;
     if batch == 0 || steps == 0 {
         return Err("BATCH and --steps must be positive".into());

@@ -79,6 +79,7 @@ fn bench_trainer<B: AutodiffBackend>(c: &mut Criterion, name: &str) {
 }
 
 fn train_step(c: &mut Criterion) {
+    integration_flow::backend::tune_allocator();
     #[cfg(feature = "ndarray")]
     bench_backend::<burn::backend::Autodiff<burn::backend::NdArray>>(c, "ndarray");
     #[cfg(feature = "flex")]

@@ -17,6 +17,7 @@ const BATCH: usize = 64;
 const GENERATE: usize = 250;
 
 fn unet(c: &mut Criterion) {
+    integration_flow::backend::tune_allocator();
     let digits = mnist::load(None).expect("the bundled MNIST subset");
     let data = digits.dataset().clone();
     let (_, sigma_data) = data.mean_and_std();

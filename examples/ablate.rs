@@ -157,6 +157,8 @@ fn variants(knob: &str) -> Result<Vec<Variant>, String> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Reuse freed tensor memory instead of faulting it back in every step (docs/benchmarks.md).
+    integration_flow::backend::tune_allocator();
     let args = Args::parse();
     let toy: Toy = args.dataset.parse()?;
     let mut flow: Arc<dyn ProbabilityFlow> = default_flows()?

@@ -51,6 +51,8 @@ struct Args {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Reuse freed tensor memory instead of faulting it back in every step (docs/benchmarks.md).
+    integration_flow::backend::tune_allocator();
     let args = Args::parse();
     let toy: Toy = args.dataset.parse()?;
     let mut config = if args.quick {

@@ -29,6 +29,8 @@ impl ProbabilityFlow for Trigonometric {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Reuse freed tensor memory instead of faulting it back in every step (docs/benchmarks.md).
+    integration_flow::backend::tune_allocator();
     let report = check::<Cpu, _>(&Trigonometric, &Default::default(), &CheckConfig::default())?;
     println!("{report}");
     if !report.passed() {

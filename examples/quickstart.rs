@@ -61,6 +61,8 @@ fn flow_by_name(name: &str) -> Result<Arc<dyn ProbabilityFlow>, Box<dyn std::err
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Reuse freed tensor memory instead of faulting it back in every step (docs/benchmarks.md).
+    integration_flow::backend::tune_allocator();
     let started = Instant::now();
     let args = Args::parse();
     let toy: Toy = args.dataset.parse()?;

@@ -36,3 +36,34 @@ pub type Cuda = burn::backend::Cuda;
 /// The CUDA backend with automatic differentiation.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
+
+/// Asks the C allocator to keep freed memory for reuse; returns whether it applied.
+///
+/// A training step frees and allocates tensors of the same few sizes over and over. glibc's
+/// `malloc` serves large blocks by `mmap` and returns freed memory at the heap's top to the
+/// OS, so each step pays to fault the same pages back in, zeroed: at batch 4096 the page
+/// faults took a sixth of the MLP step in a `perf` profile (docs/benchmarks.md). This raises
+/// the mmap threshold to its maximum (32 MiB) and the trim threshold to 1 GiB, so that the
+/// freed blocks are reused. It is process-wide (it changes `malloc` for the whole program), so
+/// the crate does not call it by itself: the examples and benches do, at start-up. On other
+/// platforms and C libraries it does nothing and returns `false`.
+///
+/// ```
+/// let applied = integration_flow::backend::tune_allocator();
+/// assert_eq!(applied, cfg!(all(target_os = "linux", target_env = "gnu")));
+/// ```
+pub fn tune_allocator() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets glibc's allocation parameters (it takes the allocator's
+        // locks itself); the values are within the documented ranges.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use integration_flow::nn::silu;
+use integration_flow::nn::linear_silu;
 
 /// Input width: x_t (2) + anchor (2) + a 32-wide time embedding.
 pub const INPUT: usize = 2 + 2 + 32;
@@ -33,7 +33,7 @@ impl<B: Backend> Mlp<B> {
 
     pub fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
         for layer in &self.hidden {
-            x = silu(layer.forward(x));
+            x = linear_silu(layer, x);
         }
         self.out.forward(x)
     }

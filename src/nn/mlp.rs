@@ -1,7 +1,7 @@
 //! A multilayer perceptron for low-dimensional data.
 
 use super::embedding::{embed, NoiseEmbedding};
-use super::silu;
+use super::linear_silu;
 use super::{init, IntegrationNet};
 use crate::error::{invalid_config, Result};
 use burn::module::Module;
@@ -103,7 +103,7 @@ impl<B: Backend> IntegrationNet<B> for Mlp<B> {
     ) -> Tensor<B, 2> {
         let mut h = Tensor::cat(vec![x, anchor, embed(c_noise, &self.frequencies)], 1);
         for layer in &self.hidden {
-            h = silu(layer.forward(h));
+            h = linear_silu(layer, h);
         }
         self.output.forward(h)
     }

@@ -4,6 +4,7 @@
 
 mod embedding;
 mod init;
+mod linear;
 mod mlp;
 mod norm;
 mod silu;
@@ -11,6 +12,7 @@ mod unet;
 
 pub use embedding::NoiseEmbedding;
 pub(crate) use init::{conv as init_conv, linear as init_linear};
+pub use linear::linear_silu;
 pub use mlp::{Mlp, MlpConfig};
 pub use silu::silu;
 pub use unet::{AnchorInput, UNet, UNetConfig};
