@@ -4,8 +4,10 @@
 #   benches/reference/run.sh mlp 512            # median ms per training step, 2 threads
 #   benches/reference/run.sh unet 64 --steps 20
 #
-# TORCH_SPEC picks the wheel (default: torch from PyPI); TORCH_INDEX an extra index, e.g.
-# https://download.pytorch.org/whl/cpu where it can be reached.
+# TORCH_SPEC picks the wheel (default: torch from PyPI); TORCH_INDEX another index, e.g.
+# https://download.pytorch.org/whl/cpu where it can be reached. PyPI's default Linux wheel
+# brings the CUDA libraries: the virtualenv took 5.4 GB here (delete it with
+# `rm -rf benches/reference/.venv` when done). REFERENCE_VENV puts it elsewhere.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${REFERENCE_VENV:-$here/.venv}"
