@@ -42,6 +42,7 @@ pub fn linear_silu<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 
 
 #[cfg(feature = "flex")]
 mod flex {
+    use super::super::flex_ops::{cast, values};
     use super::super::silu::{backward_block, forward_block, forward_slice};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -53,21 +54,8 @@ mod flex {
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
-    use std::any::Any;
-    use std::borrow::Cow;
 
     type FlexAutodiff = Autodiff<Flex>;
-
-    /// `Ok(u)` if `T` is `U` (the same value, moved), `Err(t)` otherwise.
-    fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
-        let boxed: Box<dyn Any> = Box::new(t);
-        match boxed.downcast::<U>() {
-            Ok(u) => Ok(*u),
-            Err(boxed) => Err(*boxed
-                .downcast::<T>()
-                .expect("a box that does not hold a U still holds the T put in it")),
-        }
-    }
 
     /// The fused op where it applies (flex, f32, a bias, consistent shapes); `x` back
     /// otherwise.
@@ -79,11 +67,13 @@ mod flex {
             return Err(x);
         };
         let weight = layer.weight.val();
+        let bias = bias.val();
         let [_, d_in] = x.dims();
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || weight.dims()[0] != d_in {
+        let [w_in, w_out] = weight.dims();
+        let f32s = [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
+        if !f32s || w_in != d_in || bias.dims() != [w_out] {
             return Err(x);
         }
-        let bias = bias.val();
         let x = match cast::<Tensor<B, 2>, Tensor<FlexAutodiff, 2>>(x) {
             Ok(x) => {
                 let (Ok(weight), Ok(bias)) = (cast(weight), cast(bias)) else {
@@ -115,19 +105,6 @@ mod flex {
 
     fn prim<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
         t.into_primitive().tensor()
-    }
-
-    /// The values of `t` in logical (row-major) order, borrowed where they already are.
-    fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
-        match t.as_slice::<f32>() {
-            Some(slice) => Cow::Borrowed(slice),
-            None => Cow::Owned(
-                t.to_contiguous()
-                    .into_data()
-                    .into_vec::<f32>()
-                    .unwrap_or_default(),
-            ),
-        }
     }
 
     fn output(values: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {

@@ -3,6 +3,8 @@
 //! All data in the crate is flat, `[n, dim]`: a network that works on images reshapes inside.
 
 mod embedding;
+#[cfg(feature = "flex")]
+mod flex_ops;
 mod init;
 mod linear;
 mod mlp;

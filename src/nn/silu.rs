@@ -185,6 +185,7 @@ pub(crate) fn backward_slice(x: &[f32], grad: &mut [f32]) {
 /// The flex paths: an autodiff op with its own backward step, and the plain forward pass.
 #[cfg(feature = "flex")]
 mod flex {
+    use super::super::flex_ops::{cast, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
@@ -193,20 +194,8 @@ mod flex {
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
-    use std::any::Any;
 
     type FlexAutodiff = Autodiff<Flex>;
-
-    /// `Ok(u)` if `T` is `U` (the same value, moved), `Err(t)` otherwise.
-    fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
-        let boxed: Box<dyn Any> = Box::new(t);
-        match boxed.downcast::<U>() {
-            Ok(u) => Ok(*u),
-            Err(boxed) => Err(*boxed
-                .downcast::<T>()
-                .expect("a box that does not hold a U still holds the T put in it")),
-        }
-    }
 
     /// The fused SiLU if `B` is `Flex` or `Autodiff<Flex>` and the data is `f32`; the input
     /// back otherwise.
@@ -227,19 +216,6 @@ mod flex {
                 Ok(cast(y).unwrap_or_else(|_| unreachable!()))
             }
             Err(x) => Err(x),
-        }
-    }
-
-    /// The values of `t` in logical order, borrowed where they already are.
-    fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-        match t.as_slice::<f32>() {
-            Some(slice) => std::borrow::Cow::Borrowed(slice),
-            None => std::borrow::Cow::Owned(
-                t.to_contiguous()
-                    .into_data()
-                    .into_vec::<f32>()
-                    .unwrap_or_default(),
-            ),
         }
     }
 
