@@ -86,28 +86,32 @@ fn backward_portable(x: &[f32], grad: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn forward_avx2(x: &[f32], out: &mut [f32]) {
-    forward_portable(x, out)
+/// The two passes over a block: `data[i] = silu(x[i])` (forward) or
+/// `data[i] *= silu'(x[i])` (backward).
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
+#[inline(always)]
+fn run_portable(pass: Pass, x: &[f32], data: &mut [f32]) {
+    match pass {
+        Pass::Forward => forward_portable(x, data),
+        Pass::Backward => backward_portable(x, data),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn backward_avx2(x: &[f32], grad: &mut [f32]) {
-    backward_portable(x, grad)
+fn run_avx2(pass: Pass, x: &[f32], data: &mut [f32]) {
+    run_portable(pass, x, data)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn forward_avx512(x: &[f32], out: &mut [f32]) {
-    forward_portable(x, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn backward_avx512(x: &[f32], grad: &mut [f32]) {
-    backward_portable(x, grad)
+fn run_avx512(pass: Pass, x: &[f32], data: &mut [f32]) {
+    run_portable(pass, x, data)
 }
 
 /// The widest vector unit this CPU has that the kernels are compiled for.
@@ -131,55 +135,50 @@ fn simd() -> Simd {
     }
 }
 
-/// `out[i] = silu(x[i])`, one block, on this thread.
-pub(crate) fn forward_block(x: &[f32], out: &mut [f32]) {
+/// One pass over one block, on this thread, with the widest kernel the CPU runs.
+fn run_block(pass: Pass, x: &[f32], data: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match simd() {
         // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked at run time by `simd`).
-        Simd::Avx512 => return unsafe { forward_avx512(x, out) },
+        Simd::Avx512 => return unsafe { run_avx512(pass, x, data) },
         // SAFETY: the CPU has AVX2 and FMA (checked at run time by `simd`).
-        Simd::Avx2 => return unsafe { forward_avx2(x, out) },
+        Simd::Avx2 => return unsafe { run_avx2(pass, x, data) },
         Simd::Baseline => {}
     }
-    forward_portable(x, out)
+    run_portable(pass, x, data)
+}
+
+/// One pass over a slice, on rayon's threads when it is large.
+fn run_slice(pass: Pass, x: &[f32], data: &mut [f32]) {
+    use rayon::prelude::*;
+    if x.len() < PARALLEL_MIN {
+        run_block(pass, x, data);
+    } else {
+        data.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(data, x)| run_block(pass, x, data));
+    }
+}
+
+/// `out[i] = silu(x[i])`, one block, on this thread.
+pub(crate) fn forward_block(x: &[f32], out: &mut [f32]) {
+    run_block(Pass::Forward, x, out)
 }
 
 /// `grad[i] *= silu'(x[i])`, one block, on this thread.
 pub(crate) fn backward_block(x: &[f32], grad: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match simd() {
-        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked at run time by `simd`).
-        Simd::Avx512 => return unsafe { backward_avx512(x, grad) },
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time by `simd`).
-        Simd::Avx2 => return unsafe { backward_avx2(x, grad) },
-        Simd::Baseline => {}
-    }
-    backward_portable(x, grad)
+    run_block(Pass::Backward, x, grad)
 }
 
 /// The SiLU forward pass over a slice, on rayon's threads when it is large.
 pub(crate) fn forward_slice(x: &[f32], out: &mut [f32]) {
-    use rayon::prelude::*;
-    if x.len() < PARALLEL_MIN {
-        forward_block(x, out);
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(out, x)| forward_block(x, out));
-    }
+    run_slice(Pass::Forward, x, out)
 }
 
 /// The SiLU gradient over a slice (`grad` is multiplied in place), on rayon's threads when
 /// it is large.
 pub(crate) fn backward_slice(x: &[f32], grad: &mut [f32]) {
-    use rayon::prelude::*;
-    if x.len() < PARALLEL_MIN {
-        backward_block(x, grad);
-    } else {
-        grad.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(grad, x)| backward_block(x, grad));
-    }
+    run_slice(Pass::Backward, x, grad)
 }
 
 /// The flex paths: an autodiff op with its own backward step, and the plain forward pass.
@@ -322,15 +321,15 @@ mod tests {
             if simd() != Simd::Baseline {
                 kernels.push((
                     "avx2",
-                    |x, o| unsafe { forward_avx2(x, o) },
-                    |x, g| unsafe { backward_avx2(x, g) },
+                    |x, o| unsafe { run_avx2(Pass::Forward, x, o) },
+                    |x, g| unsafe { run_avx2(Pass::Backward, x, g) },
                 ));
             }
             if simd() == Simd::Avx512 {
                 kernels.push((
                     "avx512",
-                    |x, o| unsafe { forward_avx512(x, o) },
-                    |x, g| unsafe { backward_avx512(x, g) },
+                    |x, o| unsafe { run_avx512(Pass::Forward, x, o) },
+                    |x, g| unsafe { run_avx512(Pass::Backward, x, g) },
                 ));
             }
         }
