@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo bench --bench step_time -- mlp 512 [--steps 50] [--warmup 5]
 //! cargo bench --bench step_time -- unet 64
+//! cargo bench --features cuda --bench step_time -- unet 128 --device cuda
 //! ```
 //!
 //! Prints `<model> batch=<b> threads=<t> device=cpu median_ms=<m>` (threads: rayon's pool, set
@@ -109,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let usage = "usage: step_time mlp|unet BATCH [--steps N] [--warmup N]";
+    let usage = "usage: step_time mlp|unet BATCH [--steps N] [--warmup N] [--device cpu|cuda]";
     let model = args.first().ok_or(usage)?.clone();
     let batch: usize = args.get(1).ok_or(usage)?.parse()?;
     let flag = |name: &str, default: usize| -> Result<usize, Box<dyn std::error::Error>> {
@@ -127,11 +128,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if batch == 0 || steps == 0 {
         return Err("BATCH and --steps must be positive".into());
     }
-    type B = CpuAutodiff;
-    let device = Default::default();
-    let ms = match model.as_str() {
+    let device_name = match args.iter().position(|a| a == "--device") {
+        Some(i) => args.get(i + 1).ok_or(usage)?.as_str(),
+        None => "cpu",
+    };
+    let ms = match device_name {
+        "cpu" => time_model::<CpuAutodiff>(&model, batch, steps, warmup, Default::default())?,
+        #[cfg(feature = "cuda")]
+        "cuda" if !integration_flow::backend::cuda_driver_available() => {
+            return Err("--device cuda: no NVIDIA driver (libcuda.so.1) on this machine".into())
+        }
+        #[cfg(feature = "cuda")]
+        "cuda" => time_model::<integration_flow::backend::CudaAutodiff>(
+            &model,
+            batch,
+            steps,
+            warmup,
+            Default::default(),
+        )?,
+        other => {
+            return Err(
+                format!("unknown device {other:?}: cpu, or cuda with --features cuda").into(),
+            )
+        }
+    };
+    println!(
+        "{model} batch={batch} threads={} device={device_name} median_ms={ms:.3}",
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
+
+/// [`median_step_ms`] of the named model on `device`.
+fn time_model<B: AutodiffBackend>(
+    model: &str,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    device: B::Device,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    Ok(match model {
         "mlp" => {
-            <B as burn::tensor::backend::Backend>::seed(&device, 0);
+            B::seed(&device, 0);
             median_step_ms(Mlp::<B>::new(&device), batch, steps, warmup, &device)
         }
         "unet" => {
@@ -139,11 +177,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("unet parameters: {}", net.num_params());
             median_step_ms(net, batch, steps, warmup, &device)
         }
-        other => return Err(format!("unknown model {other:?}; {usage}").into()),
-    };
-    println!(
-        "{model} batch={batch} threads={} device=cpu median_ms={ms:.3}",
-        rayon::current_num_threads()
-    );
-    Ok(())
+        other => return Err(format!("unknown model {other:?}").into()),
+    })
 }

@@ -4,7 +4,11 @@
 //! ```sh
 //! cargo run --release --example mnist -- [--flow rf|vp|ve|pfgmpp] [--minutes M] [--steps N]
 //!     [--data PATH] [--out DIR] [--count N] [--policy ot|off] [--seed S]
+//!     [--checkpoint-every N] [--resume] [--device cpu|cuda]
 //! ```
+//!
+//! `--resume` continues the run whose checkpoint is in `DIR` (the configuration comes from
+//! the checkpoint); `--device cuda` needs `--features cuda`.
 //!
 //! Writes to `DIR` (default `runs/mnist`): `samples_nfe1.npy` and `samples_nfe4.npy` (float32
 //! `[count, 784]` in [-1, 1]), `grid_nfe1.png` and `grid_nfe4.png` (8×8), the checkpoint,
@@ -18,6 +22,7 @@
 //! `--classifier DIR` (default `runs/mnist_classifier`); FD values compare only with each other
 //! and only at equal sample counts (FD is biased upwards at small counts). `--score FILE.npy`
 //! scores saved samples (`[n, 784]` float32, the first `--count` rows) and trains nothing.
+use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::data::{mnist, read_npy, write_npy_f32, NpyData};
@@ -104,6 +109,17 @@ struct Args {
     /// Where the FD classifier is cached.
     #[arg(long, default_value = "runs/mnist_classifier")]
     classifier: PathBuf,
+    /// Write a checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+    /// Continue the run whose checkpoint is in --out: train for --minutes more (or until
+    /// --steps), then sample as usual.
+    #[arg(long)]
+    resume: bool,
+    /// Device of training and sampling: cpu, or cuda (built with --features cuda). The FD
+    /// classifier runs on the CPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn flow_by_name(
@@ -190,6 +206,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
+    let setup = Setup {
+        form,
+        flow,
+        policy,
+        digits,
+        classifier,
+        started,
+    };
+    match args.device.as_str() {
+        "cpu" => run::<CpuAutodiff>(&args, setup, Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" if !integration_flow::backend::cuda_driver_available() => {
+            Err("--device cuda: no NVIDIA driver (libcuda.so.1) on this machine".into())
+        }
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<integration_flow::backend::CudaAutodiff>(&args, setup, Default::default()),
+        other => Err(format!(
+            "unknown device {other:?}: use cpu, or cuda in a build with --features cuda"
+        )
+        .into()),
+    }
+}
+
+/// What `main` prepared on the CPU before training starts.
+struct Setup {
+    form: Parameterization,
+    flow: Arc<dyn ProbabilityFlow>,
+    policy: AnchorPolicy,
+    digits: integration_flow::data::Images,
+    classifier: Classifier<Cpu>,
+    started: Instant,
+}
+
+/// Trains on `device` (or resumes), samples, scores and writes the results.
+fn run<B: AutodiffBackend>(
+    args: &Args,
+    setup: Setup,
+    device: B::Device,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Setup {
+        form,
+        flow,
+        policy,
+        digits,
+        classifier,
+        started,
+    } = setup;
     let data = digits.dataset().clone();
     let (_, sigma_data) = data.mean_and_std();
     let [c, h, w] = digits.shape();
@@ -199,7 +262,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         width: w,
         ..Default::default()
     };
-    let net = unet.init::<CpuAutodiff>(&device, args.seed)?;
+    let net = unet.init::<B>(&device, args.seed)?;
     let anchor_law = match policy {
         AnchorPolicy::Off => AnchorLaw::Zero,
         _ => AnchorLaw::Gaussian { scale: 1.0 },
@@ -210,7 +273,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         steps: args.steps.unwrap_or(1_000_000),
         batch_size: args.batch,
         log_every: 25,
-        checkpoint_every: 500,
+        checkpoint_every: args.checkpoint_every,
         ..Default::default()
     };
     config.optimizer.lr = args.lr;
@@ -232,7 +295,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(
         args.out.join("config.json"),
         serde_json::to_string_pretty(&RunConfig {
-            args: &args,
+            args,
             sigma_data,
             network: &unet,
             train: &config,
@@ -240,7 +303,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let setup = Instant::now();
-    let mut trainer = Trainer::new(model, data.clone(), config)?
+    let trainer = if args.resume {
+        let mut trainer = Trainer::resume(&args.out, model, data.clone())?;
+        trainer.set_steps(config.steps)?;
+        eprintln!("resuming at step {}", trainer.step());
+        trainer
+    } else {
+        Trainer::new(model, data.clone(), config)?
+    };
+    let mut trainer = trainer
         .with_checkpoint_dir(&args.out)
         .with_metrics_log(args.out.join("metrics.jsonl"))?;
     eprintln!("anchors ready in {:.1} s", setup.elapsed().as_secs_f64());
@@ -250,8 +321,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("trained {} steps in {train_seconds:.0} s", trainer.step());
 
     let ema = trainer.ema_model();
+    type Sampler<'a, I> = &'a dyn Fn(&mut StdRng, usize) -> integration_flow::Result<Generated<I>>;
     let sample = |name: &str,
-                  f: &dyn Fn(&mut StdRng, usize) -> integration_flow::Result<Generated<Cpu>>|
+                  f: Sampler<B::InnerBackend>|
      -> Result<(Vec<f32>, usize, f64), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(1_000_003));
@@ -339,9 +411,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         fd
     };
-    let label = args.label.clone().unwrap_or_else(|| default_label(&args));
+    let label = args.label.clone().unwrap_or_else(|| default_label(args));
     let points: Vec<(f64, f64)> = results.iter().map(|r| (r.nfe as f64, r.fd)).collect();
-    fd_figure(&args, &label, points)?;
+    fd_figure(args, &label, points)?;
     #[derive(Serialize)]
     struct Results<'a> {
         label: String,

@@ -67,3 +67,26 @@ pub fn tune_allocator() -> bool {
         false
     }
 }
+
+/// Whether the NVIDIA driver library (`libcuda.so.1`) can be loaded: the CUDA backend loads it
+/// at run time and panics inside burn when it is missing, so programs check first and report a
+/// clear error. Off Linux with glibc it cannot tell and returns `true`.
+#[cfg(feature = "cuda")]
+pub fn cuda_driver_available() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: dlopen with a constant NUL-terminated name; the handle is closed at once.
+        unsafe {
+            let handle = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY);
+            if handle.is_null() {
+                return false;
+            }
+            libc::dlclose(handle);
+        }
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        true
+    }
+}

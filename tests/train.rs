@@ -535,3 +535,20 @@ fn fit_writes_a_metrics_log_and_a_final_checkpoint() {
     assert!(integration_flow::train::checkpoint_path(&dir).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `set_steps` lengthens a run (as the examples do on `--resume`) and rejects zero.
+#[test]
+fn set_steps_extends_a_run_and_rejects_zero() {
+    let data = Toy::Checkerboard.sample(256, 0).unwrap();
+    let rf: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    let mut trainer = Trainer::new(model(rf, 16, 1.0), data, quiet(3, 64)).unwrap();
+    trainer.fit().unwrap();
+    assert_eq!(trainer.step(), 3);
+    assert!(matches!(
+        trainer.set_steps(0),
+        Err(Error::InvalidArgument { name: "steps", .. })
+    ));
+    trainer.set_steps(5).unwrap();
+    trainer.fit().unwrap();
+    assert_eq!(trainer.step(), 5);
+}

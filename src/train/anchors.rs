@@ -10,6 +10,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// How anchors are stored: `f32`, or `f16` at half the memory (about 3 significant digits).
@@ -457,33 +458,24 @@ impl AnchorStore {
         Ok(())
     }
 
-    /// Serialises the store: `dim` (u64 LE), storage tag (u8), then the values (LE).
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.bytes());
-        out.extend_from_slice(&(self.dim as u64).to_le_bytes());
-        match &self.values {
-            Values::Mapped { map, storage, .. } => {
-                out.push(match storage {
-                    AnchorStorage::F32 => 0,
-                    AnchorStorage::F16 => 1,
-                });
-                out.extend_from_slice(map);
-            }
-            Values::F32(v) => {
-                out.push(0);
-                v.iter()
-                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            }
-            Values::F16(v) => {
-                out.push(1);
-                v.iter()
-                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-            }
-        }
-        out
+    /// Serialises the store in parts: `dim` (u64 LE) and storage tag (u8), then the values
+    /// (LE). A file-backed store's values are borrowed from the mapping, not copied, so
+    /// checkpointing it needs no memory the size of the store.
+    pub(crate) fn to_parts(&self) -> Vec<Cow<'_, [u8]>> {
+        let mut header = (self.dim as u64).to_le_bytes().to_vec();
+        header.push(match self.storage() {
+            AnchorStorage::F32 => 0,
+            AnchorStorage::F16 => 1,
+        });
+        let body = match &self.values {
+            Values::Mapped { map, .. } => Cow::Borrowed(&map[..]),
+            Values::F32(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Values::F16(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        vec![Cow::Owned(header), body]
     }
 
-    /// Reads what [`to_bytes`](Self::to_bytes) wrote; `None` if malformed.
+    /// Reads what [`to_parts`](Self::to_parts) wrote; `None` if malformed.
     pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let dim = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
         let body = bytes.get(9..)?;

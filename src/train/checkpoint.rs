@@ -6,21 +6,28 @@
 //! so a crash at any moment leaves either the previous checkpoint or the new one.
 
 use crate::error::{Error, Result};
+use std::borrow::Cow;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"IFCKPT01";
 /// The checkpoint's file name inside a checkpoint directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.ifc";
 
-/// Sections of a checkpoint, in order.
+/// Sections of a checkpoint, in order. A payload is a list of parts written one after the
+/// other, so that a large section (a memory-mapped anchor store) is written from where it
+/// lives instead of being copied into one buffer first.
 #[derive(Debug, Default)]
-pub(crate) struct Sections(pub Vec<(String, Vec<u8>)>);
+pub(crate) struct Sections<'a>(pub Vec<(String, Vec<Cow<'a, [u8]>>)>);
 
-impl Sections {
+impl<'a> Sections<'a> {
     pub(crate) fn push(&mut self, name: &str, payload: Vec<u8>) {
-        self.0.push((name.to_string(), payload));
+        self.push_parts(name, vec![Cow::Owned(payload)]);
+    }
+
+    pub(crate) fn push_parts(&mut self, name: &str, parts: Vec<Cow<'a, [u8]>>) {
+        self.0.push((name.to_string(), parts));
     }
 
     /// The payload of `name`, or an error naming the file.
@@ -33,24 +40,28 @@ impl Sections {
                 path: path.to_path_buf(),
                 reason: format!("section `{name}` is missing"),
             })?;
-        Ok(self.0.swap_remove(i).1)
+        Ok(self.0.swap_remove(i).1.concat())
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
-        for (name, payload) in &self.0 {
-            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            out.extend_from_slice(payload);
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(MAGIC)?;
+        out.write_all(&(self.0.len() as u32).to_le_bytes())?;
+        for (name, parts) in &self.0 {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            let mut crc = crc32fast::Hasher::new();
+            parts.iter().for_each(|p| crc.update(p));
+            out.write_all(&(name.len() as u16).to_le_bytes())?;
+            out.write_all(name.as_bytes())?;
+            out.write_all(&(len as u64).to_le_bytes())?;
+            out.write_all(&crc.finalize().to_le_bytes())?;
+            for part in parts {
+                out.write_all(part)?;
+            }
         }
-        out
+        Ok(())
     }
 
-    fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
+    fn decode(bytes: &[u8], path: &Path) -> Result<Sections<'static>> {
         let corrupt = |reason: String| Error::Checkpoint {
             path: path.to_path_buf(),
             reason,
@@ -78,7 +89,7 @@ impl Sections {
             if crc32fast::hash(payload) != crc {
                 return Err(corrupt(format!("section `{name}` fails its checksum")));
             }
-            sections.push((name, payload.to_vec()));
+            sections.push((name, vec![Cow::Owned(payload.to_vec())]));
         }
         if reader.at != bytes.len() {
             return Err(corrupt(format!(
@@ -130,8 +141,9 @@ pub(crate) fn write(dir: &Path, sections: &Sections) -> Result<()> {
     let path = checkpoint_path(dir);
     let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
     let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&sections.encode())?;
+        let mut file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        sections.write_to(&mut file)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
         fs::rename(&tmp, &path)?;
@@ -145,7 +157,7 @@ pub(crate) fn write(dir: &Path, sections: &Sections) -> Result<()> {
 }
 
 /// Reads and verifies `dir/checkpoint.ifc`.
-pub(crate) fn read(dir: &Path) -> Result<Sections> {
+pub(crate) fn read(dir: &Path) -> Result<Sections<'static>> {
     let path = checkpoint_path(dir);
     let bytes = fs::read(&path).map_err(|e| Error::Io {
         path: path.clone(),

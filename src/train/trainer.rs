@@ -280,6 +280,20 @@ where
         self.train_steps(remaining)
     }
 
+    /// Sets the run's length (`config.steps`), e.g. to train a resumed run further than it was
+    /// configured to go; `fit` and `train_for` then stop at `steps`. Steps already done stay
+    /// done. Zero is an error.
+    pub fn set_steps(&mut self, steps: usize) -> Result<()> {
+        if steps == 0 {
+            return Err(Error::InvalidArgument {
+                name: "steps",
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.config.steps = steps;
+        Ok(())
+    }
+
     /// Runs `count` more steps (past `config.steps` if asked).
     pub fn train_steps(&mut self, count: usize) -> Result<Option<StepStats>> {
         self.run(count, None)
@@ -570,7 +584,7 @@ where
         .map_err(|e| record_error("optimizer", e))?;
         sections.push("optimizer", optim);
         if let Some(store) = &self.anchors {
-            sections.push("anchors", store.to_bytes());
+            sections.push_parts("anchors", store.to_parts());
         }
         checkpoint::write(dir, &sections)
     }
