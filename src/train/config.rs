@@ -269,6 +269,32 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Show a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// What to do when a step's loss or gradient is not finite.
+    pub on_divergence: DivergencePolicy,
+}
+
+/// What training does when a step's loss or gradient is not finite (NaN or ±∞). Whatever
+/// the policy, that step's update never reaches the weights, the optimizer state, the EMA or
+/// the anchor store, and the event is written to the metrics log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DivergencePolicy {
+    /// Stop with [`Error::Diverged`](crate::Error::Diverged), which names the step.
+    #[default]
+    Stop,
+    /// Drop the step's batch and go on; stop (as `Stop`) once `max` steps were skipped.
+    Skip {
+        /// Skipped steps allowed in the run, at least 1.
+        max: usize,
+    },
+    /// Go back to the last checkpoint, multiply the learning rate by `lr_factor` and go on;
+    /// stop (as `Stop`) once `max` rollbacks were made. Needs a checkpoint directory.
+    Rollback {
+        /// The learning rate's factor per rollback, in (0, 1).
+        lr_factor: f64,
+        /// Rollbacks allowed in the run, at least 1.
+        max: usize,
+    },
 }
 
 impl Default for TrainConfig {
@@ -289,6 +315,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             log_every: 100,
             progress: true,
+            on_divergence: DivergencePolicy::default(),
         }
     }
 }
@@ -302,6 +329,27 @@ impl TrainConfig {
         }
         if self.log_every == 0 {
             return Err(invalid_config(NAME, "log_every", "must be at least 1"));
+        }
+        match self.on_divergence {
+            DivergencePolicy::Stop => {}
+            DivergencePolicy::Skip { max } | DivergencePolicy::Rollback { max, .. } if max == 0 => {
+                return Err(invalid_config(
+                    NAME,
+                    "on_divergence.max",
+                    "must be at least 1 (use kind `stop` to stop at once)",
+                ));
+            }
+            DivergencePolicy::Skip { .. } => {}
+            DivergencePolicy::Rollback { lr_factor, .. } => {
+                require_finite(NAME, "on_divergence.lr_factor", lr_factor)?;
+                if !(lr_factor > 0.0 && lr_factor < 1.0) {
+                    return Err(invalid_config(
+                        NAME,
+                        "on_divergence.lr_factor",
+                        format!("must be in (0, 1), got {lr_factor}"),
+                    ));
+                }
+            }
         }
         require_finite(NAME, "anchor.scale", self.anchor.scale)?;
         if self.anchor.scale <= 0.0 {

@@ -11,7 +11,7 @@ mod trainer;
 pub use anchors::{AnchorBacking, AnchorStorage, AnchorStore};
 pub use checkpoint::{checkpoint_path, CHECKPOINT_FILE};
 pub use config::{
-    AnchorConfig, AnchorPolicy, Distance, EmaConfig, LossWeight, OptimizerConfig, OptimizerKind,
-    OtSpace, TrainConfig, Weighting,
+    AnchorConfig, AnchorPolicy, Distance, DivergencePolicy, EmaConfig, LossWeight, OptimizerConfig,
+    OptimizerKind, OtSpace, TrainConfig, Weighting,
 };
 pub use trainer::{StepStats, Trainer};

@@ -2,7 +2,7 @@
 
 use super::anchors::{AnchorBacking, AnchorStore};
 use super::checkpoint::{self, Sections};
-use super::config::{AnchorPolicy, LossWeight, OptimizerKind, TrainConfig};
+use super::config::{AnchorPolicy, DivergencePolicy, LossWeight, OptimizerKind, TrainConfig};
 use super::{ema, loss};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -46,6 +46,17 @@ pub struct StepStats {
     /// When this step finished an epoch: that epoch's mean anchor change per example.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor_drift: Option<f64>,
+    /// The step diverged and was skipped ([`DivergencePolicy::Skip`]): nothing was updated,
+    /// and `loss` and `grad_norm` are what diverged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+/// How often the divergence guard acted in this run (saved in checkpoints).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct GuardCounts {
+    skipped: usize,
+    rollbacks: usize,
 }
 
 enum Optim<B: AutodiffBackend, N: AutodiffModule<B>> {
@@ -87,6 +98,8 @@ struct Meta {
     data_crc: u32,
     param_shapes: Vec<Vec<usize>>,
     drift: AnchorDrift,
+    #[serde(default)]
+    guard: GuardCounts,
 }
 
 const FORMAT: u32 = 1;
@@ -127,6 +140,7 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     checkpoint_dir: Option<PathBuf>,
     metrics: Option<(PathBuf, BufWriter<File>)>,
     device: B::Device,
+    guard: GuardCounts,
 }
 
 impl<B, N> Trainer<B, N>
@@ -196,6 +210,7 @@ where
             checkpoint_dir: None,
             metrics: None,
             device,
+            guard: GuardCounts::default(),
         };
         trainer.order = trainer.epoch_order(position.epoch);
         Ok(trainer)
@@ -312,7 +327,9 @@ where
         let mut last = None;
         let mut window = (Instant::now(), self.position.step);
         let mut ran = 0;
-        for _ in 0..count {
+        // By position, not by count: a rollback moves the position back.
+        let target = self.position.step + count;
+        while self.position.step < target {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
@@ -323,13 +340,13 @@ where
                 || done == self.config.steps
                 || stats.anchor_drift.is_some()
             {
-                let rate = (done - window.1) as f64 * self.config.batch_size as f64
+                let rate = done.saturating_sub(window.1) as f64 * self.config.batch_size as f64
                     / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), done);
                 self.log(&stats, rate)?;
                 bar.set_message(format!("loss {:.4}", stats.loss));
             }
-            bar.inc(1);
+            bar.set_position((done + count).saturating_sub(target) as u64);
             if self.config.checkpoint_every > 0 && done.is_multiple_of(self.config.checkpoint_every)
             {
                 self.checkpoint()?;
@@ -392,8 +409,151 @@ where
         }
     }
 
-    /// One optimizer step on the next batch.
+    /// One optimizer step on the next batch. A non-finite loss or gradient is handled by
+    /// [`TrainConfig::on_divergence`]: an error naming the step, a skipped step (returned with
+    /// `skipped` set), or a rollback to the last checkpoint (the returned step is then the
+    /// first one after it).
     pub fn train_step(&mut self) -> Result<StepStats> {
+        match self.try_step() {
+            Err(Error::Diverged { step, reason }) => self.on_divergence(step, reason),
+            other => other,
+        }
+    }
+
+    fn on_divergence(&mut self, step: usize, reason: String) -> Result<StepStats> {
+        let stop = |why: String| Error::Diverged { step, reason: why };
+        match self.config.on_divergence {
+            DivergencePolicy::Stop => {
+                self.log_event(step, "stop", &reason, None)?;
+                Err(stop(reason))
+            }
+            DivergencePolicy::Skip { max } => {
+                if self.guard.skipped >= max {
+                    self.log_event(step, "stop", &reason, None)?;
+                    return Err(stop(format!("{reason} (after {max} skipped steps)")));
+                }
+                self.guard.skipped += 1;
+                self.log_event(step, "skip", &reason, None)?;
+                let epoch = self.position.epoch;
+                let w = self.data_weight(epoch);
+                let anchor_drift = self.advance()?;
+                Ok(StepStats {
+                    step,
+                    epoch,
+                    loss: f64::NAN,
+                    grad_norm: f64::NAN,
+                    lr: self.lr_at(step),
+                    w,
+                    anchor_drift,
+                    skipped: true,
+                })
+            }
+            DivergencePolicy::Rollback { lr_factor, max } => {
+                if self.guard.rollbacks >= max {
+                    self.log_event(step, "stop", &reason, None)?;
+                    return Err(stop(format!("{reason} (after {max} rollbacks)")));
+                }
+                let Some(dir) = self.checkpoint_dir.clone() else {
+                    return Err(stop(format!(
+                        "{reason}; policy rollback needs a checkpoint directory"
+                    )));
+                };
+                let lr = self.config.optimizer.lr * lr_factor;
+                self.rollback(&dir, lr)
+                    .map_err(|e| stop(format!("{reason}; rolling back failed: {e}")))?;
+                self.log_event(step, "rollback", &reason, Some(lr))?;
+                self.train_step()
+            }
+        }
+    }
+
+    /// Replaces the training state by the checkpoint in `dir` and sets the learning rate;
+    /// the guard's counts carry on (one more rollback).
+    fn rollback(&mut self, dir: &Path, lr: f64) -> Result<()> {
+        // A file-backed store is re-created at its path: unmap the current one first.
+        self.anchors = None;
+        let mut back = Self::resume(dir, self.model.clone(), self.data.clone())?;
+        back.config.optimizer.lr = lr;
+        self.model = back.model;
+        self.ema = back.ema;
+        self.optim = back.optim;
+        self.anchors = back.anchors;
+        self.config = back.config;
+        self.position = back.position;
+        self.drift = back.drift;
+        self.order = back.order;
+        self.guard.rollbacks += 1;
+        Ok(())
+    }
+
+    /// A metrics-log line for a divergence event.
+    fn log_event(
+        &mut self,
+        step: usize,
+        action: &str,
+        reason: &str,
+        lr: Option<f64>,
+    ) -> Result<()> {
+        if let Some((path, out)) = &mut self.metrics {
+            let mut line = serde_json::json!({
+                "event": "diverged",
+                "step": step,
+                "action": action,
+                "reason": reason,
+                "skipped": self.guard.skipped,
+                "rollbacks": self.guard.rollbacks,
+                "resume_step": self.position.step,
+            });
+            if let Some(lr) = lr {
+                line["lr"] = serde_json::json!(lr);
+            }
+            writeln!(out, "{line}")
+                .and_then(|_| out.flush())
+                .map_err(|e| Error::Io {
+                    path: path.clone(),
+                    source: e,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn data_weight(&self, epoch: usize) -> f64 {
+        if self.config.anchor.policy.uses_anchor_term() {
+            self.config.weighting.weight(epoch)
+        } else {
+            1.0
+        }
+    }
+
+    fn lr_at(&self, step: usize) -> f64 {
+        let o = &self.config.optimizer;
+        let warmup = if o.warmup_steps == 0 {
+            1.0
+        } else {
+            ((step + 1) as f64 / o.warmup_steps as f64).min(1.0)
+        };
+        o.lr * warmup
+    }
+
+    /// Moves to the next batch (and epoch); returns the finished epoch's anchor drift.
+    fn advance(&mut self) -> Result<Option<f64>> {
+        self.position.step += 1;
+        self.position.batch += 1;
+        let mut anchor_drift = None;
+        if self.position.batch == self.batches_per_epoch() {
+            let per_example = self.drift.epoch_sum / self.data.len() as f64;
+            self.drift.history.push(per_example);
+            anchor_drift = Some(per_example);
+            self.drift.epoch_sum = 0.0;
+            self.position.batch = 0;
+            self.position.epoch += 1;
+            self.order = self.epoch_order(self.position.epoch);
+            self.refresh_anchors()?;
+        }
+        Ok(anchor_drift)
+    }
+
+    fn try_step(&mut self) -> Result<StepStats> {
         let Position { step, epoch, batch } = self.position;
         let bs = self.config.batch_size;
         let start = batch * bs;
@@ -424,11 +584,7 @@ where
         let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
 
         let policy = self.config.anchor.policy;
-        let w = if policy.uses_anchor_term() {
-            self.config.weighting.weight(epoch)
-        } else {
-            1.0
-        };
+        let w = self.data_weight(epoch);
         let mut per_example =
             loss::distance(self.config.distance, x_hat.clone(), x0_t).mul_scalar(w);
         if w < 1.0 {
@@ -461,13 +617,7 @@ where
                 reason: format!("gradient norm is {grad_norm}"),
             });
         }
-        let o = &self.config.optimizer;
-        let warmup = if o.warmup_steps == 0 {
-            1.0
-        } else {
-            ((step + 1) as f64 / o.warmup_steps as f64).min(1.0)
-        };
-        let lr = o.lr * warmup;
+        let lr = self.lr_at(step);
         let net = self.model.net().clone();
         let net = match &mut self.optim {
             Optim::Adam(opt) => opt.step(lr, net, grads),
@@ -501,19 +651,7 @@ where
             }
         }
 
-        self.position.step += 1;
-        self.position.batch += 1;
-        let mut anchor_drift = None;
-        if self.position.batch == self.batches_per_epoch() {
-            let per_example = self.drift.epoch_sum / self.data.len() as f64;
-            self.drift.history.push(per_example);
-            anchor_drift = Some(per_example);
-            self.drift.epoch_sum = 0.0;
-            self.position.batch = 0;
-            self.position.epoch += 1;
-            self.order = self.epoch_order(self.position.epoch);
-            self.refresh_anchors()?;
-        }
+        let anchor_drift = self.advance()?;
         Ok(StepStats {
             step,
             epoch,
@@ -522,6 +660,7 @@ where
             lr,
             w,
             anchor_drift,
+            skipped: false,
         })
     }
 
@@ -557,8 +696,17 @@ where
 
     /// Writes a checkpoint (model, EMA, optimizer, anchors, config, position) to `dir`
     /// atomically.
+    ///
+    /// Weights that are not finite are never written: that is an [`Error::Diverged`], and the
+    /// previous checkpoint stays.
     pub fn save_checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
+        if !params_finite(self.model.net()) || !params_finite(&self.ema) {
+            return Err(Error::Diverged {
+                step: self.position.step,
+                reason: "the weights are not finite; the checkpoint was not written".into(),
+            });
+        }
         let record_error = |what: &str, e: burn::record::RecorderError| Error::Checkpoint {
             path: checkpoint::checkpoint_path(dir),
             reason: format!("cannot record the {what}: {e}"),
@@ -603,6 +751,7 @@ where
             data_crc: self.data.crc(),
             param_shapes: param_shapes(self.model.net()),
             drift: self.drift.clone(),
+            guard: self.guard,
         }
     }
 
@@ -699,6 +848,8 @@ where
         let model = model.with_net(net).with_anchor_law(meta.anchor_law);
         let mut trainer =
             Self::assemble(model, data, meta.config, anchors, meta.position, Some(ema))?;
+        trainer.guard = meta.guard;
+        trainer.drift = meta.drift;
         trainer.optim = match trainer.optim {
             Optim::Adam(o) => Optim::Adam(
                 o.load_record(
@@ -717,7 +868,6 @@ where
     }
 }
 
-/// The anchor store a fresh run starts with.
 /// The anchor store a run starts with, and the subspace law its anchors were drawn from.
 struct InitialAnchors {
     store: AnchorStore,
@@ -816,6 +966,23 @@ fn stream(seed: u64, stream: Stream, index: u64) -> StdRng {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+/// Whether every parameter value of `module` is finite.
+fn params_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
+    struct Finite(bool);
+    impl<B: Backend> ModuleVisitor<B> for Finite {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.0 {
+                let flat = param.val().reshape([-1]);
+                let bad = flat.clone().is_nan().bool_or(flat.is_inf()).any();
+                self.0 = !bad.into_scalar().elem::<bool>();
+            }
+        }
+    }
+    let mut finite = Finite(true);
+    module.visit(&mut finite);
+    finite.0
 }
 
 fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
