@@ -1,0 +1,362 @@
+//! Fault injection: training runs in a child process (this test binary run again, in the
+//! `fault_child` test) that is killed with SIGKILL at random moments and while it writes a
+//! checkpoint, or that hits a file-size limit (a full disk) while checkpointing; and checkpoint
+//! files are truncated and bit-flipped. Nothing may be lost or loaded wrongly: the last complete
+//! checkpoint always resumes, and the finished run equals an uninterrupted one bit for bit.
+#![cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    any(feature = "flex", feature = "ndarray")
+))]
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{backend::Backend, Tensor};
+use integration_flow::backend::CpuAutodiff;
+use integration_flow::data::Toy;
+use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
+use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::nn::{Mlp, MlpConfig};
+use integration_flow::train::{
+    checkpoint_path, AnchorBacking, AnchorPolicy, TrainConfig, Trainer, CHECKPOINT_FILE,
+};
+use integration_flow::Error;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+type T = Trainer<CpuAutodiff, Mlp<CpuAutodiff>>;
+
+const STEPS: usize = 40;
+
+fn model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
+    let net = MlpConfig {
+        width: 128,
+        depth: 3,
+        ..Default::default()
+    }
+    .init::<CpuAutodiff>(&Default::default(), 0)
+    .unwrap();
+    IntegrationFlow::new(
+        RectifiedFlowConfig::default().init().unwrap(),
+        net,
+        Parameterization::Integral,
+        1.0,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .unwrap()
+}
+
+fn data() -> integration_flow::data::Dataset {
+    Toy::Checkerboard.sample(1024, 0).unwrap()
+}
+
+/// Checkpoints every step, so that a random kill often lands inside a checkpoint write; policy
+/// `prediction` changes every anchor it trains on, so lost anchor updates would show.
+fn config(dir: &Path, file_backed: bool) -> TrainConfig {
+    let mut config = TrainConfig {
+        steps: STEPS,
+        batch_size: 128,
+        checkpoint_every: 1,
+        progress: false,
+        ..Default::default()
+    };
+    config.anchor.policy = AnchorPolicy::Prediction;
+    if file_backed {
+        config.anchor.backing = AnchorBacking::File {
+            path: dir.join("anchors.bin"),
+        };
+    }
+    config
+}
+
+/// Resumes from `dir`'s checkpoint if there is one, else starts; checkpoints into `dir`.
+fn open(dir: &Path, file_backed: bool) -> T {
+    let trainer = if checkpoint_path(dir).exists() {
+        Trainer::resume(dir, model(), data()).unwrap()
+    } else {
+        Trainer::new(model(), data(), config(dir, file_backed)).unwrap()
+    };
+    trainer.with_checkpoint_dir(dir)
+}
+
+fn weights<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.extend(p.val().into_data().iter::<f32>());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "integration_flow_faults_{name}_{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The child's side: what `IF_FAULT_MODE` asks for, in `IF_FAULT_DIR`. Without those
+/// variables (a plain `cargo test -- --ignored`) it does nothing.
+#[test]
+#[ignore = "run by the fault-injection tests as their child process"]
+fn fault_child() {
+    let (Ok(mode), Ok(dir)) = (
+        std::env::var("IF_FAULT_MODE"),
+        std::env::var("IF_FAULT_DIR"),
+    ) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    match mode.as_str() {
+        "train" => {
+            let file_backed = std::env::var("IF_FAULT_FILE_BACKED").is_ok();
+            open(&dir, file_backed).fit().unwrap();
+        }
+        "fsize" => {
+            let limit: u64 = std::env::var("IF_FAULT_LIMIT").unwrap().parse().unwrap();
+            // SAFETY: setrlimit and signal with valid arguments, before any file is written;
+            // ignoring SIGXFSZ makes an oversized write fail with EFBIG instead of killing.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let rl = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &rl), 0);
+            }
+            let mut trainer = open(&dir, false);
+            trainer.train_step().unwrap();
+            match trainer.checkpoint() {
+                Err(Error::Io { path, source }) => {
+                    println!("FSIZE_IO_ERROR {} ({source})", path.display())
+                }
+                other => panic!("expected an I/O error, got {other:?}"),
+            }
+        }
+        other => panic!("unknown IF_FAULT_MODE {other}"),
+    }
+}
+
+fn spawn(mode: &str, dir: &Path, envs: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "fault_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("IF_FAULT_MODE", mode)
+    .env("IF_FAULT_DIR", dir)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// The final state of a run: weights, EMA and anchors.
+fn state(t: &T) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let anchors = t.anchors().unwrap();
+    let all: Vec<usize> = (0..anchors.len()).collect();
+    (
+        weights(t.model().net()),
+        weights(t.ema_model().net()),
+        anchors.get(&all).unwrap(),
+    )
+}
+
+/// ≥ 20 kills at random moments and 10 while a checkpoint is being written (the temporary
+/// file exists); after each the checkpoint left behind resumes, and the resumed run finishes
+/// with the same weights, EMA and anchors as an uninterrupted child run.
+#[test]
+fn kill_9_at_random_moments_loses_nothing() {
+    let reference_dir = scratch("reference");
+    let started = Instant::now();
+    let out = spawn("train", &reference_dir, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = started.elapsed();
+    let reference = Trainer::resume(&reference_dir, model(), data()).unwrap();
+    assert_eq!(reference.step(), STEPS);
+    let expected = state(&reference);
+    println!("uninterrupted child run: {:.2} s", full.as_secs_f64());
+
+    let (mut mid_write, mut fresh) = (0, 0);
+    for trial in 0..30u64 {
+        let seed = 1000 + trial;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dir = scratch(&format!("trial{trial}"));
+        let file_backed = trial % 3 == 2;
+        let envs: Vec<(&str, String)> = if file_backed {
+            vec![("IF_FAULT_FILE_BACKED", "1".into())]
+        } else {
+            vec![]
+        };
+        let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+        let mut child = spawn("train", &dir, &envs);
+        let during_write = trial >= 20;
+        if during_write {
+            // Kill as soon as a temporary checkpoint file appears, after a random number of
+            // checkpoints.
+            let wanted = rng.random_range(1..STEPS / 2);
+            let mut seen = 0;
+            let mut was_there = false;
+            let deadline = Instant::now() + full * 3;
+            while Instant::now() < deadline {
+                let there = tmp.exists();
+                if there && !was_there {
+                    seen += 1;
+                    if seen >= wanted {
+                        break;
+                    }
+                }
+                was_there = there;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        } else {
+            let at = full.mul_f64(rng.random_range(0.0..1.0));
+            std::thread::sleep(at);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if tmp.exists() {
+            mid_write += 1;
+        }
+        let had_checkpoint = checkpoint_path(&dir).exists();
+        fresh += usize::from(!had_checkpoint);
+        let mut trainer = open(&dir, file_backed);
+        let resumed_at = trainer.step();
+        trainer.fit().unwrap();
+        println!(
+            "trial {trial} (seed {seed}{}): killed{}, resumed at step {resumed_at}",
+            if file_backed {
+                ", file-backed anchors"
+            } else {
+                ""
+            },
+            if tmp.exists() || during_write {
+                " while writing"
+            } else {
+                ""
+            },
+        );
+        assert_eq!(trainer.step(), STEPS);
+        let got = state(&trainer);
+        assert!(
+            got.0 == expected.0,
+            "trial {trial} (seed {seed}): weights differ"
+        );
+        assert!(
+            got.1 == expected.1,
+            "trial {trial} (seed {seed}): EMA differs"
+        );
+        assert!(
+            got.2 == expected.2,
+            "trial {trial} (seed {seed}): anchors differ"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!("30 kills: {mid_write} left a temporary file (killed while writing), {fresh} before the first checkpoint");
+    assert!(
+        mid_write >= 5,
+        "too few kills landed inside a checkpoint write: {mid_write}"
+    );
+}
+
+/// A file-size limit (a full disk) while checkpointing: a typed I/O error naming the file, the
+/// previous checkpoint untouched, no temporary file left behind.
+#[test]
+fn a_full_disk_keeps_the_previous_checkpoint() {
+    let dir = scratch("fsize");
+    let mut trainer = open(&dir, false);
+    trainer.train_steps(2).unwrap();
+    trainer.checkpoint().unwrap();
+    let before = std::fs::read(checkpoint_path(&dir)).unwrap();
+    let limit = (before.len() / 2).to_string();
+    let out = spawn("fsize", &dir, &[("IF_FAULT_LIMIT", limit)])
+        .wait_with_output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("FSIZE_IO_ERROR"),
+        "child: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(CHECKPOINT_FILE),
+        "the error names the file: {stdout}"
+    );
+    assert_eq!(std::fs::read(checkpoint_path(&dir)).unwrap(), before);
+    assert!(!dir.join(format!("{CHECKPOINT_FILE}.tmp")).exists());
+    assert_eq!(Trainer::resume(&dir, model(), data()).unwrap().step(), 2);
+}
+
+/// A checkpoint directory that cannot be created (a file is in the way) is a typed error.
+#[test]
+fn an_unwritable_checkpoint_directory_is_an_error() {
+    let dir = scratch("unwritable");
+    let blocker = dir.join("not_a_dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut trainer = Trainer::new(model(), data(), config(&dir, false))
+        .unwrap()
+        .with_checkpoint_dir(&blocker);
+    match trainer.train_steps(1).and_then(|_| trainer.checkpoint()) {
+        Err(Error::Io { .. }) => {}
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"x");
+}
+
+/// Every truncation tried and 300 random single-bit flips are refused with
+/// `Error::Checkpoint` naming the file; nothing is loaded.
+#[test]
+fn truncated_or_bit_flipped_checkpoints_are_refused() {
+    let dir = scratch("corrupt");
+    let mut trainer = open(&dir, false);
+    trainer.train_steps(1).unwrap();
+    trainer.checkpoint().unwrap();
+    let path = checkpoint_path(&dir);
+    let good = std::fs::read(&path).unwrap();
+    let check = |bytes: &[u8], what: &str| {
+        std::fs::write(&path, bytes).unwrap();
+        match Trainer::resume(&dir, model(), data()) {
+            Err(Error::Checkpoint { path: p, .. }) => assert_eq!(p, path, "{what}"),
+            Err(other) => panic!("{what}: expected Error::Checkpoint, got {other}"),
+            Ok(_) => panic!("{what}: a corrupt checkpoint was loaded"),
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut lengths: Vec<usize> = (0..64).collect();
+    lengths.extend((0..100).map(|_| rng.random_range(0..good.len())));
+    lengths.push(good.len() - 1);
+    for len in lengths {
+        check(&good[..len], &format!("truncated to {len} bytes"));
+    }
+    for _ in 0..300 {
+        let at = rng.random_range(0..good.len());
+        let bit = rng.random_range(0..8);
+        let mut bad = good.clone();
+        bad[at] ^= 1 << bit;
+        check(&bad, &format!("bit {bit} of byte {at} flipped"));
+    }
+    let mut longer = good.clone();
+    longer.push(0);
+    check(&longer, "one byte appended");
+    std::fs::write(&path, &good).unwrap();
+    assert!(Trainer::resume(&dir, model(), data()).is_ok());
+}
