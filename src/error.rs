@@ -97,6 +97,30 @@ pub enum Error {
         /// Why it has no finite value there.
         reason: &'static str,
     },
+    /// A configuration's JSON could not be read: malformed, an unknown field, or a value of
+    /// the wrong type.
+    #[error("{config} JSON, at `{field}`: {reason}")]
+    ConfigJson {
+        /// The configuration type, e.g. `TrainConfig`.
+        config: &'static str,
+        /// The path of the offending field (`anchor.ot_chunk`; `.` for the whole document).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Reads a configuration of type `T` from JSON; errors name the field's path.
+pub(crate) fn config_from_json<T: serde::de::DeserializeOwned>(
+    config: &'static str,
+    json: &str,
+) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|e| Error::ConfigJson {
+        config,
+        field: e.path().to_string(),
+        reason: e.inner().to_string(),
+    })
 }
 
 /// Checks that a configuration value is finite.

@@ -32,20 +32,30 @@ pub enum AnchorLaw {
 }
 
 impl AnchorLaw {
-    /// `n` draws of `dim` values, on the host.
-    pub fn sample(&self, rng: &mut dyn Rng, n: usize, dim: usize) -> Vec<f32> {
-        match self {
+    /// `n` draws of `dim` values, on the host. A subspace law of another dimension is an
+    /// error.
+    pub fn sample(&self, rng: &mut dyn Rng, n: usize, dim: usize) -> Result<Vec<f32>> {
+        if let AnchorLaw::Subspace { law } = self {
+            if law.dim() != dim {
+                return Err(Error::ShapeMismatch {
+                    context: "AnchorLaw::sample",
+                    expected: format!("{dim} values per anchor"),
+                    found: format!("a subspace law of {} values", law.dim()),
+                });
+            }
+        }
+        Ok(match self {
             AnchorLaw::Gaussian { scale } => (0..n * dim)
                 .map(|_| {
                     let z: f64 = StandardNormal.sample(rng);
                     (z * scale) as f32
                 })
                 .collect(),
-            AnchorLaw::Subspace { law } => {
-                (0..n).flat_map(|_| law.compose(&law.draw(rng))).collect()
-            }
+            AnchorLaw::Subspace { law } => (0..n)
+                .flat_map(|_| law.compose_unchecked(&law.draw(rng)))
+                .collect(),
             AnchorLaw::Zero => vec![0.0; n * dim],
-        }
+        })
     }
 }
 
@@ -69,21 +79,17 @@ impl SubspaceLaw {
         let pca = crate::data::Pca::fit(data, k)?;
         let (mean, _) = data.mean_and_std();
         let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-        let centre = pca.project(&mean);
+        let centre = pca.project(&mean)?;
         let n = data.len() as f64;
         let mut var = vec![0.0; k];
         for i in 0..data.len() {
-            for ((v, c), m) in var.iter_mut().zip(pca.project(data.row(i))).zip(&centre) {
+            for ((v, c), m) in var.iter_mut().zip(pca.project(data.row(i))?).zip(&centre) {
                 *v += (c - m).powi(2) / n;
             }
         }
         let basis = (0..k)
-            .flat_map(|i| {
-                pca.component(i)
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|i| pca.component(i).unwrap_or_default().to_vec())
+            .map(|v| v as f32)
             .collect();
         Ok(SubspaceLaw {
             mean,
@@ -109,8 +115,13 @@ impl SubspaceLaw {
             .collect()
     }
 
-    /// The anchor of code `z`: `mean + Σᵢ zᵢ·sᵢ·pᵢ`.
-    pub fn compose(&self, z: &[f64]) -> Vec<f32> {
+    /// The anchor of code `z` (`dims()` values): `mean + Σᵢ zᵢ·sᵢ·pᵢ`.
+    pub fn compose(&self, z: &[f64]) -> Result<Vec<f32>> {
+        check_len("SubspaceLaw::compose", "code", z.len(), self.dims())?;
+        Ok(self.compose_unchecked(z))
+    }
+
+    pub(crate) fn compose_unchecked(&self, z: &[f64]) -> Vec<f32> {
         let mut out = self.mean.clone();
         for ((p, &zi), &s) in self.basis.chunks_exact(self.dim()).zip(z).zip(&self.scales) {
             let w = (zi * s) as f32;
@@ -121,8 +132,14 @@ impl SubspaceLaw {
         out
     }
 
-    /// The whitened coordinates of `x`: `(pᵢ·(x − mean))/sᵢ`, comparable with codes `z`.
-    pub fn code(&self, x: &[f32]) -> Vec<f64> {
+    /// The whitened coordinates of `x` (`dim()` values): `(pᵢ·(x − mean))/sᵢ`, comparable
+    /// with codes `z`.
+    pub fn code(&self, x: &[f32]) -> Result<Vec<f64>> {
+        check_len("SubspaceLaw::code", "point", x.len(), self.dim())?;
+        Ok(self.code_unchecked(x))
+    }
+
+    pub(crate) fn code_unchecked(&self, x: &[f32]) -> Vec<f64> {
         self.basis
             .chunks_exact(self.dim())
             .zip(&self.scales)
@@ -340,7 +357,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     /// `n` anchors drawn from the model's anchor law.
     pub fn sample_anchor(&self, rng: &mut dyn Rng, n: usize) -> Result<Tensor<B, 2>> {
         crate::flow::sample_len(n, self.dim())?;
-        let values = self.anchor_law.sample(rng, n, self.dim());
+        let values = self.anchor_law.sample(rng, n, self.dim())?;
         Ok(Tensor::from_data(
             TensorData::new(values, [n, self.dim()]),
             &self.device(),
@@ -374,4 +391,21 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
 /// parameters.
 pub(crate) fn device_of<B: Backend, M: burn::module::Module<B>>(module: &M) -> B::Device {
     module.devices().into_iter().next().unwrap_or_default()
+}
+
+/// `Error::ShapeMismatch` unless a `what` has `expected` values.
+pub(crate) fn check_len(
+    context: &'static str,
+    what: &str,
+    found: usize,
+    expected: usize,
+) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch {
+        context,
+        expected: format!("a {what} of {expected} values"),
+        found: format!("{found} values"),
+    })
 }

@@ -123,6 +123,12 @@ pub fn scatter_grid_png(
     size: u32,
 ) -> Result<()> {
     let columns = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    if rows.iter().flat_map(|r| r.iter()).any(|p| p.points.len() % 2 != 0) {
+        return Err(Error::InvalidArgument {
+            name: "panels",
+            reason: "a panel's points are x, y pairs: its length must be even".into(),
+        });
+    }
     if columns == 0 || size < 8 || !(extent.is_finite() && extent > 0.0) {
         return Err(Error::InvalidArgument {
             name: "panels",

@@ -125,8 +125,8 @@ fn optimal_transport_in_pca_space() {
     let one = ot(OtSpace::Pca { dims: 1 });
     assert_ne!(full, one);
     let pca = Pca::fit(&data, 1).unwrap();
-    let x: Vec<f64> = (0..128).map(|i| pca.project(data.row(i))[0]).collect();
-    let a: Vec<f64> = one.chunks(2).map(|r| pca.project(r)[0]).collect();
+    let x: Vec<f64> = (0..128).map(|i| pca.project(data.row(i)).unwrap()[0]).collect();
+    let a: Vec<f64> = one.chunks(2).map(|r| pca.project(r).unwrap()[0]).collect();
     for i in 0..128 {
         for j in 0..128 {
             assert!(
@@ -249,17 +249,17 @@ fn subspace_law_fits_the_principal_directions_and_matches_by_code() {
     assert_eq!((law.dims(), law.dim()), (2, 5));
     // The code of a sketch is its z; the sketch of z = 0 is the mean.
     let z = [0.7, -1.3];
-    let back = law.code(&law.compose(&z));
+    let back = law.code(&law.compose(&z).unwrap()).unwrap();
     assert!(
         (back[0] - z[0]).abs() < 1e-4 && (back[1] - z[1]).abs() < 1e-4,
         "{back:?}"
     );
-    let centre = law.compose(&[0.0, 0.0]);
+    let centre = law.compose(&[0.0, 0.0]).unwrap();
     for (c, m) in centre.iter().zip(mean) {
         assert!((c - m).abs() < 0.15, "{centre:?}");
     }
     // Along e1 the sketch moves 3 units per unit of z (the fitted scale), along e2 0.5.
-    let step1 = law.compose(&[1.0, 0.0]);
+    let step1 = law.compose(&[1.0, 0.0]).unwrap();
     let moved: f32 = step1
         .iter()
         .zip(&centre)
@@ -281,7 +281,7 @@ fn subspace_law_fits_the_principal_directions_and_matches_by_code() {
     let mut unmatched = 0.0;
     for i in 0..n {
         let a = store.get(&[i]).unwrap();
-        let other = law.compose(&law.draw(&mut rng));
+        let other = law.compose(&law.draw(&mut rng)).unwrap();
         let d = |x: &[f32]| -> f64 {
             x.iter()
                 .zip(data.row(i))

@@ -75,13 +75,15 @@ fn rings_have_four_radii() {
 
 #[test]
 fn w2_1d_matches_closed_forms() {
-    let w = wasserstein2_1d(&mut [0.0, 1.0, 2.0], &mut [0.0, 1.0, 2.0]);
+    let w = wasserstein2_1d(&mut [0.0, 1.0, 2.0], &mut [0.0, 1.0, 2.0]).unwrap();
     assert_eq!(w, 0.0);
     // A shift by c moves every quantile by c.
-    let w = wasserstein2_1d(&mut [3.0, 1.0, 2.0], &mut [1.5, 2.5, 3.5]);
+    let w = wasserstein2_1d(&mut [3.0, 1.0, 2.0], &mut [1.5, 2.5, 3.5]).unwrap();
     assert!((w - 0.5).abs() < 1e-12);
     // Unequal sizes: {0} against {−1, 1} is 1.
-    assert!((wasserstein2_1d(&mut [0.0], &mut [-1.0, 1.0]) - 1.0).abs() < 1e-12);
+    assert!((wasserstein2_1d(&mut [0.0], &mut [-1.0, 1.0]).unwrap() - 1.0).abs() < 1e-12);
+    assert!(wasserstein2_1d(&mut [], &mut [1.0]).is_err());
+    assert!(wasserstein2_1d(&mut [f64::NAN], &mut [1.0]).is_err());
 }
 
 fn gaussian(n: usize, dim: usize, mean: &[f64], seed: u64) -> Vec<f32> {

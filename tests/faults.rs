@@ -17,7 +17,8 @@ use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
 use integration_flow::model::{AnchorLaw, IntegrationFlow};
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{
-    checkpoint_path, AnchorBacking, AnchorPolicy, TrainConfig, Trainer, CHECKPOINT_FILE,
+    checkpoint_path, AnchorBacking, AnchorPolicy, AnchorStorage, CheckpointInfo, TrainConfig,
+    Trainer, CHECKPOINT_FILE,
 };
 use integration_flow::Error;
 use rand::rngs::StdRng;
@@ -332,7 +333,14 @@ fn truncated_or_bit_flipped_checkpoints_are_refused() {
     trainer.checkpoint().unwrap();
     let path = checkpoint_path(&dir);
     let good = std::fs::read(&path).unwrap();
+    let info = CheckpointInfo::parse(&good, &path).unwrap();
+    assert_eq!((info.step, info.data_shape), (1, [1024, 2]));
+    assert_eq!(info.anchors, Some((1024, 2, AnchorStorage::F32)));
     let check = |bytes: &[u8], what: &str| {
+        match CheckpointInfo::parse(bytes, &path) {
+            Err(Error::Checkpoint { path: p, .. }) => assert_eq!(p, path, "{what}"),
+            other => panic!("{what}: CheckpointInfo::parse gave {other:?}"),
+        }
         std::fs::write(&path, bytes).unwrap();
         match Trainer::resume(&dir, model(), data()) {
             Err(Error::Checkpoint { path: p, .. }) => assert_eq!(p, path, "{what}"),
@@ -359,4 +367,36 @@ fn truncated_or_bit_flipped_checkpoints_are_refused() {
     check(&longer, "one byte appended");
     std::fs::write(&path, &good).unwrap();
     assert!(Trainer::resume(&dir, model(), data()).is_ok());
+}
+
+/// Writes a small valid checkpoint to `$IF_CHECKPOINT_SEED` (a directory): the seed of the
+/// checkpoint fuzz target's corpus (docs/reliability.md).
+#[test]
+#[ignore = "writes the fuzzing seed when asked"]
+fn write_checkpoint_seed() {
+    let Ok(dir) = std::env::var("IF_CHECKPOINT_SEED") else {
+        return;
+    };
+    let net = MlpConfig {
+        width: 4,
+        depth: 1,
+        ..Default::default()
+    }
+    .init::<CpuAutodiff>(&Default::default(), 0)
+    .unwrap();
+    let model = IntegrationFlow::new(
+        RectifiedFlowConfig::default().init().unwrap(),
+        net,
+        Parameterization::Integral,
+        1.0,
+        AnchorLaw::Gaussian { scale: 1.0 },
+    )
+    .unwrap();
+    let mut config = config(Path::new(&dir), false);
+    config.batch_size = 4;
+    config.steps = 1;
+    let data = Toy::Checkerboard.sample(8, 0).unwrap();
+    let mut trainer = Trainer::new(model, data, config).unwrap();
+    trainer.fit().unwrap();
+    trainer.save_checkpoint(&dir).unwrap();
 }

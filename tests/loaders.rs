@@ -243,6 +243,12 @@ fn cifar10_batches_read_planes_and_labels() {
         Images::from_cifar10::<PathBuf>(&[]),
         Err(Error::InvalidArgument { .. })
     ));
+    // The same records from memory.
+    let parsed = Images::parse_cifar10(&batch, "b1.bin").unwrap();
+    assert_eq!(parsed.labels(), Some(&[3u8, 7][..]));
+    assert_eq!(parsed.dataset().row(1), images.dataset().row(1));
+    let (path, _) = format_error_path(Images::parse_cifar10(&batch[..100], "mem.bin"));
+    assert_eq!(path, PathBuf::from("mem.bin"));
 }
 
 #[test]
@@ -309,7 +315,9 @@ fn split_and_take_keep_labels_aligned() {
     assert_eq!((train.len(), test.len()), (7, 3));
     assert_eq!(test.labels(), Some(&[7u8, 8, 9][..]));
     assert_eq!(test.dataset().row(0), &[0.7]);
-    assert_eq!(images.take(2).labels(), Some(&[0u8, 1][..]));
+    assert_eq!(images.take(2).unwrap().labels(), Some(&[0u8, 1][..]));
+    assert_eq!(images.take(20).unwrap().len(), 10);
+    assert!(images.take(0).is_err());
     assert!(images.split_off(0).is_err() && images.split_off(10).is_err());
     assert!(Images::new(vec![2.0], [1, 1, 1], None).is_err());
     assert!(Images::new(vec![0.0; 4], [1, 2, 2], Some(vec![1, 2])).is_err());

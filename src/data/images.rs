@@ -115,7 +115,6 @@ impl Images {
     /// CIFAR-10's binary batches (`data_batch_1.bin` …): records of one label byte (0–9) and
     /// 3·32·32 bytes (red, green, blue planes).
     pub fn from_cifar10<P: AsRef<Path>>(files: &[P]) -> Result<Self> {
-        const RECORD: usize = 1 + 3 * 32 * 32;
         if files.is_empty() {
             return Err(Error::InvalidArgument {
                 name: "files",
@@ -130,28 +129,17 @@ impl Images {
                 path: path.to_path_buf(),
                 source,
             })?;
-            if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
-                return Err(format_error(
-                    path,
-                    format!(
-                        "a CIFAR-10 batch holds records of {RECORD} bytes, found {} bytes \
-                         (truncated or not CIFAR-10)",
-                        bytes.len()
-                    ),
-                ));
-            }
-            for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
-                if record[0] > 9 {
-                    return Err(format_error(
-                        path,
-                        format!("record {i} has label {}, expected 0–9", record[0]),
-                    ));
-                }
-                labels.push(record[0]);
-                pixels.extend_from_slice(&record[1..]);
-            }
+            cifar10_records(path, &bytes, &mut pixels, &mut labels)?;
         }
         from_bytes(files[0].as_ref(), &pixels, [3, 32, 32], Some(labels))
+    }
+
+    /// One CIFAR-10 binary batch already in memory (as [`from_cifar10`](Self::from_cifar10)
+    /// reads from a file); `name` labels errors.
+    pub fn parse_cifar10(bytes: &[u8], name: impl AsRef<Path>) -> Result<Self> {
+        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        cifar10_records(name.as_ref(), bytes, &mut pixels, &mut labels)?;
+        from_bytes(name.as_ref(), &pixels, [3, 32, 32], Some(labels))
     }
 
     /// An NPY array of images: `[n, h, w]`, `[n, h, w, c]` or `[n, c, h, w]` (see
@@ -314,9 +302,15 @@ impl Images {
         &self.data
     }
 
-    /// The first `n` images (all if `n ≥ len`).
-    pub fn take(&self, n: usize) -> Images {
-        self.range(0, n.min(self.len()))
+    /// The first `n` images (all if `n ≥ len`); `n = 0` (an empty set) is an error.
+    pub fn take(&self, n: usize) -> Result<Images> {
+        if n == 0 {
+            return Err(Error::InvalidArgument {
+                name: "n",
+                reason: "taking no images leaves an empty set".into(),
+            });
+        }
+        Ok(self.range(0, n.min(self.len())))
     }
 
     /// Images `start..end`; the caller keeps `start < end ≤ len`.
@@ -350,6 +344,37 @@ impl Images {
             device,
         )
     }
+}
+
+/// Appends the records of one CIFAR-10 batch to `pixels` and `labels`.
+fn cifar10_records(
+    path: &Path,
+    bytes: &[u8],
+    pixels: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    const RECORD: usize = 1 + 3 * 32 * 32;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
+        return Err(format_error(
+            path,
+            format!(
+                "a CIFAR-10 batch holds records of {RECORD} bytes, found {} bytes \
+                 (truncated or not CIFAR-10)",
+                bytes.len()
+            ),
+        ));
+    }
+    for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
+        if record[0] > 9 {
+            return Err(format_error(
+                path,
+                format!("record {i} has label {}, expected 0–9", record[0]),
+            ));
+        }
+        labels.push(record[0]);
+        pixels.extend_from_slice(&record[1..]);
+    }
+    Ok(())
 }
 
 fn format_error(path: &Path, reason: impl Into<String>) -> Error {

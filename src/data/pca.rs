@@ -84,13 +84,18 @@ impl Pca {
     }
 
     /// Direction `i` (unit length, `dim` values).
-    pub fn component(&self, i: usize) -> &[f64] {
-        &self.components[i * self.dim..(i + 1) * self.dim]
+    pub fn component(&self, i: usize) -> Option<&[f64]> {
+        self.components.get(i * self.dim..(i + 1) * self.dim)
     }
 
     /// The coordinates of `x` (length `dim`) along the directions (no centring, so that
     /// distances between projections are distances within the subspace).
-    pub fn project(&self, x: &[f32]) -> Vec<f64> {
+    pub fn project(&self, x: &[f32]) -> Result<Vec<f64>> {
+        crate::model::check_len("Pca::project", "point", x.len(), self.dim)?;
+        Ok(self.project_unchecked(x))
+    }
+
+    pub(crate) fn project_unchecked(&self, x: &[f32]) -> Vec<f64> {
         self.components
             .chunks_exact(self.dim)
             .map(|c| c.iter().zip(x).map(|(a, &b)| a * f64::from(b)).sum())
@@ -143,13 +148,15 @@ mod tests {
         }
         let data = Dataset::new(values, 2).unwrap();
         let pca = Pca::fit(&data, 2).unwrap();
-        let c0 = pca.component(0);
+        let c0 = pca.component(0).unwrap();
         assert!((c0[0].abs() - 0.6).abs() < 0.01 && (c0[1].abs() - 0.8).abs() < 0.01);
-        let c1 = pca.component(1);
+        let c1 = pca.component(1).unwrap();
+        assert!(pca.component(2).is_none());
         assert!(c0.iter().zip(c1).map(|(a, b)| a * b).sum::<f64>().abs() < 1e-9);
         // With every direction, projection keeps distances.
         let (x, y) = ([1.0f32, 2.0], [-3.0f32, 0.5]);
-        let (px, py) = (pca.project(&x), pca.project(&y));
+        let (px, py) = (pca.project(&x).unwrap(), pca.project(&y).unwrap());
+        assert!(pca.project(&[1.0]).is_err());
         let d2: f64 = px.iter().zip(&py).map(|(a, b)| (a - b).powi(2)).sum();
         assert!((d2 - (16.0 + 2.25)).abs() < 1e-9);
     }

@@ -339,7 +339,7 @@ impl<B: Backend> Classifier<B> {
             }
         }
         Ok(ImageScore {
-            fd: frechet_from_moments(&mu_s, &cov_s, &mu_r, &cov_r),
+            fd: frechet_from_moments(&mu_s, &cov_s, &mu_r, &cov_r)?,
             class_histogram,
         })
     }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 pub fn frechet_distance(a: &[f32], b: &[f32], dim: usize) -> Result<f64> {
     let (mu_a, cov_a) = moments(a, dim, "frechet_distance (a)")?;
     let (mu_b, cov_b) = moments(b, dim, "frechet_distance (b)")?;
-    Ok(frechet_from_moments(&mu_a, &cov_a, &mu_b, &cov_b))
+    frechet_from_moments(&mu_a, &cov_a, &mu_b, &cov_b)
 }
 
 /// Mean and covariance (unbiased, `n − 1`) of `dim`-vectors, the covariance row-major.
@@ -66,9 +66,28 @@ pub fn moments(values: &[f32], dim: usize, context: &'static str) -> Result<(Vec
     Ok((mean, cov))
 }
 
-/// The Fréchet distance from the moments (covariances row-major, symmetric).
-pub fn frechet_from_moments(mu_a: &[f64], cov_a: &[f64], mu_b: &[f64], cov_b: &[f64]) -> f64 {
+/// The Fréchet distance from the moments (covariances row-major, symmetric); the means must
+/// have one length `d ≥ 1` and the covariances `d²` values.
+pub fn frechet_from_moments(
+    mu_a: &[f64],
+    cov_a: &[f64],
+    mu_b: &[f64],
+    cov_b: &[f64],
+) -> Result<f64> {
     let dim = mu_a.len();
+    if dim == 0 || mu_b.len() != dim || cov_a.len() != dim * dim || cov_b.len() != dim * dim {
+        return Err(Error::ShapeMismatch {
+            context: "frechet_from_moments",
+            expected: format!("means of {dim} ≥ 1 values and covariances of {}", dim * dim),
+            found: format!(
+                "means of {} and {}, covariances of {} and {}",
+                dim,
+                mu_b.len(),
+                cov_a.len(),
+                cov_b.len()
+            ),
+        });
+    }
     let mean_term: f64 = mu_a.iter().zip(mu_b).map(|(x, y)| (x - y).powi(2)).sum();
     let trace = |m: &[f64]| (0..dim).map(|i| m[i * dim + i]).sum::<f64>();
     // tr((Σa^½ Σb Σa^½)^½): the product is symmetric positive semi-definite, so its square root's
@@ -80,7 +99,7 @@ pub fn frechet_from_moments(mu_a: &[f64], cov_a: &[f64], mu_b: &[f64], cov_b: &[
         .iter()
         .map(|&l| l.max(0.0).sqrt())
         .sum();
-    (mean_term + trace(cov_a) + trace(cov_b) - 2.0 * cross).max(0.0)
+    Ok((mean_term + trace(cov_a) + trace(cov_b) - 2.0 * cross).max(0.0))
 }
 
 fn matmul(a: &[f64], b: &[f64], n: usize) -> Vec<f64> {
@@ -214,7 +233,8 @@ mod tests {
             (0..3).for_each(|i| m[i * 3 + i] = d[i]);
             m
         };
-        let fd = frechet_from_moments(&mu_a, &diag(&da), &mu_b, &diag(&db));
+        let fd = frechet_from_moments(&mu_a, &diag(&da), &mu_b, &diag(&db)).unwrap();
+        assert!(frechet_from_moments(&mu_a, &diag(&da), &mu_b[..2], &diag(&db)).is_err());
         let expected = 1.0 + 4.0 + (1.0 + 0.0 + 4.0);
         assert!((fd - expected).abs() < 1e-9, "{fd} vs {expected}");
     }

@@ -7,17 +7,35 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
 /// Exact Wasserstein-2 distance between two 1-D empirical distributions (equal weights within
-/// each, any sizes): `sqrt(∫₀¹ (F_a⁻¹(u) − F_b⁻¹(u))² du)`. Sorts its inputs in place.
+/// each, any sizes): `sqrt(∫₀¹ (F_a⁻¹(u) − F_b⁻¹(u))² du)`. Sorts its inputs in place. An
+/// empty set or a value that is not finite is an error.
 ///
 /// ```
 /// use integration_flow::metrics::wasserstein2_1d;
-/// let w = wasserstein2_1d(&mut [0.0, 1.0], &mut [2.0, 3.0]);
+/// let w = wasserstein2_1d(&mut [0.0, 1.0], &mut [2.0, 3.0])?;
 /// assert!((w - 2.0).abs() < 1e-12);
+/// # Ok::<(), integration_flow::Error>(())
 /// ```
-pub fn wasserstein2_1d(a: &mut [f64], b: &mut [f64]) -> f64 {
-    if a.is_empty() || b.is_empty() {
-        return f64::NAN;
+pub fn wasserstein2_1d(a: &mut [f64], b: &mut [f64]) -> Result<f64> {
+    for (name, set) in [("a", &*a), ("b", &*b)] {
+        if set.is_empty() {
+            return Err(Error::InvalidArgument {
+                name,
+                reason: "the set is empty".into(),
+            });
+        }
+        if let Some(&value) = set.iter().find(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                context: "wasserstein2_1d",
+                value,
+            });
+        }
     }
+    Ok(w2_sorted(a, b))
+}
+
+/// [`wasserstein2_1d`] of two non-empty finite sets (sorts them).
+fn w2_sorted(a: &mut [f64], b: &mut [f64]) -> f64 {
     a.sort_unstable_by(f64::total_cmp);
     b.sort_unstable_by(f64::total_cmp);
     // Walk the merged breakpoints of both quantile step functions.
@@ -83,7 +101,8 @@ pub fn sliced_wasserstein2(
             .sqrt()
             .max(f64::MIN_POSITIVE);
         theta.iter_mut().for_each(|t| *t /= norm);
-        sum += wasserstein2_1d(&mut project(a, &theta), &mut project(b, &theta)).powi(2);
+        // The sets were checked non-empty and finite above.
+        sum += w2_sorted(&mut project(a, &theta), &mut project(b, &theta)).powi(2);
     }
     Ok((sum / projections as f64).sqrt())
 }

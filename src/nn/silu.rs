@@ -8,6 +8,10 @@
 //! has them, chosen at run time), split over rayon's threads for large tensors. Other
 //! backends and other float types take burn's own SiLU.
 
+// The kernels are wired to flex only; without it they are unused (but still compiled and
+// unit-tested).
+#![cfg_attr(not(feature = "flex"), allow(dead_code))]
+
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 

@@ -205,7 +205,14 @@ pub fn generate_batched<B: Backend>(
     Ok((values, nfe))
 }
 
-/// Clamps every value to `[lo, hi]` (e.g. the data range).
-pub fn clamp<B: Backend>(samples: Tensor<B, 2>, lo: f64, hi: f64) -> Tensor<B, 2> {
-    samples.clamp(lo, hi)
+/// Clamps every value to `[lo, hi]` (e.g. the data range); `lo > hi` or a bound that is not
+/// finite is an error.
+pub fn clamp<B: Backend>(samples: Tensor<B, 2>, lo: f64, hi: f64) -> Result<Tensor<B, 2>> {
+    if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+        return Err(Error::InvalidArgument {
+            name: "lo, hi",
+            reason: format!("need finite bounds with lo ≤ hi, got [{lo}, {hi}]"),
+        });
+    }
+    Ok(samples.clamp(lo, hi))
 }

@@ -220,7 +220,7 @@ impl AnchorStore {
         };
         let features = |x: &[f32]| -> Vec<f64> {
             match &pca {
-                Some(p) => p.project(x),
+                Some(p) => p.project_unchecked(x),
                 None => x.iter().map(|&v| f64::from(v)).collect(),
             }
         };
@@ -304,7 +304,7 @@ impl AnchorStore {
             });
         }
         let k = law.dims();
-        let codes: Vec<Vec<f64>> = (0..n).map(|i| law.code(data.row(i))).collect();
+        let codes: Vec<Vec<f64>> = (0..n).map(|i| law.code_unchecked(data.row(i))).collect();
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
         let mut store = Self::zeros(n, dim, storage, backing)?;
@@ -320,7 +320,7 @@ impl AnchorStore {
                 super::assignment::solve_squared_distances(&example_codes, &draw_codes, k)?;
             matched.clear();
             for &col in &row_to_col {
-                matched.extend(law.compose(&draws[col]));
+                matched.extend(law.compose_unchecked(&draws[col]));
             }
             store.set(examples, &matched)?;
         }
@@ -328,12 +328,19 @@ impl AnchorStore {
     }
 
     /// A store holding `values` (row-major, `dim` per anchor).
-    pub fn from_values(values: Vec<f32>, dim: usize, storage: AnchorStorage) -> Self {
+    pub fn from_values(values: Vec<f32>, dim: usize, storage: AnchorStorage) -> Result<Self> {
+        if dim == 0 || values.is_empty() || !values.len().is_multiple_of(dim) {
+            return Err(Error::ShapeMismatch {
+                context: "AnchorStore::from_values",
+                expected: format!("a positive whole number of anchors of {dim} values"),
+                found: format!("{} values", values.len()),
+            });
+        }
         let values = match storage {
             AnchorStorage::F32 => Values::F32(values),
             AnchorStorage::F16 => Values::F16(values.into_iter().map(f16::from_f32).collect()),
         };
-        AnchorStore { values, dim }
+        Ok(AnchorStore { values, dim })
     }
 
     /// Number of anchors.
@@ -431,8 +438,17 @@ impl AnchorStore {
                 found: format!("{} values", values.len()),
             });
         }
-        for (&i, row) in indices.iter().zip(values.chunks(self.dim)) {
+        // Checked before anything is written: a rejected call changes nothing.
+        if let Some(&value) = values.iter().find(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                context: "AnchorStore::set",
+                value: f64::from(value),
+            });
+        }
+        for &i in indices {
             self.check_index(i)?;
+        }
+        for (&i, row) in indices.iter().zip(values.chunks(self.dim)) {
             let range = i * self.dim..(i + 1) * self.dim;
             match &mut self.values {
                 Values::F32(v) => v[range].copy_from_slice(row),

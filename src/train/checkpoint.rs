@@ -61,7 +61,7 @@ impl<'a> Sections<'a> {
         Ok(())
     }
 
-    fn decode(bytes: &[u8], path: &Path) -> Result<Sections<'static>> {
+    pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<Sections<'static>> {
         let corrupt = |reason: String| Error::Checkpoint {
             path: path.to_path_buf(),
             reason,

@@ -321,6 +321,24 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Reads a configuration from JSON and validates it. Missing fields take their defaults;
+    /// an unknown field, a value of the wrong type ([`Error::ConfigJson`](crate::Error)) or out
+    /// of range ([`Error::InvalidConfig`](crate::Error)) is an error that names the field.
+    ///
+    /// ```
+    /// use integration_flow::train::TrainConfig;
+    /// let config = TrainConfig::from_json(r#"{"steps": 500, "anchor": {"ot_chunk": 1024}}"#)?;
+    /// assert_eq!((config.steps, config.anchor.ot_chunk), (500, 1024));
+    /// let err = TrainConfig::from_json(r#"{"anchor": {"ot_chunk": "big"}}"#).unwrap_err();
+    /// assert!(err.to_string().contains("anchor.ot_chunk"));
+    /// # Ok::<(), integration_flow::Error>(())
+    /// ```
+    pub fn from_json(json: &str) -> Result<Self> {
+        let config: TrainConfig = crate::error::config_from_json("TrainConfig", json)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks every value; the error names the field.
     pub fn validate(&self) -> Result<()> {
         const NAME: &str = "TrainConfig";

@@ -14,4 +14,4 @@ pub use config::{
     AnchorConfig, AnchorPolicy, Distance, DivergencePolicy, EmaConfig, LossWeight, OptimizerConfig,
     OptimizerKind, OtSpace, TrainConfig, Weighting,
 };
-pub use trainer::{StepStats, Trainer};
+pub use trainer::{CheckpointInfo, StepStats, Trainer};

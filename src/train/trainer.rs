@@ -868,6 +868,89 @@ where
     }
 }
 
+/// What a checkpoint holds, read and verified (magic, lengths, checksums, metadata, anchor
+/// store) without building a model: to inspect a run, and the reader the fuzzer drives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointInfo {
+    /// The step the run takes next (the steps done).
+    pub step: usize,
+    /// Its epoch.
+    pub epoch: usize,
+    /// The flow's name.
+    pub flow: String,
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// Examples and values per example of the dataset it trained on.
+    pub data_shape: [usize; 2],
+    /// The sections, with their payload sizes in bytes.
+    pub sections: Vec<(String, usize)>,
+    /// The anchor store's examples, values per example and storage; `None` for policy `off`.
+    pub anchors: Option<(usize, usize, super::AnchorStorage)>,
+}
+
+impl CheckpointInfo {
+    /// Reads and verifies `dir/checkpoint.ifc`.
+    pub fn read(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = checkpoint::checkpoint_path(dir.as_ref());
+        let bytes = std::fs::read(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        Self::parse(&bytes, &path)
+    }
+
+    /// Verifies checkpoint bytes; `path` names the file in errors ([`Error::Checkpoint`]).
+    pub fn parse(bytes: &[u8], path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bad = |reason: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut sections = Sections::decode(bytes, path)?;
+        let sizes = sections
+            .0
+            .iter()
+            .map(|(name, parts)| (name.clone(), parts.iter().map(|p| p.len()).sum()))
+            .collect();
+        let meta: Meta = serde_json::from_slice(&sections.take("meta", path)?)
+            .map_err(|e| bad(format!("unreadable metadata: {e}")))?;
+        if meta.format != FORMAT {
+            return Err(bad(format!("format {} is not {FORMAT}", meta.format)));
+        }
+        meta.config
+            .validate()
+            .map_err(|e| bad(format!("invalid configuration: {e}")))?;
+        let anchors = if meta.config.anchor.policy == AnchorPolicy::Off {
+            None
+        } else {
+            let store = AnchorStore::from_bytes(&sections.take("anchors", path)?)
+                .ok_or_else(|| bad("malformed anchor store".into()))?;
+            if store.len() != meta.data_len || store.dim() != meta.data_dim {
+                return Err(bad(format!(
+                    "anchor store holds {}×{}, the dataset {}×{}",
+                    store.len(),
+                    store.dim(),
+                    meta.data_len,
+                    meta.data_dim
+                )));
+            }
+            Some((store.len(), store.dim(), store.storage()))
+        };
+        for name in ["model", "ema", "optimizer"] {
+            sections.take(name, path)?;
+        }
+        Ok(CheckpointInfo {
+            step: meta.position.step,
+            epoch: meta.position.epoch,
+            flow: meta.flow,
+            config: meta.config,
+            data_shape: [meta.data_len, meta.data_dim],
+            sections: sizes,
+            anchors,
+        })
+    }
+}
+
 /// The anchor store a run starts with, and the subspace law its anchors were drawn from.
 struct InitialAnchors {
     store: AnchorStore,
