@@ -123,7 +123,11 @@ pub fn scatter_grid_png(
     size: u32,
 ) -> Result<()> {
     let columns = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    if rows.iter().flat_map(|r| r.iter()).any(|p| p.points.len() % 2 != 0) {
+    if rows
+        .iter()
+        .flat_map(|r| r.iter())
+        .any(|p| p.points.len() % 2 != 0)
+    {
         return Err(Error::InvalidArgument {
             name: "panels",
             reason: "a panel's points are x, y pairs: its length must be even".into(),

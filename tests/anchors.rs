@@ -125,7 +125,9 @@ fn optimal_transport_in_pca_space() {
     let one = ot(OtSpace::Pca { dims: 1 });
     assert_ne!(full, one);
     let pca = Pca::fit(&data, 1).unwrap();
-    let x: Vec<f64> = (0..128).map(|i| pca.project(data.row(i)).unwrap()[0]).collect();
+    let x: Vec<f64> = (0..128)
+        .map(|i| pca.project(data.row(i)).unwrap()[0])
+        .collect();
     let a: Vec<f64> = one.chunks(2).map(|r| pca.project(r).unwrap()[0]).collect();
     for i in 0..128 {
         for j in 0..128 {

@@ -223,6 +223,7 @@ fn model_and_samplers_reject_bad_input() {
     rejects("generate, n = 0", model.generate(&mut rng, 0, 1));
     rejects("generate, 0 iterations", model.generate(&mut rng, 4, 0));
     rejects("sample_prior, n = 0", model.sample_prior(&mut rng, 0));
+    rejects("sample_anchor, n = 0", model.sample_anchor(&mut rng, 0));
     rejects("one_step, n = 0", one_step(&model, &mut rng, 0));
     rejects(
         "anchor_iteration, k = 0",
@@ -476,6 +477,31 @@ fn checkpoints_and_trainer_reject_bad_input() {
     rejects(
         "CheckpointInfo::read, missing",
         CheckpointInfo::read("/nonexistent/run"),
+    );
+    let trainer = Trainer::new(
+        IntegrationFlow::new(
+            RectifiedFlowConfig::default().init().unwrap(),
+            MlpConfig::default()
+                .init::<integration_flow::backend::CpuAutodiff>(&Default::default(), 0)
+                .unwrap(),
+            integration_flow::flow::Parameterization::Integral,
+            1.0,
+            AnchorLaw::Gaussian { scale: 1.0 },
+        )
+        .unwrap(),
+        Toy::Moons.sample(8, 0).unwrap(),
+        TrainConfig {
+            batch_size: 4,
+            progress: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    rejects(
+        "Trainer::with_metrics_log, missing folder",
+        trainer
+            .with_metrics_log("/nonexistent/folder/metrics.jsonl")
+            .map(|t| t.step()),
     );
     rejects(
         "CheckpointInfo::parse, empty",
