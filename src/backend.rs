@@ -68,6 +68,44 @@ pub fn tune_allocator() -> bool {
     }
 }
 
+/// Makes the calling thread and rayon's worker threads flush subnormal floats to zero (FTZ
+/// and DAZ in the x86-64 MXCSR register); returns whether it applied (`false` off x86-64).
+///
+/// Arithmetic on subnormal numbers (|x| < 1.2e-38 in f32) is many times slower on x86 CPUs,
+/// and long trainings produce them: Adam's moment estimates of parameters whose gradients
+/// are (near) zero decay by β per step into the subnormal range. In a soak run of the
+/// quickstart, steps had become 8× slower after 85,000 steps (docs/reliability.md). Flushing
+/// them changes values only below 1.2e-38. [`Trainer`](crate::train::Trainer) calls this at
+/// the start of training unless `TrainConfig::flush_denormals` is off. The mode is
+/// per-thread and stays set for other work on those threads.
+///
+/// ```
+/// let applied = integration_flow::backend::flush_denormals();
+/// assert_eq!(applied, cfg!(target_arch = "x86_64"));
+/// ```
+pub fn flush_denormals() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        fn set() {
+            let mut csr: u32 = 0;
+            // SAFETY: stmxcsr/ldmxcsr read and write only this thread's SSE control register;
+            // bits 15 (FTZ) and 6 (DAZ) change only how subnormal values are treated.
+            unsafe {
+                std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+                csr |= 0x8040;
+                std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, readonly));
+            }
+        }
+        set();
+        rayon::broadcast(|_| set());
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the NVIDIA driver library (`libcuda.so.1`) can be loaded: the CUDA backend loads it
 /// at run time and panics inside burn when it is missing, so programs check first and report a
 /// clear error. Off Linux with glibc it cannot tell and returns `true`.

@@ -271,6 +271,10 @@ pub struct TrainConfig {
     pub progress: bool,
     /// What to do when a step's loss or gradient is not finite.
     pub on_divergence: DivergencePolicy,
+    /// Flush subnormal floats to zero on the training threads
+    /// ([`backend::flush_denormals`](crate::backend::flush_denormals)); on by default, because
+    /// long runs otherwise slow down several times.
+    pub flush_denormals: bool,
 }
 
 /// What training does when a step's loss or gradient is not finite (NaN or ±∞). Whatever
@@ -316,6 +320,7 @@ impl Default for TrainConfig {
             log_every: 100,
             progress: true,
             on_divergence: DivergencePolicy::default(),
+            flush_denormals: true,
         }
     }
 }

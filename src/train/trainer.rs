@@ -323,6 +323,9 @@ where
     }
 
     fn run(&mut self, count: usize, deadline: Option<Instant>) -> Result<Option<StepStats>> {
+        if self.config.flush_denormals {
+            crate::backend::flush_denormals();
+        }
         let bar = self.progress_bar(count);
         let mut last = None;
         let mut window = (Instant::now(), self.position.step);
