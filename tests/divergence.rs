@@ -2,8 +2,8 @@
 //! the anchor store, and each policy (stop, skip, rollback) does what it says and logs it.
 #![cfg(any(feature = "flex", feature = "ndarray"))]
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{backend::Backend, Tensor};
+mod common;
+use common::weights;
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::data::{Dataset, Toy};
 use integration_flow::flow::{
@@ -107,18 +107,6 @@ fn config(steps: usize, on_divergence: DivergencePolicy) -> TrainConfig {
     // Policy `prediction` writes anchors every step: a diverged step must not.
     config.anchor.policy = AnchorPolicy::Prediction;
     config
-}
-
-fn weights<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            self.0.extend(p.val().into_data().iter::<f32>());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
 }
 
 fn scratch(name: &str) -> PathBuf {

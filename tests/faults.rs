@@ -9,8 +9,8 @@
     any(feature = "flex", feature = "ndarray")
 ))]
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{backend::Backend, Tensor};
+mod common;
+use common::weights;
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
@@ -80,18 +80,6 @@ fn open(dir: &Path, file_backed: bool) -> T {
         Trainer::new(model(), data(), config(dir, file_backed)).unwrap()
     };
     trainer.with_checkpoint_dir(dir)
-}
-
-fn weights<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl<B: Backend> ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-            self.0.extend(p.val().into_data().iter::<f32>());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -1,7 +1,8 @@
 //! Training end to end on the default CPU backend.
 #![cfg(any(feature = "flex", feature = "ndarray"))]
 
-use burn::module::Module;
+mod common;
+use common::weights;
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::data::{Dataset, Toy};
 use integration_flow::flow::{
@@ -186,22 +187,6 @@ fn optimal_transport_anchors_are_closer_than_random_ones() {
     };
     let (ot, random) = (cost(AnchorPolicy::Ot), cost(AnchorPolicy::Frozen));
     assert!(ot < 0.5 * random, "OT cost {ot} vs random {random}");
-}
-
-/// Every parameter value of a module, in visiting order (ids differ between runs, values must not).
-fn weights<B: burn::tensor::backend::Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Collect {
-        fn visit_float<const D: usize>(
-            &mut self,
-            p: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-        ) {
-            self.0.extend(p.val().into_data().iter::<f32>());
-        }
-    }
-    let mut c = Collect(Vec::new());
-    m.visit(&mut c);
-    c.0
 }
 
 /// 2 epochs straight, or 1 epoch, checkpoint, resume, 1 more: the same losses and weights.

@@ -382,18 +382,26 @@ where
     }
 
     fn log(&mut self, stats: &StepStats, samples_per_sec: f64) -> Result<()> {
+        if self.metrics.is_none() {
+            return Ok(());
+        }
+        #[derive(Serialize)]
+        struct Line<'a> {
+            #[serde(flatten)]
+            stats: &'a StepStats,
+            samples_per_sec: f64,
+        }
+        let line = serde_json::to_string(&Line {
+            stats,
+            samples_per_sec,
+        })
+        .unwrap_or_default();
+        self.write_metrics_line(&line)
+    }
+
+    /// Appends `line` to the metrics log, if there is one, and flushes it.
+    fn write_metrics_line(&mut self, line: &str) -> Result<()> {
         if let Some((path, out)) = &mut self.metrics {
-            #[derive(Serialize)]
-            struct Line<'a> {
-                #[serde(flatten)]
-                stats: &'a StepStats,
-                samples_per_sec: f64,
-            }
-            let line = serde_json::to_string(&Line {
-                stats,
-                samples_per_sec,
-            })
-            .unwrap_or_default();
             writeln!(out, "{line}")
                 .and_then(|_| out.flush())
                 .map_err(|e| Error::Io {
@@ -497,27 +505,19 @@ where
         reason: &str,
         lr: Option<f64>,
     ) -> Result<()> {
-        if let Some((path, out)) = &mut self.metrics {
-            let mut line = serde_json::json!({
-                "event": "diverged",
-                "step": step,
-                "action": action,
-                "reason": reason,
-                "skipped": self.guard.skipped,
-                "rollbacks": self.guard.rollbacks,
-                "resume_step": self.position.step,
-            });
-            if let Some(lr) = lr {
-                line["lr"] = serde_json::json!(lr);
-            }
-            writeln!(out, "{line}")
-                .and_then(|_| out.flush())
-                .map_err(|e| Error::Io {
-                    path: path.clone(),
-                    source: e,
-                })?;
+        let mut line = serde_json::json!({
+            "event": "diverged",
+            "step": step,
+            "action": action,
+            "reason": reason,
+            "skipped": self.guard.skipped,
+            "rollbacks": self.guard.rollbacks,
+            "resume_step": self.position.step,
+        });
+        if let Some(lr) = lr {
+            line["lr"] = serde_json::json!(lr);
         }
-        Ok(())
+        self.write_metrics_line(&line.to_string())
     }
 
     fn data_weight(&self, epoch: usize) -> f64 {

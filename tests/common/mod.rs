@@ -22,3 +22,20 @@ pub fn interior(flow: &dyn ProbabilityFlow, n: usize) -> Vec<f64> {
         .map(|k| r.min + r.len() * k as f64 / (n + 1) as f64)
         .collect()
 }
+
+/// Every parameter value of a module, in visiting order (ids differ between runs, values must
+/// not).
+pub fn weights<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(m: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(
+            &mut self,
+            p: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            self.0.extend(p.val().into_data().iter::<f32>());
+        }
+    }
+    let mut c = Collect(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
