@@ -774,11 +774,7 @@ where
             reason,
         };
         let mut sections = checkpoint::read(dir)?;
-        let meta: Meta = serde_json::from_slice(&sections.take("meta", &path)?)
-            .map_err(|e| mismatch(format!("unreadable metadata: {e}")))?;
-        if meta.format != FORMAT {
-            return Err(mismatch(format!("format {} is not {FORMAT}", meta.format)));
-        }
+        let meta = read_meta(&mut sections, &path)?;
         let checks = [
             ("flow", meta.flow.clone(), model.flow().name().to_string()),
             (
@@ -830,23 +826,10 @@ where
         )
         .map_err(|e| load_error("EMA", e))?;
         let ema = ema_template.load_record(ema_record);
-        let anchors = if meta.config.anchor.policy == AnchorPolicy::Off {
-            None
-        } else {
-            let raw = sections.take("anchors", &path)?;
-            let store = AnchorStore::from_bytes(&raw)
-                .ok_or_else(|| mismatch("malformed anchor store".into()))?;
-            if store.len() != data.len() || store.dim() != data.dim() {
-                return Err(mismatch(format!(
-                    "anchor store holds {}×{}, the dataset {}×{}",
-                    store.len(),
-                    store.dim(),
-                    data.len(),
-                    data.dim()
-                )));
-            }
-            Some(store.into_backing(&meta.config.anchor.backing)?)
-        };
+        // The dataset's size was checked against the metadata above.
+        let anchors = read_anchors(&mut sections, &meta, &path)?
+            .map(|store| store.into_backing(&meta.config.anchor.backing))
+            .transpose()?;
         let optim_bytes = sections.take("optimizer", &path)?;
         let model = model.with_net(net).with_anchor_law(meta.anchor_law);
         let mut trainer =
@@ -915,30 +898,12 @@ impl CheckpointInfo {
             .iter()
             .map(|(name, parts)| (name.clone(), parts.iter().map(|p| p.len()).sum()))
             .collect();
-        let meta: Meta = serde_json::from_slice(&sections.take("meta", path)?)
-            .map_err(|e| bad(format!("unreadable metadata: {e}")))?;
-        if meta.format != FORMAT {
-            return Err(bad(format!("format {} is not {FORMAT}", meta.format)));
-        }
+        let meta = read_meta(&mut sections, path)?;
         meta.config
             .validate()
             .map_err(|e| bad(format!("invalid configuration: {e}")))?;
-        let anchors = if meta.config.anchor.policy == AnchorPolicy::Off {
-            None
-        } else {
-            let store = AnchorStore::from_bytes(&sections.take("anchors", path)?)
-                .ok_or_else(|| bad("malformed anchor store".into()))?;
-            if store.len() != meta.data_len || store.dim() != meta.data_dim {
-                return Err(bad(format!(
-                    "anchor store holds {}×{}, the dataset {}×{}",
-                    store.len(),
-                    store.dim(),
-                    meta.data_len,
-                    meta.data_dim
-                )));
-            }
-            Some((store.len(), store.dim(), store.storage()))
-        };
+        let anchors = read_anchors(&mut sections, &meta, path)?
+            .map(|store| (store.len(), store.dim(), store.storage()));
         for name in ["model", "ema", "optimizer"] {
             sections.take(name, path)?;
         }
@@ -952,6 +917,43 @@ impl CheckpointInfo {
             anchors,
         })
     }
+}
+
+/// A checkpoint's metadata section, of this crate's format.
+fn read_meta(sections: &mut Sections, path: &Path) -> Result<Meta> {
+    let bad = |reason: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta: Meta = serde_json::from_slice(&sections.take("meta", path)?)
+        .map_err(|e| bad(format!("unreadable metadata: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(bad(format!("format {} is not {FORMAT}", meta.format)));
+    }
+    Ok(meta)
+}
+
+/// A checkpoint's anchor store (`None` for policy `off`), of the dataset shape `meta` records.
+fn read_anchors(sections: &mut Sections, meta: &Meta, path: &Path) -> Result<Option<AnchorStore>> {
+    if meta.config.anchor.policy == AnchorPolicy::Off {
+        return Ok(None);
+    }
+    let bad = |reason: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let store = AnchorStore::from_bytes(&sections.take("anchors", path)?)
+        .ok_or_else(|| bad("malformed anchor store".into()))?;
+    if store.len() != meta.data_len || store.dim() != meta.data_dim {
+        return Err(bad(format!(
+            "anchor store holds {}×{}, the dataset {}×{}",
+            store.len(),
+            store.dim(),
+            meta.data_len,
+            meta.data_dim
+        )));
+    }
+    Ok(Some(store))
 }
 
 /// The anchor store a run starts with, and the subspace law its anchors were drawn from.
