@@ -15,9 +15,10 @@
 //! peak_rss_mb=<VmHWM> rss_anon_mb=<RssAnon> rss_file_mb=<RssFile> anon_peak_mb=<max sampled>`
 //! last.
 use integration_flow::backend::CpuAutodiff;
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::MlpConfig;
 use integration_flow::train::{AnchorBacking, AnchorPolicy, AnchorStorage, TrainConfig, Trainer};
 use std::path::PathBuf;

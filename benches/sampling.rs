@@ -18,18 +18,16 @@
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use integration_flow::backend::{Cpu, CpuAutodiff};
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{mnist, Dataset, Toy};
-use integration_flow::flow::{
-    Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
-};
+use integration_flow::flow::{FlowConfig, Parameterization};
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{IntegrationNet, MlpConfig, UNetConfig};
 use integration_flow::sample::{generate_batched, one_step, solve_ode, Generated, OdeSolver};
 use integration_flow::train::{checkpoint_path, AnchorPolicy, TrainConfig, Trainer};
 use rand::{rngs::StdRng, SeedableRng};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 type Error = Box<dyn std::error::Error>;
@@ -142,16 +140,6 @@ where
     Ok(trainer.ema_model())
 }
 
-fn flow_by_name(name: &str) -> Result<Arc<dyn ProbabilityFlow>, Error> {
-    Ok(match name {
-        "rf" => Arc::new(RectifiedFlowConfig::default().init()?),
-        "vp" => Arc::new(VpConfig::default().init()?),
-        "ve" => Arc::new(VeConfig::default().init()?),
-        "pfgmpp" => Arc::new(PfgmPPConfig::default().init()?),
-        other => return Err(format!("unknown flow {other:?}").into()),
-    })
-}
-
 /// The `compare` example's setting: checkerboard, 8192 points, the default MLP and recipe,
 /// policy `ot` for IF and `off` for the baseline; DOPRI5 at rtol = atol = 1e-5.
 fn toy(args: &Args) -> Result<(), Error> {
@@ -162,7 +150,7 @@ fn toy(args: &Args) -> Result<(), Error> {
     let data = toy.sample(8192, seed)?;
     let reference = toy.sample(count, 1_000 + seed)?;
     let (_, sigma_data) = data.mean_and_std();
-    let flow = flow_by_name(&args.flow)?;
+    let flow = args.flow.parse::<FlowConfig>()?.init()?;
     let load = |policy: AnchorPolicy, tag: &str| {
         let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), seed)?;
         let model = IntegrationFlow::from_shared(
@@ -239,7 +227,7 @@ fn images(args: &Args) -> Result<(), Error> {
         width: w,
         ..Default::default()
     };
-    let flow = flow_by_name(&args.flow)?;
+    let flow = args.flow.parse::<FlowConfig>()?.init()?;
     let load = |dir: &Path, law: AnchorLaw| {
         let net = unet.init::<CpuAutodiff>(&Default::default(), 0)?;
         let model = IntegrationFlow::from_shared(

@@ -5,9 +5,10 @@
 //! Run: `cargo bench --bench unet`
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use integration_flow::backend::CpuAutodiff;
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::mnist;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::UNetConfig;
 use integration_flow::train::{OtSpace, TrainConfig, Trainer};
 use rand::{rngs::StdRng, SeedableRng};

@@ -8,12 +8,10 @@
 //! Writes `DIR/ablation_<knob>.md` and `.json`.
 use clap::Parser;
 use integration_flow::backend::CpuAutodiff;
-use integration_flow::compare::{
-    ablation_table, default_flows, run_ablation, CompareConfig, Variant,
-};
+use integration_flow::compare::{ablation_table, run_ablation, CompareConfig, Variant};
 use integration_flow::data::Toy;
 use integration_flow::flow::{
-    Parameterization, ProbabilityFlow, RectifiedFlowConfig, TimeDistribution,
+    FlowConfig, Parameterization, ProbabilityFlow, RectifiedFlowConfig, TimeDistribution,
 };
 use integration_flow::train::{AnchorPolicy, Distance, OtSpace, TrainConfig, Weighting};
 use std::path::PathBuf;
@@ -161,10 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     integration_flow::backend::tune_allocator();
     let args = Args::parse();
     let toy: Toy = args.dataset.parse()?;
-    let mut flow: Arc<dyn ProbabilityFlow> = default_flows()?
-        .into_iter()
-        .find(|f| f.name() == args.flow)
-        .ok_or_else(|| format!("unknown flow {:?}", args.flow))?;
+    let mut flow: Arc<dyn ProbabilityFlow> = args.flow.parse::<FlowConfig>()?.init()?;
     std::fs::create_dir_all(&args.out)?;
     let knobs: Vec<&str> = if args.knob == "all" {
         vec![

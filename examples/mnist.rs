@@ -25,12 +25,11 @@
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{mnist, read_npy, write_npy_f32, NpyData};
-use integration_flow::flow::{
-    Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
-};
+use integration_flow::flow::{FlowConfig, Parameterization, ProbabilityFlow};
 use integration_flow::metrics::{Classifier, ClassifierConfig, ImageScore};
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::UNetConfig;
 use integration_flow::plot::{image_grid_png, line_chart_png, Series, PALETTE};
 use integration_flow::sample::{
@@ -122,26 +121,6 @@ struct Args {
     device: String,
 }
 
-fn flow_by_name(
-    name: &str,
-    form: Parameterization,
-) -> Result<Arc<dyn ProbabilityFlow>, Box<dyn std::error::Error>> {
-    Ok(match name {
-        "rf" if form == Parameterization::Edm => Arc::new(
-            RectifiedFlowConfig {
-                t_min: 1e-3,
-                t_max: 1.0 - 1e-3,
-            }
-            .init()?,
-        ),
-        "rf" => Arc::new(RectifiedFlowConfig::default().init()?),
-        "vp" => Arc::new(VpConfig::default().init()?),
-        "ve" => Arc::new(VeConfig::default().init()?),
-        "pfgmpp" => Arc::new(PfgmPPConfig::default().init()?),
-        other => return Err(format!("unknown flow {other:?}: use rf, vp, ve or pfgmpp").into()),
-    })
-}
-
 /// One sampler's outcome.
 #[derive(Serialize)]
 struct SamplerResult {
@@ -152,9 +131,19 @@ struct SamplerResult {
     seconds: f64,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     // Reuse freed tensor memory instead of faulting it back in every step (docs/benchmarks.md).
     integration_flow::backend::tune_allocator();
+    if let Err(e) = integration_flow::train::interrupt::install() {
+        eprintln!("warning: {e}; Ctrl-C will stop without a checkpoint");
+    }
+    integration_flow::train::interrupt::exit_code(
+        main_run(),
+        "cargo run --release --example mnist --",
+    )
+}
+
+fn main_run() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let args = Args::parse();
     let form = match args.param.as_str() {
@@ -162,7 +151,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "edm" => Parameterization::Edm,
         other => return Err(format!("unknown --param {other:?}: use integral or edm").into()),
     };
-    let flow = flow_by_name(&args.flow, form)?;
+    let mut flow_config: FlowConfig = args.flow.parse()?;
+    if let (FlowConfig::Rf(rf), Parameterization::Edm) = (&mut flow_config, form) {
+        if args.flow == "rf" {
+            // The EDM form is singular where σ = 0 or α = 0: keep away from both ends.
+            (rf.t_min, rf.t_max) = (1e-3, 1.0 - 1e-3);
+        }
+    }
+    let flow = flow_config.init()?;
     let policy = match args.policy.as_str() {
         "ot" => AnchorPolicy::Ot,
         "off" => AnchorPolicy::Off,

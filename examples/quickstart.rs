@@ -17,25 +17,23 @@
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::CpuAutodiff;
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{write_npy_f32, Toy};
-use integration_flow::flow::{
-    Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
-};
+use integration_flow::flow::{FlowConfig, Parameterization};
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::MlpConfig;
 use integration_flow::plot::{scatter_png, Panel};
 use integration_flow::train::{TrainConfig, Trainer};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser, Debug, Serialize)]
 #[command(about = "Train Integration Flow on a toy 2-D dataset; generate in one step")]
 struct Args {
-    /// Flow family: rf, vp, ve or pfgmpp.
+    /// Flow family: rf, vp, ve or pfgmpp, optionally with fields (`ve:sigma_max=20`).
     #[arg(long, default_value = "rf")]
     flow: String,
     /// Toy dataset: checkerboard, 8gaussians, moons, 2spirals, pinwheel, rings, swissroll.
@@ -66,22 +64,15 @@ struct Args {
 
 const SAMPLES: usize = 10_000;
 
-fn flow_by_name(name: &str) -> Result<Arc<dyn ProbabilityFlow>, Box<dyn std::error::Error>> {
-    Ok(match name {
-        "rf" => Arc::new(RectifiedFlowConfig::default().init()?),
-        "vp" => Arc::new(VpConfig::default().init()?),
-        "ve" => Arc::new(VeConfig::default().init()?),
-        "pfgmpp" => Arc::new(PfgmPPConfig::default().init()?),
-        other => return Err(format!("unknown flow {other:?}: use rf, vp, ve or pfgmpp").into()),
-    })
-}
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     // Reuse freed tensor memory instead of faulting it back in every step (docs/benchmarks.md).
     integration_flow::backend::tune_allocator();
     let started = Instant::now();
     let args = Args::parse();
-    match args.device.as_str() {
+    if let Err(e) = integration_flow::train::interrupt::install() {
+        eprintln!("warning: {e}; Ctrl-C will stop without a checkpoint");
+    }
+    let result = match args.device.as_str() {
         "cpu" => run::<CpuAutodiff>(&args, Default::default(), started),
         #[cfg(feature = "cuda")]
         "cuda" if !integration_flow::backend::cuda_driver_available() => {
@@ -95,7 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "unknown device {other:?}: use cpu, or cuda in a build with --features cuda"
         )
         .into()),
-    }
+    };
+    integration_flow::train::interrupt::exit_code(
+        result,
+        "cargo run --release --example quickstart --",
+    )
 }
 
 fn run<B: AutodiffBackend>(
@@ -104,7 +99,7 @@ fn run<B: AutodiffBackend>(
     started: Instant,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let toy: Toy = args.dataset.parse()?;
-    let flow = flow_by_name(&args.flow)?;
+    let flow = args.flow.parse::<FlowConfig>()?.init()?;
     std::fs::create_dir_all(&args.out)?;
 
     let data = toy.sample(args.points, args.seed)?;

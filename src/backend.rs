@@ -128,3 +128,11 @@ pub fn cuda_driver_available() -> bool {
         true
     }
 }
+
+/// The device a module's parameters live on (all on one); the default for a module without
+/// parameters.
+pub(crate) fn device_of<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    module: &M,
+) -> B::Device {
+    module.devices().into_iter().next().unwrap_or_default()
+}

@@ -86,6 +86,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// Training was stopped by Ctrl-C ([`train::interrupt`](crate::train::interrupt)) after a
+    /// complete step; the state was checkpointed where `checkpoint` says.
+    #[error("{}", interrupted_message(*step, checkpoint.as_deref()))]
+    Interrupted {
+        /// The steps done.
+        step: usize,
+        /// The checkpoint directory the state was written to (`None`: the trainer had none, so
+        /// nothing was saved).
+        checkpoint: Option<std::path::PathBuf>,
+    },
+
+    /// The Ctrl-C handler could not be installed.
+    #[error("cannot install the Ctrl-C handler: {reason}")]
+    SignalHandler {
+        /// Why.
+        reason: String,
+    },
+
     /// A formula of the flow has no finite value at this time (e.g. the EDM form where α = 0,
     /// or the ODE velocity where σ = 0).
     #[error("{what} is singular at t = {t}: {reason}")]
@@ -108,6 +126,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+fn interrupted_message(step: usize, checkpoint: Option<&std::path::Path>) -> String {
+    match checkpoint {
+        Some(dir) => format!(
+            "interrupted after step {step}; the checkpoint in {} resumes it",
+            dir.display()
+        ),
+        None => format!("interrupted after step {step}; no checkpoint directory, nothing saved"),
+    }
 }
 
 /// Reads a configuration of type `T` from JSON; errors name the field's path.
@@ -147,4 +175,21 @@ pub(crate) fn invalid_config(
         field,
         reason: reason.into(),
     }
+}
+
+/// `Error::ShapeMismatch` unless a `what` has `expected` values.
+pub(crate) fn check_len(
+    context: &'static str,
+    what: &str,
+    found: usize,
+    expected: usize,
+) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch {
+        context,
+        expected: format!("a {what} of {expected} values"),
+        found: format!("{found} values"),
+    })
 }

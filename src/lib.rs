@@ -36,13 +36,17 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "eval")]
 pub mod compare;
+pub mod config;
+pub mod coupling;
 pub mod data;
 pub mod error;
 pub mod flow;
 pub mod metrics;
 pub mod model;
 pub mod nn;
+#[cfg(feature = "eval")]
 pub mod plot;
 pub mod sample;
 pub mod train;
@@ -53,11 +57,17 @@ pub use error::{Error, Result};
 pub mod prelude {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     pub use crate::backend::{Cpu, CpuAutodiff};
+    pub use crate::config::{Config, ValidatedConfig};
+    pub use crate::coupling::{AnchorLaw, Coupling};
+    pub use crate::data::{Dataset, Toy};
     pub use crate::error::{Error, Result};
     pub use crate::flow::{
-        Parameterization, PfgmPP, PfgmPPConfig, ProbabilityFlow, ProbabilityFlowExt, RectifiedFlow,
-        RectifiedFlowConfig, TimeDistribution, Ve, VeConfig, Vp, VpConfig,
+        FlowConfig, Parameterization, PfgmPP, PfgmPPConfig, ProbabilityFlow, ProbabilityFlowExt,
+        RectifiedFlow, RectifiedFlowConfig, TimeDistribution, Ve, VeConfig, Vp, VpConfig,
     };
+    pub use crate::model::{IntegrationFlow, IntegrationFlowConfig};
+    pub use crate::nn::{MlpConfig, UNetConfig};
+    pub use crate::train::{TrainConfig, Trainer};
 }
 
 /// The README's code examples, compiled and run as doc tests.

@@ -1,157 +1,108 @@
 //! The Integration Flow model: a flow's preconditioning around a network.
 
+use crate::backend::device_of;
+use crate::coupling::AnchorLaw;
 use crate::error::{Error, Result};
 use crate::flow::tensor::column;
 use crate::flow::{Parameterization, ProbabilityFlow, ProbabilityFlowExt};
 use crate::nn::IntegrationNet;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::Rng;
-use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// What the network receives as its anchor when nothing better is known (at sampling): a
-/// draw from the anchor law the model was trained with.
+/// The settings of an [`IntegrationFlow`] besides its flow and network: the preconditioning
+/// form, the data's standard deviation, and the anchor law sampling starts from (the trainer
+/// replaces it by its coupling's).
+///
+/// ```
+/// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
+/// use integration_flow::backend::Cpu;
+/// use integration_flow::flow::FlowConfig;
+/// use integration_flow::model::IntegrationFlowConfig;
+/// use integration_flow::nn::MlpConfig;
+///
+/// let net = MlpConfig::default().init::<Cpu>(&Default::default(), 0)?;
+/// let flow = "ve:sigma_max=20".parse::<FlowConfig>()?.init()?;
+/// let model = IntegrationFlowConfig { sigma_data: 0.5, ..Default::default() }.init(flow, net)?;
+/// assert_eq!(model.flow().name(), "ve");
+/// # }
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AnchorLaw {
-    /// `N(0, scale²·I)`: random and optimal-transport anchors.
-    Gaussian {
-        /// Standard deviation.
-        scale: f64,
-    },
-    /// A Gaussian fitted to the data in its top principal directions: anchors are smooth
-    /// sketches of examples (see [`SubspaceLaw`]).
-    Subspace {
-        /// The law.
-        law: Arc<SubspaceLaw>,
-    },
-    /// Zeros: the anchor input is switched off (the plain denoiser).
-    Zero,
+#[serde(default, deny_unknown_fields)]
+pub struct IntegrationFlowConfig {
+    /// The preconditioning form.
+    pub parameterization: Parameterization,
+    /// The data's standard deviation σ_d (0.5 for images in [-1, 1]).
+    pub sigma_data: f64,
+    /// What sampling feeds as the first anchor.
+    pub anchor_law: AnchorLaw,
 }
 
-impl AnchorLaw {
-    /// `n` draws of `dim` values, on the host. A subspace law of another dimension is an
-    /// error.
-    pub fn sample(&self, rng: &mut dyn Rng, n: usize, dim: usize) -> Result<Vec<f32>> {
-        if let AnchorLaw::Subspace { law } = self {
-            if law.dim() != dim {
+impl Default for IntegrationFlowConfig {
+    fn default() -> Self {
+        IntegrationFlowConfig {
+            parameterization: Parameterization::Integral,
+            sigma_data: 1.0,
+            anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+        }
+    }
+}
+
+impl IntegrationFlowConfig {
+    /// Checks `sigma_data` and the anchor law's scale.
+    pub fn validate(&self) -> Result<()> {
+        const NAME: &str = "IntegrationFlowConfig";
+        if !(self.sigma_data.is_finite() && self.sigma_data > 0.0) {
+            return Err(crate::error::invalid_config(
+                NAME,
+                "sigma_data",
+                format!("must be finite and positive, got {}", self.sigma_data),
+            ));
+        }
+        match &self.anchor_law {
+            AnchorLaw::Gaussian { scale } if !(scale.is_finite() && *scale > 0.0) => {
+                Err(crate::error::invalid_config(
+                    NAME,
+                    "anchor_law.scale",
+                    format!("must be finite and positive, got {scale}"),
+                ))
+            }
+            AnchorLaw::Gaussian { .. } | AnchorLaw::Subspace { .. } | AnchorLaw::Zero => Ok(()),
+        }
+    }
+
+    /// The model of `flow` around `net` with these settings. The preconditioning is evaluated
+    /// at both ends of the flow's time range, so a form that is singular there fails now.
+    pub fn init<B: Backend, N: IntegrationNet<B>>(
+        &self,
+        flow: Arc<dyn ProbabilityFlow>,
+        net: N,
+    ) -> Result<IntegrationFlow<B, N>> {
+        self.validate()?;
+        if let AnchorLaw::Subspace { law } = &self.anchor_law {
+            if law.dim() != net.dim() {
                 return Err(Error::ShapeMismatch {
-                    context: "AnchorLaw::sample",
-                    expected: format!("{dim} values per anchor"),
-                    found: format!("a subspace law of {} values", law.dim()),
+                    context: "anchor law (subspace)",
+                    expected: format!("{} values per anchor (the network's)", net.dim()),
+                    found: format!("{}", law.dim()),
                 });
             }
         }
-        Ok(match self {
-            AnchorLaw::Gaussian { scale } => (0..n * dim)
-                .map(|_| {
-                    let z: f64 = StandardNormal.sample(rng);
-                    (z * scale) as f32
-                })
-                .collect(),
-            AnchorLaw::Subspace { law } => (0..n)
-                .flat_map(|_| law.compose_unchecked(&law.draw(rng)))
-                .collect(),
-            AnchorLaw::Zero => vec![0.0; n * dim],
+        let form = self.parameterization;
+        let range = flow.time_range();
+        flow.preconditioning(range.min, form, self.sigma_data)?;
+        flow.preconditioning(range.max, form, self.sigma_data)?;
+        Ok(IntegrationFlow {
+            flow,
+            net,
+            form,
+            sigma_data: self.sigma_data,
+            anchor_law: self.anchor_law.clone(),
+            _backend: PhantomData,
         })
-    }
-}
-
-/// `mean + Σᵢ zᵢ·sᵢ·pᵢ` with `z ~ N(0, I_k)`: the Gaussian that fits the data along its top `k`
-/// principal directions `pᵢ` (standard deviations `sᵢ`), and nothing outside them.
-///
-/// In high dimension, random isotropic anchors matched to images by optimal transport pair
-/// almost at random (most of an anchor is noise no image shares). Anchors drawn in the data's
-/// principal subspace are matched on what they carry, and at sampling a fresh draw is a
-/// plausible sketch for the network to complete.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SubspaceLaw {
-    mean: Vec<f32>,
-    basis: Vec<f32>,
-    scales: Vec<f64>,
-}
-
-impl SubspaceLaw {
-    /// Fits the law to `data` along its top `k` principal directions.
-    pub fn fit(data: &crate::data::Dataset, k: usize) -> Result<Self> {
-        let pca = crate::data::Pca::fit(data, k)?;
-        let (mean, _) = data.mean_and_std();
-        let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-        let centre = pca.project(&mean)?;
-        let n = data.len() as f64;
-        let mut var = vec![0.0; k];
-        for i in 0..data.len() {
-            for ((v, c), m) in var.iter_mut().zip(pca.project(data.row(i))?).zip(&centre) {
-                *v += (c - m).powi(2) / n;
-            }
-        }
-        let basis = (0..k)
-            .flat_map(|i| pca.component(i).unwrap_or_default().to_vec())
-            .map(|v| v as f32)
-            .collect();
-        Ok(SubspaceLaw {
-            mean,
-            basis,
-            scales: var.iter().map(|v| v.sqrt().max(1e-12)).collect(),
-        })
-    }
-
-    /// Directions.
-    pub fn dims(&self) -> usize {
-        self.scales.len()
-    }
-
-    /// Values per anchor.
-    pub fn dim(&self) -> usize {
-        self.mean.len()
-    }
-
-    /// A standard-normal code `z` of `k` values.
-    pub fn draw(&self, rng: &mut dyn Rng) -> Vec<f64> {
-        (0..self.dims())
-            .map(|_| StandardNormal.sample(rng))
-            .collect()
-    }
-
-    /// The anchor of code `z` (`dims()` values): `mean + Σᵢ zᵢ·sᵢ·pᵢ`.
-    pub fn compose(&self, z: &[f64]) -> Result<Vec<f32>> {
-        check_len("SubspaceLaw::compose", "code", z.len(), self.dims())?;
-        Ok(self.compose_unchecked(z))
-    }
-
-    pub(crate) fn compose_unchecked(&self, z: &[f64]) -> Vec<f32> {
-        let mut out = self.mean.clone();
-        for ((p, &zi), &s) in self.basis.chunks_exact(self.dim()).zip(z).zip(&self.scales) {
-            let w = (zi * s) as f32;
-            for (o, &pv) in out.iter_mut().zip(p) {
-                *o += w * pv;
-            }
-        }
-        out
-    }
-
-    /// The whitened coordinates of `x` (`dim()` values): `(pᵢ·(x − mean))/sᵢ`, comparable
-    /// with codes `z`.
-    pub fn code(&self, x: &[f32]) -> Result<Vec<f64>> {
-        check_len("SubspaceLaw::code", "point", x.len(), self.dim())?;
-        Ok(self.code_unchecked(x))
-    }
-
-    pub(crate) fn code_unchecked(&self, x: &[f32]) -> Vec<f64> {
-        self.basis
-            .chunks_exact(self.dim())
-            .zip(&self.scales)
-            .map(|(p, &s)| {
-                p.iter()
-                    .zip(x)
-                    .zip(&self.mean)
-                    .map(|((&pv, &xv), &m)| f64::from(pv) * f64::from(xv - m))
-                    .sum::<f64>()
-                    / s
-            })
-            .collect()
     }
 }
 
@@ -162,7 +113,8 @@ impl SubspaceLaw {
 /// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
 /// use integration_flow::backend::Cpu;
 /// use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-/// use integration_flow::model::{AnchorLaw, IntegrationFlow};
+/// use integration_flow::coupling::AnchorLaw;
+/// use integration_flow::model::IntegrationFlow;
 /// use integration_flow::nn::MlpConfig;
 /// use rand::{rngs::StdRng, SeedableRng};
 ///
@@ -187,7 +139,8 @@ pub struct IntegrationFlow<B: Backend, N> {
 
 impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     /// A model of `flow` around `net`; `sigma_data` is the data's standard deviation (used by
-    /// the preconditioning), `anchor_law` what sampling feeds as the first anchor.
+    /// the preconditioning), `anchor_law` what sampling feeds as the first anchor. Shorthand for
+    /// [`IntegrationFlowConfig::init`].
     pub fn new(
         flow: impl ProbabilityFlow + 'static,
         net: N,
@@ -206,41 +159,12 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         sigma_data: f64,
         anchor_law: AnchorLaw,
     ) -> Result<Self> {
-        if !(sigma_data.is_finite() && sigma_data > 0.0) {
-            return Err(Error::InvalidArgument {
-                name: "sigma_data",
-                reason: format!("must be finite and positive, got {sigma_data}"),
-            });
-        }
-        if let AnchorLaw::Subspace { law } = &anchor_law {
-            if law.dim() != net.dim() {
-                return Err(Error::ShapeMismatch {
-                    context: "anchor law (subspace)",
-                    expected: format!("{} values per anchor (the network's)", net.dim()),
-                    found: format!("{}", law.dim()),
-                });
-            }
-        }
-        if let AnchorLaw::Gaussian { scale } = anchor_law {
-            if !(scale.is_finite() && scale > 0.0) {
-                return Err(Error::InvalidArgument {
-                    name: "anchor_law",
-                    reason: format!("scale must be finite and positive, got {scale}"),
-                });
-            }
-        }
-        // Fail now, not at the first batch, if the form is singular at either end.
-        let range = flow.time_range();
-        flow.preconditioning(range.min, form, sigma_data)?;
-        flow.preconditioning(range.max, form, sigma_data)?;
-        Ok(IntegrationFlow {
-            flow,
-            net,
-            form,
+        IntegrationFlowConfig {
+            parameterization: form,
             sigma_data,
             anchor_law,
-            _backend: PhantomData,
-        })
+        }
+        .init(flow, net)
     }
 
     /// The flow.
@@ -385,27 +309,4 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     fn device(&self) -> B::Device {
         device_of(&self.net)
     }
-}
-
-/// The device a module's parameters live on (all on one); the default for a module without
-/// parameters.
-pub(crate) fn device_of<B: Backend, M: burn::module::Module<B>>(module: &M) -> B::Device {
-    module.devices().into_iter().next().unwrap_or_default()
-}
-
-/// `Error::ShapeMismatch` unless a `what` has `expected` values.
-pub(crate) fn check_len(
-    context: &'static str,
-    what: &str,
-    found: usize,
-    expected: usize,
-) -> Result<()> {
-    if found == expected {
-        return Ok(());
-    }
-    Err(Error::ShapeMismatch {
-        context,
-        expected: format!("a {what} of {expected} values"),
-        found: format!("{found} values"),
-    })
 }

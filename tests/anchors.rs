@@ -228,8 +228,8 @@ fn file_backed_stores_match_in_memory_ones() {
 /// random ones.
 #[test]
 fn subspace_law_fits_the_principal_directions_and_matches_by_code() {
+    use integration_flow::coupling::SubspaceLaw;
     use integration_flow::data::Dataset;
-    use integration_flow::model::SubspaceLaw;
     use integration_flow::train::AnchorBacking;
     use rand::RngExt;
     use rand_distr::{Distribution, StandardNormal};

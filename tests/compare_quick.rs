@@ -1,6 +1,6 @@
 //! The `compare` engine's quick mode, asserted loosely: both the one-step Integration Flow
 //! model and the ODE baseline generate, for every flow.
-#![cfg(any(feature = "flex", feature = "ndarray"))]
+#![cfg(all(feature = "eval", any(feature = "flex", feature = "ndarray")))]
 
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::compare::{markdown_table, run_compare, CompareConfig};

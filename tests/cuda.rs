@@ -5,10 +5,11 @@
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use integration_flow::backend::{Cpu, Cuda, CudaAutodiff};
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{IntegrationNet, MlpConfig, UNetConfig};
 use integration_flow::train::{TrainConfig, Trainer};
 use rand::{rngs::StdRng, RngExt, SeedableRng};

@@ -5,11 +5,12 @@
 mod common;
 use common::weights;
 use integration_flow::backend::CpuAutodiff;
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{Dataset, Toy};
 use integration_flow::flow::{
     Parameterization, ProbabilityFlow, RectifiedFlow, RectifiedFlowConfig, TimeRange,
 };
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{AnchorPolicy, DivergencePolicy, TrainConfig, Trainer};
 use integration_flow::Error;

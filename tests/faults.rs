@@ -12,9 +12,10 @@
 mod common;
 use common::weights;
 use integration_flow::backend::CpuAutodiff;
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{
     checkpoint_path, AnchorBacking, AnchorPolicy, AnchorStorage, CheckpointInfo, TrainConfig,
@@ -69,6 +70,20 @@ fn config(dir: &Path, file_backed: bool) -> TrainConfig {
             path: dir.join("anchors.bin"),
         };
     }
+    config
+}
+
+/// For the Ctrl-C test: checkpoints only at the end, so the one written on interruption is
+/// the only one there is.
+fn sigint_config() -> TrainConfig {
+    let mut config = TrainConfig {
+        steps: 200,
+        batch_size: 128,
+        checkpoint_every: 0,
+        progress: false,
+        ..Default::default()
+    };
+    config.anchor.policy = AnchorPolicy::Prediction;
     config
 }
 
@@ -128,6 +143,24 @@ fn fault_child() {
                     println!("FSIZE_IO_ERROR {} ({source})", path.display())
                 }
                 other => panic!("expected an I/O error, got {other:?}"),
+            }
+        }
+        "sigint" => {
+            integration_flow::train::interrupt::install().unwrap();
+            let mut trainer = Trainer::new(model(), data(), sigint_config())
+                .unwrap()
+                .with_checkpoint_dir(&dir);
+            std::fs::write(dir.join("ready"), b"").unwrap();
+            match trainer.fit() {
+                Err(Error::Interrupted {
+                    step,
+                    checkpoint: Some(at),
+                }) => {
+                    assert_eq!(at, dir);
+                    println!("INTERRUPTED {step}");
+                }
+                Ok(_) => println!("FINISHED"),
+                Err(other) => panic!("expected an interruption, got {other}"),
             }
         }
         other => panic!("unknown IF_FAULT_MODE {other}"),
@@ -269,6 +302,71 @@ fn kill_9_at_random_moments_loses_nothing() {
 
 /// A file-size limit (a full disk) while checkpointing: a typed I/O error naming the file, the
 /// previous checkpoint untouched, no temporary file left behind.
+/// Ctrl-C (SIGINT) at random moments of a child's run: the child finishes its step, writes a
+/// checkpoint at that step and returns `Error::Interrupted`; resuming finishes the run with the
+/// same weights, EMA and anchors as an uninterrupted one.
+#[test]
+fn ctrl_c_checkpoints_and_the_run_resumes_exactly() {
+    let mut straight = Trainer::new(model(), data(), sigint_config()).unwrap();
+    let started = Instant::now();
+    straight.fit().unwrap();
+    let training = started.elapsed();
+    let expected = state(&straight);
+    let mut interrupted = 0;
+    for trial in 0..6u64 {
+        let seed = 2000 + trial;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dir = scratch(&format!("sigint{trial}"));
+        let child = spawn("sigint", &dir, &[]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dir.join("ready").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(training.mul_f64(rng.random_range(0.05..0.8)));
+        // SAFETY: kill with a valid signal to our own child process.
+        assert_eq!(
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+            0
+        );
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "trial {trial} (seed {seed}): {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info = CheckpointInfo::read(&dir).unwrap();
+        // The harness prints its own text on the same line.
+        if let Some(at) = stdout.find("INTERRUPTED ") {
+            let rest = &stdout[at + "INTERRUPTED ".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let step: usize = digits.parse().unwrap();
+            assert_eq!(
+                info.step, step,
+                "trial {trial}: checkpoint is not at the step reported"
+            );
+            assert!(step < info.config.steps);
+            interrupted += 1;
+            println!("trial {trial} (seed {seed}): interrupted after step {step}");
+        } else {
+            assert!(stdout.contains("FINISHED"), "trial {trial}: {stdout}");
+            println!("trial {trial} (seed {seed}): finished before the signal");
+        }
+        let mut resumed = Trainer::resume(&dir, model(), data()).unwrap();
+        resumed.fit().unwrap();
+        let got = state(&resumed);
+        assert!(
+            got == expected,
+            "trial {trial} (seed {seed}): resumed run differs"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} of 6 signals landed during training"
+    );
+}
+
 #[test]
 fn a_full_disk_keeps_the_previous_checkpoint() {
     let dir = scratch("fsize");

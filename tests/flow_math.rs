@@ -2,6 +2,7 @@
 
 mod common;
 
+use integration_flow::flow::ProbabilityFlowExt;
 use integration_flow::flow::{
     edm_preconditioning, Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig,
     TimeDistribution, TimeRange, VeConfig, VpConfig,

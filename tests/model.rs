@@ -3,9 +3,10 @@
 
 use burn::tensor::Tensor;
 use integration_flow::backend::{Cpu, CpuAutodiff};
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
-use integration_flow::flow::{Parameterization, ProbabilityFlow, RectifiedFlowConfig, VeConfig};
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::flow::{Parameterization, ProbabilityFlowExt, RectifiedFlowConfig, VeConfig};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{IntegrationNet, MlpConfig, NoiseEmbedding};
 use integration_flow::train::{TrainConfig, Trainer};
 use integration_flow::Error;

@@ -5,10 +5,12 @@
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use integration_flow::backend::Cpu;
+use integration_flow::coupling::AnchorLaw;
+use integration_flow::flow::ProbabilityFlowExt;
 use integration_flow::flow::{
     Parameterization, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
 };
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::IntegrationNet;
 use integration_flow::sample::ode::ode_end_time;
 use integration_flow::sample::{

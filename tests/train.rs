@@ -4,12 +4,13 @@
 mod common;
 use common::weights;
 use integration_flow::backend::{Cpu, CpuAutodiff};
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{Dataset, Toy};
 use integration_flow::flow::{
     Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
 };
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{AnchorBacking, AnchorPolicy, OtSpace, TrainConfig, Trainer};
 use integration_flow::Error;

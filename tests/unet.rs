@@ -4,9 +4,10 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Tensor};
 use integration_flow::backend::{Cpu, CpuAutodiff};
+use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Dataset;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::{AnchorLaw, IntegrationFlow};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{AnchorInput, IntegrationNet, UNetConfig};
 use integration_flow::train::{TrainConfig, Trainer};
 use integration_flow::Error;

@@ -5,6 +5,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 use integration_flow::backend::Cpu;
+use integration_flow::coupling::{AnchorLaw, SubspaceLaw};
 use integration_flow::data::{parse_idx, parse_npy, write_npy_f32, Dataset, Images, Pca, Toy};
 use integration_flow::flow::{
     PfgmPPConfig, RectifiedFlowConfig, TimeDistribution, VeConfig, VpConfig,
@@ -13,8 +14,9 @@ use integration_flow::metrics::{
     energy_distance, frechet_distance, frechet_from_moments, mmd, nearest_neighbour_distance,
     sliced_wasserstein2, wasserstein2_1d,
 };
-use integration_flow::model::{AnchorLaw, IntegrationFlow, SubspaceLaw};
+use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{MlpConfig, UNetConfig};
+#[cfg(feature = "eval")]
 use integration_flow::plot::{image_grid_png, line_chart_png, scatter_png, Panel, Series};
 use integration_flow::sample::ode::ode_time_grid;
 use integration_flow::sample::{
@@ -408,6 +410,7 @@ fn metrics_reject_bad_input() {
     );
 }
 
+#[cfg(feature = "eval")]
 #[test]
 fn plots_reject_bad_input() {
     let dir = scratch("plot");

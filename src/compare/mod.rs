@@ -11,15 +11,14 @@ pub mod jobs;
 
 pub use ablation::{ablation_table, run_ablation, AblationRow, Variant};
 
+use crate::coupling::AnchorLaw;
 use crate::data::{Dataset, Toy};
 use crate::error::{Error, Result};
-use crate::flow::{
-    Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
-};
+use crate::flow::{FlowConfig, Parameterization, ProbabilityFlow};
 use crate::metrics::{
     energy_distance, mmd, nearest_neighbour_distance, sliced_wasserstein2, MMD_BANDWIDTHS,
 };
-use crate::model::{AnchorLaw, IntegrationFlow};
+use crate::model::IntegrationFlow;
 use crate::nn::{Mlp, MlpConfig};
 use crate::sample::{
     anchor_convergence, anchor_iteration, generate_batched, renoise, solve_ode, straightness,
@@ -142,7 +141,7 @@ pub struct CompareResults {
     pub diagnostics: BTreeMap<String, Diagnostics>,
 }
 
-/// How the trained models behave beyond sample quality (DESIGN.md §4 diagnostics).
+/// How the trained models behave beyond sample quality (docs/evidence.md).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Diagnostics {
     /// Anchor iteration of the IF model: mean ‖a_{n+1} − a_n‖ for n = 1..16, per seed
@@ -162,16 +161,6 @@ impl CompareResults {
             .iter()
             .find(|r| r.flow == flow && r.method == method)
     }
-}
-
-/// The four families with the defaults the comparison uses.
-pub fn default_flows() -> Result<Vec<Arc<dyn ProbabilityFlow>>> {
-    Ok(vec![
-        Arc::new(RectifiedFlowConfig::default().init()?),
-        Arc::new(VpConfig::default().init()?),
-        Arc::new(VeConfig::default().init()?),
-        Arc::new(PfgmPPConfig::default().init()?),
-    ])
 }
 
 /// An EMA model of the default MLP, ready for sampling.
@@ -303,7 +292,10 @@ pub fn run_compare<B: AutodiffBackend>(
             reason: "seeds, samples and pairwise_samples must be at least 1".into(),
         });
     }
-    let mut flows = default_flows()?;
+    let mut flows = FlowConfig::defaults()
+        .iter()
+        .map(FlowConfig::init)
+        .collect::<Result<Vec<_>>>()?;
     if !config.flows.is_empty() {
         if let Some(unknown) = config
             .flows

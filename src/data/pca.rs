@@ -91,7 +91,7 @@ impl Pca {
     /// The coordinates of `x` (length `dim`) along the directions (no centring, so that
     /// distances between projections are distances within the subspace).
     pub fn project(&self, x: &[f32]) -> Result<Vec<f64>> {
-        crate::model::check_len("Pca::project", "point", x.len(), self.dim)?;
+        crate::error::check_len("Pca::project", "point", x.len(), self.dim)?;
         Ok(self.project_unchecked(x))
     }
 

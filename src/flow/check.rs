@@ -9,7 +9,7 @@
 //! | `alpha_dot`, `sigma_dot` | the derivatives against central finite differences (host, f64) |
 //! | `velocity` | the tensor ODE velocity given the true `x_0` against central finite differences of the tensor `x_t` along a fixed `(x_0, noise)` path, on the chosen backend |
 //! | `data_end` | `E‖x_{t_min} − x_0‖² / E‖x_0‖²`: how far the data end is from the data |
-//! | `prior_end` | the marginal variance at `t_max` against [`prior_variance`](ProbabilityFlow::prior_variance) |
+//! | `prior_end` | the marginal variance at `t_max` against [`prior_variance`](ProbabilityFlowExt::prior_variance) |
 //! | `noise_to_signal` | σ/α increases strictly with t (training-time sampling needs it) |
 //! | `time_inverse` | [`time_at_noise_to_signal`](ProbabilityFlow::time_at_noise_to_signal) inverts σ/α |
 //! | `prior_variance` | sampled prior variance against the declared one (statistical: its tolerance is 5 standard errors) |
@@ -286,7 +286,7 @@ pub fn check<B: Backend, F: ProbabilityFlow + ?Sized>(
     })
 }
 
-fn validate(config: &CheckConfig) -> Result<()> {
+pub(crate) fn validate(config: &CheckConfig) -> Result<()> {
     const NAME: &str = "CheckConfig";
     for (field, value) in [
         ("dim", config.dim),

@@ -21,6 +21,7 @@
 //! [`ProbabilityFlowExt`]. A new family is checked with [`check`].
 
 mod check;
+mod config;
 mod pfgmpp;
 mod precondition;
 mod rectified;
@@ -29,7 +30,9 @@ mod time;
 mod ve;
 mod vp;
 
+pub(crate) use check::validate as validate_check_config;
 pub use check::{check, CheckConfig, CheckItem, CheckReport, F32_TOLERANCE, F64_TOLERANCE};
+pub use config::FlowConfig;
 pub use pfgmpp::{PfgmPP, PfgmPPConfig};
 pub use precondition::{edm_preconditioning, Parameterization, Preconditioning};
 pub use rectified::{RectifiedFlow, RectifiedFlowConfig};
@@ -39,7 +42,7 @@ pub use ve::{Ve, VeConfig};
 pub use vp::{Vp, VpConfig};
 
 use crate::error::{Error, Result};
-use rand::{Rng, RngExt};
+use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 /// Coefficients of the probability-flow ODE velocity, linear in `x_t` and `x̂_0`:
@@ -57,8 +60,14 @@ pub struct VelocityCoefficients {
 ///
 /// Implement the four required methods (`α`, `σ` and their time derivatives) and, where the
 /// family differs from the defaults, [`time_range`](Self::time_range),
-/// [`sample_noise`](Self::sample_noise) with [`noise_variance`](Self::noise_variance), or
+/// [`sample_noise`](Self::sample_noise) with [`noise_variance`](Self::noise_variance), or the
+/// closed forms [`time_at_noise_to_signal`](Self::time_at_noise_to_signal) and
 /// [`integral_preconditioning`](Self::integral_preconditioning). Then run [`check`] on it.
+///
+/// What follows from these (the prior, the noise-to-signal ratio, training times, both
+/// preconditioning forms, the ODE velocity, and the tensor operations) is in
+/// [`ProbabilityFlowExt`], implemented for every flow, so that no family can make them
+/// disagree with its α and σ.
 ///
 /// The trait is object safe (`Box<dyn ProbabilityFlow>` works); random draws take the caller's
 /// RNG as `&mut dyn Rng`, so a seed gives the same numbers on every backend.
@@ -76,6 +85,12 @@ pub struct VelocityCoefficients {
 pub trait ProbabilityFlow: Send + Sync + std::fmt::Debug {
     /// A short name for reports and logs, e.g. `"vp"`.
     fn name(&self) -> &str;
+
+    /// The built-in family's configuration, recorded in checkpoints so that a run resumes only
+    /// with the same flow. Default `None`: a family of your own is compared by its name.
+    fn flow_config(&self) -> Option<FlowConfig> {
+        None
+    }
 
     /// Signal scale α(t).
     fn alpha(&self, t: f64) -> f64;
@@ -107,31 +122,6 @@ pub trait ProbabilityFlow: Send + Sync + std::fmt::Debug {
         Ok((0..len).map(|_| StandardNormal.sample(rng)).collect())
     }
 
-    /// Draws `n` prior samples of `dim` coordinates: `σ(t_max)·noise`. The signal part
-    /// `α(t_max)·x_0` is dropped; [`check`] measures how small it is.
-    fn sample_prior(&self, rng: &mut dyn Rng, n: usize, dim: usize) -> Result<Vec<f32>> {
-        let scale = self.sigma(self.time_range().max) as f32;
-        let mut prior = self.sample_noise(rng, n, dim)?;
-        prior.iter_mut().for_each(|v| *v *= scale);
-        Ok(prior)
-    }
-
-    /// Per-coordinate variance of the prior: `σ(t_max)²·noise_variance`.
-    fn prior_variance(&self) -> f64 {
-        let s = self.sigma(self.time_range().max);
-        s * s * self.noise_variance()
-    }
-
-    /// The noise-to-signal ratio σ̃(t) = σ(t)/α(t) (EDM's σ); infinite where α = 0.
-    fn noise_to_signal(&self, t: f64) -> f64 {
-        let alpha = self.alpha(t);
-        if alpha <= 0.0 {
-            f64::INFINITY
-        } else {
-            self.sigma(t) / alpha
-        }
-    }
-
     /// The time at which [`noise_to_signal`](Self::noise_to_signal) equals `ratio`, clamped to
     /// the time range. The default bisects, assuming the ratio increases with t (which
     /// [`check`] verifies); families override it with the closed form.
@@ -158,32 +148,6 @@ pub trait ProbabilityFlow: Send + Sync + std::fmt::Debug {
         0.5 * (lo + hi)
     }
 
-    /// Draws `n` training times from `distribution`, inside the time range.
-    fn sample_time(
-        &self,
-        distribution: &TimeDistribution,
-        rng: &mut dyn Rng,
-        n: usize,
-    ) -> Result<Vec<f64>> {
-        distribution.validate()?;
-        let range = self.time_range();
-        let draw = |rng: &mut dyn Rng| -> f64 {
-            match *distribution {
-                TimeDistribution::Uniform => range.min + range.len() * rng.random::<f64>(),
-                TimeDistribution::LogNormal { p_mean, p_std } => {
-                    let z: f64 = StandardNormal.sample(rng);
-                    self.time_at_noise_to_signal((p_mean + p_std * z).exp())
-                }
-                TimeDistribution::LogitNormal { mean, std } => {
-                    let z: f64 = StandardNormal.sample(rng);
-                    let u = 1.0 / (1.0 + (-(mean + std * z)).exp());
-                    range.min + range.len() * u
-                }
-            }
-        };
-        Ok((0..n).map(|_| range.clamp(draw(rng))).collect())
-    }
-
     /// The integral-form preconditioning of the papers, `x̂_0 = c_skip·x_t + c_out·F`.
     ///
     /// The default, for families that do not override it, removes the displacement from `x_t`
@@ -198,63 +162,6 @@ pub trait ProbabilityFlow: Send + Sync + std::fmt::Debug {
             c_in: precondition::unit_input_scale(alpha, sigma, sigma_data),
             c_noise: t,
         }
-    }
-
-    /// Preconditioning coefficients at `t` in the chosen form; `sigma_data` is the data's
-    /// standard deviation (0.5 for images in [-1, 1]). The EDM form is singular where α = 0 or
-    /// σ = 0 and returns [`Error::Singular`] there.
-    fn preconditioning(
-        &self,
-        t: f64,
-        form: Parameterization,
-        sigma_data: f64,
-    ) -> Result<Preconditioning> {
-        self.time_range().require(t)?;
-        if !(sigma_data.is_finite() && sigma_data > 0.0) {
-            return Err(Error::InvalidArgument {
-                name: "sigma_data",
-                reason: format!("must be finite and positive, got {sigma_data}"),
-            });
-        }
-        let p = match form {
-            Parameterization::Integral => self.integral_preconditioning(t, sigma_data),
-            Parameterization::Edm => edm_preconditioning(self.alpha(t), self.sigma(t), sigma_data)
-                .ok_or(Error::Singular {
-                    what: "EDM preconditioning",
-                    t,
-                    reason:
-                        "it needs α > 0 and σ > 0; use the integral form or a narrower time range",
-                })?,
-        };
-        p.require_finite()
-    }
-
-    /// Coefficients of the probability-flow ODE velocity at `t`; [`Error::Singular`] where
-    /// σ = 0, where the velocity is not determined by `x_t` and `x̂_0`.
-    fn velocity_coefficients(&self, t: f64) -> Result<VelocityCoefficients> {
-        self.time_range().require(t)?;
-        let (alpha, sigma) = (self.alpha(t), self.sigma(t));
-        if sigma <= 0.0 || !sigma.is_finite() {
-            return Err(Error::Singular {
-                what: "the ODE velocity",
-                t,
-                reason: "σ(t) = 0, so the noise cannot be recovered from x_t",
-            });
-        }
-        let sigma_dot = self.sigma_dot(t);
-        let c = VelocityCoefficients {
-            x_t: sigma_dot / sigma,
-            x0: self.alpha_dot(t) - sigma_dot * alpha / sigma,
-        };
-        for value in [c.x_t, c.x0] {
-            if !value.is_finite() {
-                return Err(Error::NonFinite {
-                    context: "ODE velocity coefficient",
-                    value,
-                });
-            }
-        }
-        Ok(c)
     }
 }
 

@@ -104,6 +104,10 @@ impl ProbabilityFlow for PfgmPP {
         "pfgmpp"
     }
 
+    fn flow_config(&self) -> Option<super::FlowConfig> {
+        Some(super::FlowConfig::Pfgmpp(self.config.clone()))
+    }
+
     fn alpha(&self, _t: f64) -> f64 {
         1.0
     }

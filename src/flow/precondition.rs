@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// Which preconditioning form a model uses (DESIGN.md §2).
+/// Which preconditioning form a model uses (docs/math.md, "Preconditioning").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Parameterization {

@@ -80,6 +80,10 @@ impl ProbabilityFlow for RectifiedFlow {
         "rf"
     }
 
+    fn flow_config(&self) -> Option<super::FlowConfig> {
+        Some(super::FlowConfig::Rf(self.config.clone()))
+    }
+
     fn alpha(&self, t: f64) -> f64 {
         1.0 - t
     }

@@ -4,13 +4,19 @@
 //! for them in `f64`, uploads one `[n, 1, …, 1]` column in the tensor's own dtype and
 //! broadcasts it, so any backend and precision computes the same math.
 
-use super::{sample_len, Parameterization, ProbabilityFlow};
+use super::{
+    edm_preconditioning, sample_len, Parameterization, Preconditioning, ProbabilityFlow,
+    TimeDistribution, VelocityCoefficients,
+};
 use crate::error::{Error, Result};
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use rand::Rng;
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution, StandardNormal};
 
-/// Tensor operations for every [`ProbabilityFlow`] (implemented for all of them, including
-/// `dyn ProbabilityFlow`). Times `t` hold one value per example (the tensors' first
+/// What follows from a [`ProbabilityFlow`]'s α, σ and noise law, for every flow (including
+/// `dyn ProbabilityFlow`; a family cannot override it): the prior, the noise-to-signal ratio,
+/// training times, the preconditioning, the ODE velocity coefficients, and the operations on
+/// tensors. Times `t` of the tensor operations hold one value per example (the tensors' first
 /// dimension), or a single value for the whole batch.
 ///
 /// ```
@@ -35,6 +41,114 @@ use rand::Rng;
 /// # Ok::<(), integration_flow::Error>(())
 /// ```
 pub trait ProbabilityFlowExt: ProbabilityFlow {
+    /// Draws `n` prior samples of `dim` coordinates: `σ(t_max)·noise`. The signal part
+    /// `α(t_max)·x_0` is dropped; [`check`](super::check) measures how small it is.
+    fn sample_prior(&self, rng: &mut dyn Rng, n: usize, dim: usize) -> Result<Vec<f32>> {
+        let scale = self.sigma(self.time_range().max) as f32;
+        let mut prior = self.sample_noise(rng, n, dim)?;
+        prior.iter_mut().for_each(|v| *v *= scale);
+        Ok(prior)
+    }
+
+    /// Per-coordinate variance of the prior: `σ(t_max)²·noise_variance`.
+    fn prior_variance(&self) -> f64 {
+        let s = self.sigma(self.time_range().max);
+        s * s * self.noise_variance()
+    }
+
+    /// The noise-to-signal ratio σ̃(t) = σ(t)/α(t) (EDM's σ); infinite where α = 0.
+    fn noise_to_signal(&self, t: f64) -> f64 {
+        let alpha = self.alpha(t);
+        if alpha <= 0.0 {
+            f64::INFINITY
+        } else {
+            self.sigma(t) / alpha
+        }
+    }
+
+    /// Draws `n` training times from `distribution`, inside the time range.
+    fn sample_time(
+        &self,
+        distribution: &TimeDistribution,
+        rng: &mut dyn Rng,
+        n: usize,
+    ) -> Result<Vec<f64>> {
+        distribution.validate()?;
+        let range = self.time_range();
+        let draw = |rng: &mut dyn Rng| -> f64 {
+            match *distribution {
+                TimeDistribution::Uniform => range.min + range.len() * rng.random::<f64>(),
+                TimeDistribution::LogNormal { p_mean, p_std } => {
+                    let z: f64 = StandardNormal.sample(rng);
+                    self.time_at_noise_to_signal((p_mean + p_std * z).exp())
+                }
+                TimeDistribution::LogitNormal { mean, std } => {
+                    let z: f64 = StandardNormal.sample(rng);
+                    let u = 1.0 / (1.0 + (-(mean + std * z)).exp());
+                    range.min + range.len() * u
+                }
+            }
+        };
+        Ok((0..n).map(|_| range.clamp(draw(rng))).collect())
+    }
+
+    /// Preconditioning coefficients at `t` in the chosen form; `sigma_data` is the data's
+    /// standard deviation (0.5 for images in [-1, 1]). The EDM form is singular where α = 0 or
+    /// σ = 0 and returns [`Error::Singular`] there.
+    fn preconditioning(
+        &self,
+        t: f64,
+        form: Parameterization,
+        sigma_data: f64,
+    ) -> Result<Preconditioning> {
+        self.time_range().require(t)?;
+        if !(sigma_data.is_finite() && sigma_data > 0.0) {
+            return Err(Error::InvalidArgument {
+                name: "sigma_data",
+                reason: format!("must be finite and positive, got {sigma_data}"),
+            });
+        }
+        let p = match form {
+            Parameterization::Integral => self.integral_preconditioning(t, sigma_data),
+            Parameterization::Edm => edm_preconditioning(self.alpha(t), self.sigma(t), sigma_data)
+                .ok_or(Error::Singular {
+                    what: "EDM preconditioning",
+                    t,
+                    reason:
+                        "it needs α > 0 and σ > 0; use the integral form or a narrower time range",
+                })?,
+        };
+        p.require_finite()
+    }
+
+    /// Coefficients of the probability-flow ODE velocity at `t`; [`Error::Singular`] where
+    /// σ = 0, where the velocity is not determined by `x_t` and `x̂_0`.
+    fn velocity_coefficients(&self, t: f64) -> Result<VelocityCoefficients> {
+        self.time_range().require(t)?;
+        let (alpha, sigma) = (self.alpha(t), self.sigma(t));
+        if sigma <= 0.0 || !sigma.is_finite() {
+            return Err(Error::Singular {
+                what: "the ODE velocity",
+                t,
+                reason: "σ(t) = 0, so the noise cannot be recovered from x_t",
+            });
+        }
+        let sigma_dot = self.sigma_dot(t);
+        let c = VelocityCoefficients {
+            x_t: sigma_dot / sigma,
+            x0: self.alpha_dot(t) - sigma_dot * alpha / sigma,
+        };
+        for value in [c.x_t, c.x0] {
+            if !value.is_finite() {
+                return Err(Error::NonFinite {
+                    context: "ODE velocity coefficient",
+                    value,
+                });
+            }
+        }
+        Ok(c)
+    }
+
     /// Draws noise of `shape` (`[n, …]`, each example one draw of the noise law) on the host
     /// and uploads it.
     fn noise<B: Backend, const D: usize>(

@@ -61,7 +61,7 @@ impl TimeRange {
     }
 }
 
-/// How training draws times `t` (DESIGN.md §3).
+/// How training draws times `t` (docs/training.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TimeDistribution {

@@ -63,6 +63,10 @@ impl ProbabilityFlow for Ve {
         "ve"
     }
 
+    fn flow_config(&self) -> Option<super::FlowConfig> {
+        Some(super::FlowConfig::Ve(self.config.clone()))
+    }
+
     fn alpha(&self, _t: f64) -> f64 {
         1.0
     }

@@ -104,6 +104,10 @@ impl ProbabilityFlow for Vp {
         "vp"
     }
 
+    fn flow_config(&self) -> Option<super::FlowConfig> {
+        Some(super::FlowConfig::Vp(self.config.clone()))
+    }
+
     fn alpha(&self, t: f64) -> f64 {
         (-0.5 * self.integrated_beta(t)).exp()
     }

@@ -41,6 +41,29 @@ pub struct ClassifierConfig {
     pub held_out: usize,
 }
 
+impl ClassifierConfig {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        for (field, value) in [("epochs", self.epochs), ("batch_size", self.batch_size)] {
+            if value == 0 {
+                return Err(crate::error::invalid_config(
+                    "ClassifierConfig",
+                    field,
+                    "must be at least 1",
+                ));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(crate::error::invalid_config(
+                "ClassifierConfig",
+                "lr",
+                format!("must be finite and positive, got {}", self.lr),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ClassifierConfig {
     fn default() -> Self {
         ClassifierConfig {
@@ -129,22 +152,7 @@ impl<B: Backend> Classifier<B> {
             name: "images",
             reason: "the classifier needs labelled images".into(),
         })?;
-        for (field, value) in [("epochs", config.epochs), ("batch_size", config.batch_size)] {
-            if value == 0 {
-                return Err(crate::error::invalid_config(
-                    "ClassifierConfig",
-                    field,
-                    "must be at least 1",
-                ));
-            }
-        }
-        if !(config.lr.is_finite() && config.lr > 0.0) {
-            return Err(crate::error::invalid_config(
-                "ClassifierConfig",
-                "lr",
-                format!("must be finite and positive, got {}", config.lr),
-            ));
-        }
+        config.validate()?;
         let classes = usize::from(labels.iter().copied().max().unwrap_or(0)) + 1;
         let (train, test) = images.split_off(config.held_out)?;
         let train_labels = train.labels().unwrap_or_default();
@@ -300,7 +308,7 @@ impl<B: Backend> Classifier<B> {
             });
         }
         const BATCH: usize = 500;
-        let device = crate::model::device_of(&self.net);
+        let device = crate::backend::device_of(&self.net);
         let mut features = Vec::with_capacity(values.len() / dim * FEATURES);
         let mut classes = Vec::with_capacity(values.len() / dim);
         for chunk in values.chunks(BATCH * dim) {

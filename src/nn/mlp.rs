@@ -38,6 +38,21 @@ impl Default for MlpConfig {
 }
 
 impl MlpConfig {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        const NAME: &str = "MlpConfig";
+        for (field, value) in [
+            ("dim", self.dim),
+            ("width", self.width),
+            ("depth", self.depth),
+        ] {
+            if value == 0 {
+                return Err(invalid_config(NAME, field, "must be at least 1"));
+            }
+        }
+        self.embedding.validate()
+    }
+
     /// Validates the configuration and builds the network with weights drawn from `seed`.
     ///
     /// ```
@@ -50,17 +65,7 @@ impl MlpConfig {
     /// # Ok::<(), integration_flow::Error>(())
     /// ```
     pub fn init<B: Backend>(&self, device: &B::Device, seed: u64) -> Result<Mlp<B>> {
-        const NAME: &str = "MlpConfig";
-        for (field, value) in [
-            ("dim", self.dim),
-            ("width", self.width),
-            ("depth", self.depth),
-        ] {
-            if value == 0 {
-                return Err(invalid_config(NAME, field, "must be at least 1"));
-            }
-        }
-        self.embedding.validate()?;
+        self.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
         let input = 2 * self.dim + self.embedding.dim();
         let hidden = (0..self.depth)

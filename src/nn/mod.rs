@@ -3,20 +3,16 @@
 //! All data in the crate is flat, `[n, dim]`: a network that works on images reshapes inside.
 
 mod embedding;
-#[cfg(feature = "flex")]
-mod flex_ops;
+mod fused;
 mod init;
-mod linear;
 mod mlp;
 mod norm;
-mod silu;
 mod unet;
 
 pub use embedding::NoiseEmbedding;
+pub use fused::{linear_silu, silu};
 pub(crate) use init::{conv as init_conv, linear as init_linear};
-pub use linear::linear_silu;
 pub use mlp::{Mlp, MlpConfig};
-pub use silu::silu;
 pub use unet::{AnchorInput, UNet, UNetConfig};
 
 use burn::module::Module;

@@ -1,4 +1,4 @@
-//! Diagnostics of the method's open questions (DESIGN.md §5).
+//! Diagnostics of the method's open questions (docs/evidence.md).
 
 use crate::error::{Error, Result};
 use crate::flow::ProbabilityFlowExt;

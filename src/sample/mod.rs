@@ -1,4 +1,4 @@
-//! Samplers (DESIGN.md §4): stateless functions of a model, a count and an RNG.
+//! Samplers (docs/design.md, "One-step sampling"): stateless functions of a model, a count and an RNG.
 //!
 //! - [`one_step`]: `f(x_T, T, a)`, 1 network call;
 //! - [`anchor_iteration`]: the papers' multi-step, `a ← f(x_T, T, a)` k times;

@@ -1,97 +1,9 @@
-//! The training configuration (DESIGN.md §3), serde-serialisable and validated.
+//! The training configuration (docs/training.md), serde-serialisable and validated.
 
-use super::anchors::{AnchorBacking, AnchorStorage};
+use crate::coupling::AnchorConfig;
 use crate::error::{invalid_config, require_finite, Result};
 use crate::flow::TimeDistribution;
 use serde::{Deserialize, Serialize};
-
-/// Where the anchor of each training example comes from and how it evolves.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnchorPolicy {
-    /// The papers' rule: after each step an example's anchor becomes the model's prediction.
-    Prediction,
-    /// The released DDDM code's rule: the anchor becomes the example itself (the target leaks
-    /// into the input).
-    Data,
-    /// Anchors keep their random initial value: a fixed random coupling.
-    Frozen,
-    /// Random anchors matched to the examples by optimal transport, then frozen; trained with
-    /// the data term only. At sampling a fresh draw is the anchor: a latent code. The default:
-    /// in a reference experiment it was the only rule that generated in one step.
-    #[default]
-    Ot,
-    /// No anchor (input zero), data term only: a plain x̂_0 denoiser, the classical baseline.
-    Off,
-}
-
-impl AnchorPolicy {
-    /// Whether the second loss term `d(x̂, a)` is used (the others train on data only).
-    pub fn uses_anchor_term(self) -> bool {
-        matches!(
-            self,
-            AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen
-        )
-    }
-}
-
-/// Where policy `ot` measures the distance between anchors and examples.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum OtSpace {
-    /// Squared distance in the data space.
-    #[default]
-    Data,
-    /// Squared distance between projections on the data's top `dims` principal directions
-    /// (for high-dimensional data, where pairings in the full space are close to random).
-    Pca {
-        /// The number of directions, 1 ≤ dims ≤ the data's dimension.
-        dims: usize,
-    },
-}
-
-/// Anchor settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AnchorConfig {
-    /// The policy.
-    pub policy: AnchorPolicy,
-    /// Standard deviation of the random anchors, `N(0, scale²·I)`.
-    pub scale: f64,
-    /// Examples per optimal-transport assignment (policy `ot`); 4096 by default: larger
-    /// chunks generate better (docs/evidence.md) and cost O(chunk²) memory, O(chunk³) time.
-    pub ot_chunk: usize,
-    /// Policy `ot`: draw fresh anchors and match them again every this many epochs (0: never,
-    /// the matching stays frozen), so that training sees more of the anchor law sampling feeds.
-    pub ot_refresh_epochs: usize,
-    /// Policy `ot`: the space of the matching.
-    pub ot_space: OtSpace,
-    /// Storage of the anchor values.
-    pub storage: AnchorStorage,
-    /// Where the anchor values live: RAM, or a memory-mapped file for datasets whose anchors
-    /// exceed RAM.
-    pub backing: AnchorBacking,
-    /// Policy `ot`: draw anchors in the data's top `subspace` principal directions (a
-    /// [`SubspaceLaw`](crate::model::SubspaceLaw) fitted to the data, matched on its
-    /// coordinates; `scale` and `ot_space` are then unused); 0 (the default) draws isotropic
-    /// `N(0, scale²·I)` anchors. For images, where isotropic anchors pair almost at random.
-    pub subspace: usize,
-}
-
-impl Default for AnchorConfig {
-    fn default() -> Self {
-        AnchorConfig {
-            policy: AnchorPolicy::default(),
-            scale: 1.0,
-            ot_chunk: 4096,
-            ot_refresh_epochs: 0,
-            ot_space: OtSpace::Data,
-            storage: AnchorStorage::F32,
-            backing: AnchorBacking::Memory,
-            subspace: 0,
-        }
-    }
-}
 
 /// The weight `w` of the data term `d(x̂, x_0)` against the anchor term `d(x̂, a)` per epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -234,7 +146,7 @@ impl Default for EmaConfig {
     }
 }
 
-/// Everything the trainer needs besides the model and the data (DESIGN.md §3).
+/// Everything the trainer needs besides the model and the data (docs/training.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -374,33 +286,7 @@ impl TrainConfig {
                 }
             }
         }
-        require_finite(NAME, "anchor.scale", self.anchor.scale)?;
-        if self.anchor.scale <= 0.0 {
-            return Err(invalid_config(NAME, "anchor.scale", "must be positive"));
-        }
-        if self.anchor.ot_chunk == 0 {
-            return Err(invalid_config(
-                NAME,
-                "anchor.ot_chunk",
-                "must be at least 1",
-            ));
-        }
-        if self.anchor.subspace > 0
-            && !matches!(self.anchor.policy, AnchorPolicy::Ot | AnchorPolicy::Off)
-        {
-            return Err(invalid_config(
-                NAME,
-                "anchor.subspace",
-                "subspace anchors are matched by optimal transport: use policy `ot`",
-            ));
-        }
-        if let OtSpace::Pca { dims: 0 } = self.anchor.ot_space {
-            return Err(invalid_config(
-                NAME,
-                "anchor.ot_space.dims",
-                "must be at least 1",
-            ));
-        }
+        self.anchor.validate()?;
         match self.weighting {
             Weighting::InverseEpoch => {}
             Weighting::Constant { w } => unit_interval(NAME, "weighting.w", w)?,

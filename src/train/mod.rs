@@ -1,17 +1,31 @@
-//! Training (DESIGN.md §3): [`Trainer`], [`TrainConfig`], the [`AnchorStore`], checkpoints.
+//! Training (docs/training.md): [`Trainer`], [`TrainConfig`], checkpoints and resume.
+//!
+//! One concern per file: the loop (`trainer.rs`), one step (`step.rs`), the loss and its
+//! weighting (`loss.rs`), the divergence guard (`guard.rs`), the optimizer and learning-rate
+//! schedule (`optimizer.rs`), the EMA (`ema.rs`), the seeded random streams (`streams.rs`),
+//! the run's position and step statistics (`position.rs`),
+//! progress and the metrics log (`progress.rs`), checkpoints (`checkpoint/`) and Ctrl-C
+//! ([`interrupt`]). How each example gets its anchor is the [`coupling`](crate::coupling)'s.
 
-mod anchors;
-pub mod assignment;
 mod checkpoint;
 mod config;
 mod ema;
+mod guard;
+pub mod interrupt;
 mod loss;
+mod optimizer;
+mod position;
+mod progress;
+mod step;
+mod streams;
 mod trainer;
 
-pub use anchors::{AnchorBacking, AnchorStorage, AnchorStore};
-pub use checkpoint::{checkpoint_path, CHECKPOINT_FILE};
-pub use config::{
-    AnchorConfig, AnchorPolicy, Distance, DivergencePolicy, EmaConfig, LossWeight, OptimizerConfig,
-    OptimizerKind, OtSpace, TrainConfig, Weighting,
+pub use crate::coupling::{
+    assignment, AnchorBacking, AnchorConfig, AnchorPolicy, AnchorStorage, AnchorStore, OtSpace,
 };
-pub use trainer::{CheckpointInfo, StepStats, Trainer};
+pub use checkpoint::{checkpoint_path, CheckpointInfo, CHECKPOINT_FILE};
+pub use config::{
+    Distance, DivergencePolicy, EmaConfig, LossWeight, OptimizerConfig, OptimizerKind, TrainConfig,
+    Weighting,
+};
+pub use trainer::{StepStats, Trainer};

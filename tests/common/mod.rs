@@ -1,18 +1,15 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use integration_flow::flow::{
-    PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
-};
+use integration_flow::flow::{FlowConfig, ProbabilityFlow};
+use std::sync::Arc;
 
-/// The four families with their default configurations.
-pub fn default_flows() -> Vec<Box<dyn ProbabilityFlow>> {
-    vec![
-        Box::new(VpConfig::default().init().unwrap()),
-        Box::new(VeConfig::default().init().unwrap()),
-        Box::new(RectifiedFlowConfig::default().init().unwrap()),
-        Box::new(PfgmPPConfig::default().init().unwrap()),
-    ]
+/// The four families with their default configurations, from the crate's registry.
+pub fn default_flows() -> Vec<Arc<dyn ProbabilityFlow>> {
+    FlowConfig::defaults()
+        .iter()
+        .map(|config| config.init().unwrap())
+        .collect()
 }
 
 /// Evenly spaced times strictly inside `[min, max]`.

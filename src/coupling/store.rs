@@ -1,9 +1,8 @@
 //! The anchor store: one anchor per training example, read and written by dataset index.
 
-use super::config::OtSpace;
+use super::{OtSpace, SubspaceLaw};
 use crate::data::{Dataset, Pca};
 use crate::error::{Error, Result};
-use crate::model::SubspaceLaw;
 use half::f16;
 use memmap2::MmapMut;
 use rand::seq::SliceRandom;

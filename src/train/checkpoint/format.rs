@@ -30,6 +30,11 @@ impl<'a> Sections<'a> {
         self.0.push((name.to_string(), parts));
     }
 
+    /// Whether a section `name` is there.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
     /// The payload of `name`, or an error naming the file.
     pub(crate) fn take(&mut self, name: &str, path: &Path) -> Result<Vec<u8>> {
         let i = self

@@ -1,0 +1,12 @@
+//! Checkpoints: the container format (`format.rs`) and what a run's checkpoint holds, how it
+//! is written and how a run resumes from it (`state.rs`).
+
+mod format;
+mod state;
+
+pub use format::{checkpoint_path, CHECKPOINT_FILE};
+pub use state::CheckpointInfo;
+
+/// The encoding of burn records (weights, optimizer state) inside a checkpoint.
+pub(crate) type RecordBytes =
+    burn::record::NamedMpkBytesRecorder<burn::record::FullPrecisionSettings>;

@@ -1,0 +1,134 @@
+//! One training step: a batch, its times and noise, the estimate, the loss, the update of the
+//! weights, the EMA and the anchors.
+
+use super::ema;
+use super::loss;
+use super::optimizer::clip_global_norm;
+use super::streams::{stream, Stream};
+use super::trainer::{Position, StepStats, Trainer};
+use crate::coupling::StepBatch;
+use crate::error::{Error, Result};
+use crate::flow::ProbabilityFlowExt;
+use crate::nn::IntegrationNet;
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+impl<B, N> Trainer<B, N>
+where
+    B: AutodiffBackend,
+    N: IntegrationNet<B> + AutodiffModule<B>,
+    N::InnerModule: IntegrationNet<B::InnerBackend>,
+{
+    /// The step at the current position; a non-finite loss or gradient is
+    /// [`Error::Diverged`] before anything is updated.
+    pub(super) fn try_step(&mut self) -> Result<StepStats> {
+        let Position { step, epoch, batch } = self.position;
+        let bs = self.config.batch_size;
+        let start = batch * bs;
+        let indices: Vec<usize> = self.order[start..(start + bs).min(self.data.len())].to_vec();
+        let n = indices.len();
+        let dim = self.data.dim();
+        let flow = self.model.flow().clone();
+        let mut rng = stream(self.config.seed, Stream::Step, step as u64);
+        let mut t = flow.sample_time(&self.config.time, &mut rng, n)?;
+        // The first ⌊fraction·n⌋ examples of the (shuffled) batch train at t_max.
+        let at_max = (self.config.t_max_fraction * n as f64).floor() as usize;
+        for ti in t.iter_mut().take(at_max) {
+            *ti = flow.time_range().max;
+        }
+        let noise = flow.sample_noise(&mut rng, n, dim)?;
+        let mut x0 = Vec::new();
+        self.data.gather_into(&indices, &mut x0);
+        let anchor = match &self.anchors {
+            Some(store) => store.get(&indices)?,
+            None => vec![0.0; n * dim],
+        };
+        let upload = |values: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(values, [n, dim]), &self.device)
+        };
+        let x0_t = upload(x0.clone());
+        let anchor_t = upload(anchor.clone());
+        let x_t = flow.interpolate(x0_t.clone(), upload(noise), &t)?;
+        let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
+
+        let w = self.data_weight(epoch);
+        let lambda = loss::loss_weights(
+            self.config.loss_weight,
+            flow.as_ref(),
+            self.model.sigma_data(),
+            &t,
+        );
+        let loss = loss::integration_flow_loss(
+            self.config.distance,
+            w,
+            lambda,
+            x_hat.clone(),
+            x0_t,
+            anchor_t,
+        );
+        let loss_value: f64 = loss.clone().into_scalar().elem();
+        if !loss_value.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                reason: format!("loss is {loss_value}"),
+            });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), self.model.net());
+        let (grads, grad_norm) =
+            clip_global_norm::<B, N>(self.model.net(), grads, self.config.optimizer.grad_clip);
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged {
+                step,
+                reason: format!("gradient norm is {grad_norm}"),
+            });
+        }
+        let lr = self.lr_at(step);
+        let net = self.optim.step(lr, self.model.net().clone(), grads);
+        let decay = ema::decay_at(self.config.ema.decay, self.config.ema.warmup, step);
+        self.ema = ema::update(self.ema.clone(), &net.valid(), decay);
+        self.model = self.model.with_net(net);
+
+        if let Some(store) = &mut self.anchors {
+            let estimates = || {
+                x_hat
+                    .clone()
+                    .into_data()
+                    .iter::<f32>()
+                    .collect::<Vec<f32>>()
+            };
+            let batch = StepBatch::new(&indices, &x0, &anchor, &estimates);
+            if let Some(new) = self.coupling.update(&batch)? {
+                self.drift.epoch_sum += anchor_change(&new, &anchor, dim);
+                store.set(&indices, &new)?;
+            }
+        }
+
+        let anchor_drift = self.advance()?;
+        Ok(StepStats {
+            step,
+            epoch,
+            loss: loss_value,
+            grad_norm,
+            lr,
+            w,
+            anchor_drift,
+            skipped: false,
+        })
+    }
+}
+
+/// The sum over examples of `‖new − old‖`.
+fn anchor_change(new: &[f32], old: &[f32], dim: usize) -> f64 {
+    new.chunks(dim)
+        .zip(old.chunks(dim))
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| f64::from(x - y).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .sum::<f64>()
+}
