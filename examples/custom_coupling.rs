@@ -59,13 +59,13 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let data = Toy::Checkerboard.sample(8192, 0)?;
     let (_, sigma_data) = data.mean_and_std();
     let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), 0)?;
-    let flow = RectifiedFlowConfig::default().init()?;
-    let law = AnchorLaw::Gaussian { scale: 1.0 };
-    let model = IntegrationFlow::new(flow, net, Parameterization::Integral, sigma_data, law)?;
-    let config = TrainConfig {
-        steps: 3000,
+    let flow = "rf".parse::<FlowConfig>()?.init()?;
+    let model = IntegrationFlowConfig {
+        sigma_data,
         ..Default::default()
-    };
+    }
+    .init(flow, net)?;
+    let config = TrainConfig::from_json(r#"{"steps": 3000}"#)?;
     let coupling = Arc::new(SortedAlongFirstComponent);
     let mut trainer = Trainer::with_coupling(model, data, config, coupling)?;
     trainer.fit()?;

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `flex` (default) | [`Flex`](burn::backend::Flex) | CPU, multi-threaded, SIMD |
 //! | `ndarray` | [`NdArray`](burn::backend::NdArray) | CPU |
-//! | `cuda` | [`Cuda`](burn::backend::Cuda) | NVIDIA GPU (driver loaded at run time) |
+//! | `cuda` | `burn::backend::Cuda` | NVIDIA GPU (driver loaded at run time) |
 //!
 //! [`Cpu`] is the default CPU backend: flex, chosen because it ran the reference training step
 //! faster than ndarray (docs/benchmarks.md); without the `flex` feature it is ndarray.

@@ -8,15 +8,29 @@
 //! the network receives an estimate of `x_0`, the *anchor*, and predicts
 //! `x̂_0 = c_skip·x_t + c_out·F(c_in·x_t, c_noise, anchor)`, so one call generates.
 //!
-//! This release contains the foundation:
+//! What is here (docs/design.md has the architecture and how to extend each part):
 //!
 //! - [`flow`]: the [`ProbabilityFlow`](flow::ProbabilityFlow) trait and the four families
 //!   [`Vp`](flow::Vp), [`Ve`](flow::Ve), [`RectifiedFlow`](flow::RectifiedFlow) and
-//!   [`PfgmPP`](flow::PfgmPP), their preconditioning in the papers' integral form and EDM's,
-//!   and [`flow::check`], the self-check for a family of your own;
+//!   [`PfgmPP`](flow::PfgmPP), the registry [`FlowConfig`](flow::FlowConfig), the
+//!   preconditioning in the papers' integral form and EDM's, and [`flow::check`], the
+//!   self-check for a family of your own;
+//! - [`coupling`]: how each training example gets its anchor, the
+//!   [`Coupling`](coupling::Coupling) trait with one file per built-in (optimal transport, the
+//!   default; its principal-subspace variant; the papers' rules; none), the anchor laws and the
+//!   anchor store;
+//! - [`model`]: [`IntegrationFlow`](model::IntegrationFlow), a flow's preconditioning around a
+//!   network from [`nn`] (an MLP, a UNet);
+//! - [`train`]: the [`Trainer`](train::Trainer) with EMA, atomic checkpoints, exact resume, a
+//!   divergence guard and Ctrl-C that checkpoints;
+//! - [`sample`]: one-step generation, anchor iteration, re-noising and the classical ODE
+//!   solvers (Euler, Heun, RK4, DOPRI5) on the same model;
+//! - [`data`] (toy 2-D sets, image loaders), [`metrics`] (sliced W2, energy distance, MMD, a
+//!   classifier Fréchet distance) and, behind the default `eval` feature, `compare` and `plot`;
+//! - [`config`]: every configuration is a burn [`Config`](config::Config) with
+//!   [`validate`](config::ValidatedConfig::validate) and JSON loading that names the field;
 //! - [`backend`]: the concrete backends behind the `flex` (default), `ndarray` and `cuda`
-//!   features;
-//! - [`Error`]: the one error type.
+//!   features; [`Error`]: the one error type.
 //!
 //! ```
 //! # #[cfg(any(feature = "flex", feature = "ndarray"))] {

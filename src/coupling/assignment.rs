@@ -79,7 +79,7 @@ pub fn solve_squared_distances(rows: &[f64], columns: &[f64], dim: usize) -> Res
     }))
 }
 
-/// Relative accuracy of [`auction`]: its assignment costs at most this fraction of the largest
+/// Relative accuracy of the auction behind [`solve_squared_distances`]: its assignment costs at most this fraction of the largest
 /// cost more than the optimum. (Much smaller and the last phases' price steps would fall
 /// below the resolution of f64 prices.)
 pub const AUCTION_TOLERANCE: f64 = 1e-9;

@@ -73,7 +73,7 @@ pub struct VelocityCoefficients {
 /// RNG as `&mut dyn Rng`, so a seed gives the same numbers on every backend.
 ///
 /// ```
-/// use integration_flow::flow::{ProbabilityFlow, RectifiedFlowConfig};
+/// use integration_flow::flow::{ProbabilityFlow, ProbabilityFlowExt, RectifiedFlowConfig};
 ///
 /// let rf = RectifiedFlowConfig::default().init()?;
 /// assert_eq!(rf.alpha(0.25), 0.75);
@@ -122,7 +122,7 @@ pub trait ProbabilityFlow: Send + Sync + std::fmt::Debug {
         Ok((0..len).map(|_| StandardNormal.sample(rng)).collect())
     }
 
-    /// The time at which [`noise_to_signal`](Self::noise_to_signal) equals `ratio`, clamped to
+    /// The time at which [`noise_to_signal`](ProbabilityFlowExt::noise_to_signal) equals `ratio`, clamped to
     /// the time range. The default bisects, assuming the ratio increases with t (which
     /// [`check`] verifies); families override it with the closed form.
     fn time_at_noise_to_signal(&self, ratio: f64) -> f64 {
