@@ -552,7 +552,7 @@ fn compare_job<B: AutodiffBackend>(
         // The re-noising times depend only on the method: computed once, not per batch.
         let times = match &method {
             Method::Renoise(k) => config.renoise.times(flow.as_ref(), *k)?,
-            _ => Vec::new(),
+            Method::AnchorIteration(_) | Method::Ode(_) => Vec::new(),
         };
         let mut rng = StdRng::seed_from_u64(10_000 + seed);
         let started = Instant::now();

@@ -261,7 +261,8 @@ impl AnchorStore {
         let in_place = match (&self.values, backing) {
             (Values::Mapped { path, .. }, AnchorBacking::File { path: p }) => path == p,
             (Values::F32(_) | Values::F16(_), AnchorBacking::Memory) => true,
-            _ => false,
+            (Values::Mapped { .. }, AnchorBacking::Memory)
+            | (Values::F32(_) | Values::F16(_), AnchorBacking::File { .. }) => false,
         };
         if in_place {
             return Ok(self);

@@ -1,5 +1,5 @@
 //! Principal directions of a dataset: the feature space in which anchors can be matched to
-//! high-dimensional data (policy `ot` with [`OtSpace::Pca`](crate::train::OtSpace)).
+//! high-dimensional data (policy `ot` with [`OtSpace::Pca`](crate::coupling::OtSpace)).
 
 use super::Dataset;
 use crate::error::{Error, Result};

@@ -303,7 +303,10 @@ impl TrainConfig {
                     return Err(invalid_config(NAME, "distance.c", "must be positive"));
                 }
             }
-            _ => {}
+            Distance::SquaredL2
+            | Distance::L1
+            | Distance::PseudoHuber { c: None }
+            | Distance::PseudoHuberElementwise { c: None } => {}
         }
         self.time.validate()?;
         unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;
