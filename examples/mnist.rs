@@ -29,7 +29,7 @@ use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{mnist, read_npy, write_npy_f32, NpyData};
 use integration_flow::flow::{FlowConfig, Parameterization, ProbabilityFlow};
 use integration_flow::metrics::{Classifier, ClassifierConfig, ImageScore};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::UNetConfig;
 use integration_flow::plot::{image_grid_png, line_chart_png, Series, PALETTE};
 use integration_flow::sample::{
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug, Serialize)]
 #[command(about = "Train Integration Flow on MNIST; generate digits in one and four steps")]
 struct Args {
-    /// Flow family: rf, vp, ve or pfgmpp.
+    /// Flow family: rf, vp, ve or pfgmpp, optionally with fields (`ve:sigma_max=20`).
     #[arg(long, default_value = "rf")]
     flow: String,
     /// Training time budget in minutes.
@@ -259,11 +259,19 @@ fn run<B: AutodiffBackend>(
         ..Default::default()
     };
     let net = unet.init::<B>(&device, args.seed)?;
+    // The trainer replaces the law by its coupling's; this one serves runs that only sample.
     let anchor_law = match policy {
         AnchorPolicy::Off => AnchorLaw::Zero,
-        _ => AnchorLaw::Gaussian { scale: 1.0 },
+        AnchorPolicy::Ot | AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen => {
+            AnchorLaw::Gaussian { scale: 1.0 }
+        }
     };
-    let model = IntegrationFlow::from_shared(flow, net, form, sigma_data, anchor_law)?;
+    let model = IntegrationFlowConfig {
+        parameterization: form,
+        sigma_data,
+        anchor_law,
+    }
+    .init(flow, net)?;
     let mut config = TrainConfig {
         seed: args.seed,
         steps: args.steps.unwrap_or(1_000_000),

@@ -17,11 +17,10 @@
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::CpuAutodiff;
-use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{write_npy_f32, Toy};
-use integration_flow::flow::{FlowConfig, Parameterization};
+use integration_flow::flow::FlowConfig;
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::MlpConfig;
 use integration_flow::plot::{scatter_png, Panel};
 use integration_flow::train::{TrainConfig, Trainer};
@@ -106,13 +105,11 @@ fn run<B: AutodiffBackend>(
     let (_, sigma_data) = data.mean_and_std();
     let mlp = MlpConfig::default();
     let net = mlp.init::<B>(&device, args.seed)?;
-    let model = IntegrationFlow::from_shared(
-        flow,
-        net,
-        Parameterization::Integral,
+    let model_config = IntegrationFlowConfig {
         sigma_data,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )?;
+        ..Default::default()
+    };
+    let model = model_config.init(flow, net)?;
     let config = TrainConfig {
         seed: args.seed,
         steps: args.steps,
@@ -123,12 +120,14 @@ fn run<B: AutodiffBackend>(
     struct RunConfig<'a> {
         args: &'a Args,
         sigma_data: f64,
+        model: &'a IntegrationFlowConfig,
         network: &'a MlpConfig,
         train: &'a TrainConfig,
     }
     let run = RunConfig {
         args,
         sigma_data,
+        model: &model_config,
         network: &mlp,
         train: &config,
     };

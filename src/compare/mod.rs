@@ -18,7 +18,7 @@ use crate::flow::{FlowConfig, Parameterization, ProbabilityFlow};
 use crate::metrics::{
     energy_distance, mmd, nearest_neighbour_distance, sliced_wasserstein2, MMD_BANDWIDTHS,
 };
-use crate::model::IntegrationFlow;
+use crate::model::{IntegrationFlow, IntegrationFlowConfig};
 use crate::nn::{Mlp, MlpConfig};
 use crate::sample::{
     anchor_convergence, anchor_iteration, generate_batched, renoise, solve_ode, straightness,
@@ -181,13 +181,12 @@ pub(crate) fn train<B: AutodiffBackend>(
 ) -> Result<(EmaModel<B>, f64, f64)> {
     let (_, sd) = data.mean_and_std();
     let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
-    let model = IntegrationFlow::from_shared(
-        flow.clone(),
-        net,
+    let model = IntegrationFlowConfig {
         parameterization,
-        sd,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )?;
+        sigma_data: sd,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(flow.clone(), net)?;
     let config = TrainConfig {
         seed,
         steps,
