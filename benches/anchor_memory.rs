@@ -18,10 +18,11 @@ use integration_flow::backend::CpuAutodiff;
 use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::MlpConfig;
 use integration_flow::train::{AnchorBacking, AnchorPolicy, AnchorStorage, TrainConfig, Trainer};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 type Error = Box<dyn std::error::Error>;
@@ -83,13 +84,12 @@ fn main() -> Result<(), Error> {
     let data = Toy::Checkerboard.sample(points, 0)?;
     let (_, sigma_data) = data.mean_and_std();
     let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), 0)?;
-    let model = IntegrationFlow::new(
-        RectifiedFlowConfig::default().init()?,
-        net,
-        Parameterization::Integral,
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
         sigma_data,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )?;
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(Arc::new(RectifiedFlowConfig::default().init()?), net)?;
     let started = Instant::now();
     let mut trainer = Trainer::new(model, data, config)?
         .with_checkpoint_dir(dir.join(format!("ckpt_{points}_{backing}_{storage}")));

@@ -22,7 +22,7 @@ use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::{mnist, Dataset, Toy};
 use integration_flow::flow::{FlowConfig, Parameterization};
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{IntegrationNet, MlpConfig, UNetConfig};
 use integration_flow::sample::{generate_batched, one_step, solve_ode, Generated, OdeSolver};
 use integration_flow::train::{checkpoint_path, AnchorPolicy, TrainConfig, Trainer};
@@ -153,13 +153,12 @@ fn toy(args: &Args) -> Result<(), Error> {
     let flow = args.flow.parse::<FlowConfig>()?.init()?;
     let load = |policy: AnchorPolicy, tag: &str| {
         let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), seed)?;
-        let model = IntegrationFlow::from_shared(
-            flow.clone(),
-            net,
-            Parameterization::Integral,
+        let model = IntegrationFlowConfig {
+            parameterization: Parameterization::Integral,
             sigma_data,
-            AnchorLaw::Gaussian { scale: 1.0 },
-        )?;
+            anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+        }
+        .init(flow.clone(), net)?;
         let mut config = TrainConfig {
             seed,
             steps: args.steps,
@@ -230,13 +229,12 @@ fn images(args: &Args) -> Result<(), Error> {
     let flow = args.flow.parse::<FlowConfig>()?.init()?;
     let load = |dir: &Path, law: AnchorLaw| {
         let net = unet.init::<CpuAutodiff>(&Default::default(), 0)?;
-        let model = IntegrationFlow::from_shared(
-            flow.clone(),
-            net,
-            Parameterization::Integral,
+        let model = IntegrationFlowConfig {
+            parameterization: Parameterization::Integral,
             sigma_data,
-            law,
-        )?;
+            anchor_law: law,
+        }
+        .init(flow.clone(), net)?;
         trained(dir, model, data.clone(), None)
     };
     let if_model = load(if_dir, AnchorLaw::Gaussian { scale: 1.0 })?;

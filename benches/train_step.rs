@@ -13,13 +13,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::MlpConfig;
 use integration_flow::train::{TrainConfig, Trainer};
 use std::hint::black_box;
 
 mod common;
 use common::{Mlp, INPUT, OUTPUT};
+use std::sync::Arc;
 
 const BATCH: usize = 512;
 
@@ -55,13 +56,12 @@ fn bench_trainer<B: AutodiffBackend>(c: &mut Criterion, name: &str) {
     let flow = RectifiedFlowConfig::default()
         .init()
         .expect("valid flow config");
-    let model = IntegrationFlow::new(
-        flow,
-        net,
-        Parameterization::Integral,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(Arc::new(flow), net)
     .expect("valid model");
     let data = Toy::Checkerboard.sample(8192, 0).expect("toy data");
     let config = TrainConfig {

@@ -8,11 +8,12 @@ use integration_flow::backend::CpuAutodiff;
 use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::mnist;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::UNetConfig;
 use integration_flow::train::{OtSpace, TrainConfig, Trainer};
 use rand::{rngs::StdRng, SeedableRng};
 use std::hint::black_box;
+use std::sync::Arc;
 
 const BATCH: usize = 64;
 const GENERATE: usize = 250;
@@ -25,12 +26,14 @@ fn unet(c: &mut Criterion) {
     let net = UNetConfig::default()
         .init::<CpuAutodiff>(&Default::default(), 0)
         .expect("valid UNet config");
-    let model = IntegrationFlow::new(
-        RectifiedFlowConfig::default().init().expect("valid flow"),
-        net,
-        Parameterization::Integral,
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
         sigma_data,
-        AnchorLaw::Gaussian { scale: 1.0 },
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(
+        Arc::new(RectifiedFlowConfig::default().init().expect("valid flow")),
+        net,
     )
     .expect("valid model");
     let mut config = TrainConfig {

@@ -112,16 +112,15 @@ impl IntegrationFlowConfig {
 /// ```
 /// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
 /// use integration_flow::backend::Cpu;
-/// use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-/// use integration_flow::coupling::AnchorLaw;
-/// use integration_flow::model::IntegrationFlow;
+/// use integration_flow::flow::FlowConfig;
+/// use integration_flow::model::IntegrationFlowConfig;
 /// use integration_flow::nn::MlpConfig;
 /// use rand::{rngs::StdRng, SeedableRng};
 ///
 /// let device = Default::default();
 /// let net = MlpConfig { width: 32, depth: 2, ..Default::default() }.init::<Cpu>(&device, 0)?;
-/// let flow = RectifiedFlowConfig::default().init()?;
-/// let model = IntegrationFlow::new(flow, net, Parameterization::Integral, 1.0, AnchorLaw::Gaussian { scale: 1.0 })?;
+/// let flow = FlowConfig::Rf(Default::default()).init()?;
+/// let model = IntegrationFlowConfig::default().init(flow, net)?; // integral form, σ_d = 1
 /// let samples = model.generate(&mut StdRng::seed_from_u64(0), 16, 1)?; // one network call
 /// assert_eq!(samples.dims(), [16, 2]);
 /// # }
@@ -138,35 +137,6 @@ pub struct IntegrationFlow<B: Backend, N> {
 }
 
 impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
-    /// A model of `flow` around `net`; `sigma_data` is the data's standard deviation (used by
-    /// the preconditioning), `anchor_law` what sampling feeds as the first anchor. Shorthand for
-    /// [`IntegrationFlowConfig::init`].
-    pub fn new(
-        flow: impl ProbabilityFlow + 'static,
-        net: N,
-        form: Parameterization,
-        sigma_data: f64,
-        anchor_law: AnchorLaw,
-    ) -> Result<Self> {
-        Self::from_shared(Arc::new(flow), net, form, sigma_data, anchor_law)
-    }
-
-    /// Like [`new`](Self::new) with a shared flow.
-    pub fn from_shared(
-        flow: Arc<dyn ProbabilityFlow>,
-        net: N,
-        form: Parameterization,
-        sigma_data: f64,
-        anchor_law: AnchorLaw,
-    ) -> Result<Self> {
-        IntegrationFlowConfig {
-            parameterization: form,
-            sigma_data,
-            anchor_law,
-        }
-        .init(flow, net)
-    }
-
     /// The flow.
     pub fn flow(&self) -> &Arc<dyn ProbabilityFlow> {
         &self.flow

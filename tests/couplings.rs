@@ -12,7 +12,7 @@ use integration_flow::coupling::{
 };
 use integration_flow::data::{Dataset, Toy};
 use integration_flow::flow::{FlowConfig, Parameterization, ProbabilityFlow, VeConfig};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{CheckpointInfo, TrainConfig, Trainer};
 use integration_flow::Error;
@@ -28,8 +28,13 @@ fn model(flow: Arc<dyn ProbabilityFlow>) -> IntegrationFlow<CpuAutodiff, Mlp<Cpu
     }
     .init::<CpuAutodiff>(&Default::default(), 0)
     .unwrap();
-    IntegrationFlow::from_shared(flow, net, Parameterization::Integral, 1.0, AnchorLaw::Zero)
-        .unwrap()
+    IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Zero,
+    }
+    .init(flow, net)
+    .unwrap()
 }
 
 fn rf() -> Arc<dyn ProbabilityFlow> {

@@ -9,10 +9,11 @@ use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{IntegrationNet, MlpConfig, UNetConfig};
 use integration_flow::train::{TrainConfig, Trainer};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
+use std::sync::Arc;
 
 /// `net(x, c, a)` on the backend of `net`, from host values.
 fn run<B: Backend, N: IntegrationNet<B>>(net: &N, x: &[f32], c: &[f32], n: usize) -> Vec<f32> {
@@ -70,12 +71,14 @@ fn training_on_cuda_generates_in_one_step() {
     let net = MlpConfig::default()
         .init::<CudaAutodiff>(&Default::default(), 0)
         .unwrap();
-    let model = IntegrationFlow::new(
-        RectifiedFlowConfig::default().init().unwrap(),
-        net,
-        Parameterization::Integral,
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
         sigma_data,
-        AnchorLaw::Gaussian { scale: 1.0 },
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(
+        Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+        net,
     )
     .unwrap();
     let config = TrainConfig {

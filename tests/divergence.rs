@@ -10,7 +10,7 @@ use integration_flow::data::{Dataset, Toy};
 use integration_flow::flow::{
     Parameterization, ProbabilityFlow, RectifiedFlow, RectifiedFlowConfig, TimeRange,
 };
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{AnchorPolicy, DivergencePolicy, TrainConfig, Trainer};
 use integration_flow::Error;
@@ -18,6 +18,7 @@ use rand::Rng;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Rectified flow whose noise is NaN on the listed calls of `sample_noise` (one call per
 /// training step), or on every call from `from` on: a divergence at a chosen step.
@@ -82,13 +83,12 @@ fn model(flow: impl ProbabilityFlow + 'static) -> Model {
     }
     .init::<CpuAutodiff>(&Default::default(), 0)
     .unwrap();
-    IntegrationFlow::new(
-        flow,
-        net,
-        Parameterization::Integral,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )
+    IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(Arc::new(flow), net)
     .unwrap()
 }
 

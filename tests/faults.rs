@@ -15,7 +15,7 @@ use integration_flow::backend::CpuAutodiff;
 use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{
     checkpoint_path, AnchorBacking, AnchorPolicy, AnchorStorage, CheckpointInfo, TrainConfig,
@@ -26,6 +26,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type T = Trainer<CpuAutodiff, Mlp<CpuAutodiff>>;
@@ -40,12 +41,14 @@ fn model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
     }
     .init::<CpuAutodiff>(&Default::default(), 0)
     .unwrap();
-    IntegrationFlow::new(
-        RectifiedFlowConfig::default().init().unwrap(),
+    IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(
+        Arc::new(RectifiedFlowConfig::default().init().unwrap()),
         net,
-        Parameterization::Integral,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
     )
     .unwrap()
 }
@@ -470,12 +473,14 @@ fn write_checkpoint_seed() {
     }
     .init::<CpuAutodiff>(&Default::default(), 0)
     .unwrap();
-    let model = IntegrationFlow::new(
-        RectifiedFlowConfig::default().init().unwrap(),
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(
+        Arc::new(RectifiedFlowConfig::default().init().unwrap()),
         net,
-        Parameterization::Integral,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
     )
     .unwrap();
     let mut config = config(Path::new(&dir), false);

@@ -6,11 +6,12 @@ use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, ProbabilityFlowExt, RectifiedFlowConfig, VeConfig};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::{IntegrationNet, MlpConfig, NoiseEmbedding};
 use integration_flow::train::{TrainConfig, Trainer};
 use integration_flow::Error;
 use rand::{rngs::StdRng, SeedableRng};
+use std::sync::Arc;
 
 fn values(t: Tensor<Cpu, 2>) -> Vec<f32> {
     t.into_data().iter::<f32>().collect()
@@ -27,13 +28,12 @@ fn the_estimate_applies_the_preconditioning() {
     .init::<Cpu>(&device, 1)
     .unwrap();
     let ve = VeConfig::default().init().unwrap();
-    let model = IntegrationFlow::new(
-        ve.clone(),
-        net.clone(),
-        Parameterization::Integral,
-        0.5,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 0.5,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(Arc::new(ve.clone()), net.clone())
     .unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     let x_t = model.sample_prior(&mut rng, 4).unwrap();
@@ -66,13 +66,12 @@ fn generation_takes_one_or_more_anchor_iterations() {
     .init::<Cpu>(&device, 2)
     .unwrap();
     let rf = RectifiedFlowConfig::default().init().unwrap();
-    let model = IntegrationFlow::new(
-        rf,
-        net,
-        Parameterization::Integral,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(Arc::new(rf), net)
     .unwrap();
     let one = values(model.generate(&mut StdRng::seed_from_u64(5), 8, 1).unwrap());
     let one_again = values(model.generate(&mut StdRng::seed_from_u64(5), 8, 1).unwrap());
@@ -97,13 +96,12 @@ fn the_edm_form_is_selectable_and_checked() {
     };
     // Singular at rectified flow's ends: refused when the model is built.
     let rf = RectifiedFlowConfig::default().init().unwrap();
-    let err = IntegrationFlow::new(
-        rf,
-        net(),
-        Parameterization::Edm,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )
+    let err = IntegrationFlowConfig {
+        parameterization: Parameterization::Edm,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(Arc::new(rf), net())
     .unwrap_err();
     assert!(matches!(err, Error::Singular { .. }), "{err}");
     // Fine on a narrowed range, and on VE; it trains.
@@ -113,13 +111,12 @@ fn the_edm_form_is_selectable_and_checked() {
     }
     .init()
     .unwrap();
-    assert!(IntegrationFlow::new(
-        rf,
-        net(),
-        Parameterization::Edm,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 }
-    )
+    assert!(IntegrationFlowConfig {
+        parameterization: Parameterization::Edm,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 }
+    }
+    .init(Arc::new(rf), net())
     .is_ok());
     let ve = VeConfig {
         sigma_max: 20.0,
@@ -127,13 +124,12 @@ fn the_edm_form_is_selectable_and_checked() {
     }
     .init()
     .unwrap();
-    let model = IntegrationFlow::new(
-        ve,
-        net(),
-        Parameterization::Edm,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Edm,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(Arc::new(ve), net())
     .unwrap();
     let config = TrainConfig {
         steps: 150,
@@ -158,24 +154,27 @@ fn bad_model_input_is_a_typed_error() {
     .init::<Cpu>(&device, 0)
     .unwrap();
     let rf = RectifiedFlowConfig::default().init().unwrap();
-    assert!(IntegrationFlow::new(
-        rf.clone(),
-        net.clone(),
-        Parameterization::Integral,
-        0.0,
-        AnchorLaw::Zero
-    )
+    assert!(IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 0.0,
+        anchor_law: AnchorLaw::Zero
+    }
+    .init(Arc::new(rf.clone()), net.clone())
     .is_err());
-    assert!(IntegrationFlow::new(
-        rf.clone(),
-        net.clone(),
-        Parameterization::Integral,
-        1.0,
-        AnchorLaw::Gaussian { scale: f64::NAN }
-    )
+    assert!(IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: f64::NAN }
+    }
+    .init(Arc::new(rf.clone()), net.clone())
     .is_err());
-    let model =
-        IntegrationFlow::new(rf, net, Parameterization::Integral, 1.0, AnchorLaw::Zero).unwrap();
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Zero,
+    }
+    .init(Arc::new(rf), net)
+    .unwrap();
     let x = Tensor::<Cpu, 2>::zeros([4, 3], &device);
     let err = model.estimate(x.clone(), &[0.5], x).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");

@@ -10,7 +10,7 @@ use integration_flow::flow::ProbabilityFlowExt;
 use integration_flow::flow::{
     Parameterization, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
 };
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::IntegrationNet;
 use integration_flow::sample::ode::ode_end_time;
 use integration_flow::sample::{
@@ -76,7 +76,13 @@ fn oracle(flow: Arc<dyn ProbabilityFlow>, s: f64) -> IntegrationFlow<Cpu, Oracle
         s,
         sigma_data: s,
     };
-    IntegrationFlow::from_shared(flow, net, Parameterization::Integral, s, AnchorLaw::Zero).unwrap()
+    IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: s,
+        anchor_law: AnchorLaw::Zero,
+    }
+    .init(flow, net)
+    .unwrap()
 }
 
 /// For Gaussian data the probability-flow ODE scales x by sqrt(α²s² + σ²) ratios.

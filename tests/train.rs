@@ -10,7 +10,7 @@ use integration_flow::flow::{
     Parameterization, PfgmPPConfig, ProbabilityFlow, RectifiedFlowConfig, VeConfig, VpConfig,
 };
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{AnchorBacking, AnchorPolicy, OtSpace, TrainConfig, Trainer};
 use integration_flow::Error;
@@ -29,13 +29,12 @@ fn model(
     }
     .init::<CpuAutodiff>(&Default::default(), 0)
     .unwrap();
-    IntegrationFlow::from_shared(
-        flow,
-        net,
-        Parameterization::Integral,
+    IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
         sigma_data,
-        AnchorLaw::Gaussian { scale: 1.0 },
-    )
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(flow, net)
     .unwrap()
 }
 
@@ -273,13 +272,12 @@ fn resume_is_exact() {
             }
             .init::<CpuAutodiff>(&Default::default(), 99)
             .unwrap();
-            IntegrationFlow::from_shared(
-                vp.clone(),
-                net,
-                Parameterization::Integral,
-                1.0,
-                AnchorLaw::Gaussian { scale: 1.0 },
-            )
+            IntegrationFlowConfig {
+                parameterization: Parameterization::Integral,
+                sigma_data: 1.0,
+                anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+            }
+            .init(vp.clone(), net)
             .unwrap()
         };
         let mut resumed = Trainer::resume(&dir, template, data.clone()).unwrap();

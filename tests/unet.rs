@@ -7,10 +7,11 @@ use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Dataset;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::{AnchorInput, IntegrationNet, UNetConfig};
 use integration_flow::train::{TrainConfig, Trainer};
 use integration_flow::Error;
+use std::sync::Arc;
 
 fn small(anchor: AnchorInput, patch: usize) -> UNetConfig {
     UNetConfig {
@@ -218,12 +219,14 @@ fn trainer(
     let net = small(anchor, 2)
         .init::<CpuAutodiff>(&Default::default(), 0)
         .unwrap();
-    let model = IntegrationFlow::new(
-        RectifiedFlowConfig::default().init().unwrap(),
+    let model = IntegrationFlowConfig {
+        parameterization: Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+    }
+    .init(
+        Arc::new(RectifiedFlowConfig::default().init().unwrap()),
         net,
-        Parameterization::Integral,
-        1.0,
-        AnchorLaw::Gaussian { scale: 1.0 },
     )
     .unwrap();
     let mut config = TrainConfig {

@@ -14,7 +14,7 @@ use integration_flow::metrics::{
     energy_distance, frechet_distance, frechet_from_moments, mmd, nearest_neighbour_distance,
     sliced_wasserstein2, wasserstein2_1d,
 };
-use integration_flow::model::IntegrationFlow;
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::{MlpConfig, UNetConfig};
 #[cfg(feature = "eval")]
 use integration_flow::plot::{image_grid_png, line_chart_png, scatter_png, Panel, Series};
@@ -29,6 +29,7 @@ use integration_flow::train::{
 use integration_flow::Error;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::sync::Arc;
 
 /// Asserts an error (of any typed kind; a panic fails the test by itself).
 #[track_caller]
@@ -213,14 +214,30 @@ fn model_and_samplers_reject_bad_input() {
     let law = AnchorLaw::Gaussian { scale: 1.0 };
     use integration_flow::flow::Parameterization::Integral;
     rejects(
-        "IntegrationFlow::new, σ_data 0",
-        IntegrationFlow::new(rf(), net.clone(), Integral, 0.0, law.clone()),
+        "IntegrationFlowConfig::init, σ_data 0",
+        IntegrationFlowConfig {
+            parameterization: Integral,
+            sigma_data: 0.0,
+            anchor_law: law.clone(),
+        }
+        .init(Arc::new(rf()), net.clone()),
     );
     rejects(
-        "IntegrationFlow::new, σ_data NaN",
-        IntegrationFlow::new(rf(), net.clone(), Integral, f64::NAN, law.clone()),
+        "IntegrationFlowConfig::init, σ_data NaN",
+        IntegrationFlowConfig {
+            parameterization: Integral,
+            sigma_data: f64::NAN,
+            anchor_law: law.clone(),
+        }
+        .init(Arc::new(rf()), net.clone()),
     );
-    let model = IntegrationFlow::new(rf(), net, Integral, 1.0, law).unwrap();
+    let model = IntegrationFlowConfig {
+        parameterization: Integral,
+        sigma_data: 1.0,
+        anchor_law: law,
+    }
+    .init(Arc::new(rf()), net)
+    .unwrap();
     let mut rng = StdRng::seed_from_u64(0);
     rejects("generate, n = 0", model.generate(&mut rng, 0, 1));
     rejects("generate, 0 iterations", model.generate(&mut rng, 4, 0));
@@ -463,14 +480,16 @@ fn checkpoints_and_trainer_reject_bad_input() {
         "Trainer::resume, no checkpoint",
         Trainer::resume(
             "/nonexistent/run",
-            IntegrationFlow::new(
-                RectifiedFlowConfig::default().init().unwrap(),
+            IntegrationFlowConfig {
+                parameterization: integration_flow::flow::Parameterization::Integral,
+                sigma_data: 1.0,
+                anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+            }
+            .init(
+                Arc::new(RectifiedFlowConfig::default().init().unwrap()),
                 MlpConfig::default()
                     .init::<integration_flow::backend::CpuAutodiff>(&Default::default(), 0)
                     .unwrap(),
-                integration_flow::flow::Parameterization::Integral,
-                1.0,
-                AnchorLaw::Gaussian { scale: 1.0 },
             )
             .unwrap(),
             Toy::Moons.sample(8, 0).unwrap(),
@@ -482,14 +501,16 @@ fn checkpoints_and_trainer_reject_bad_input() {
         CheckpointInfo::read("/nonexistent/run"),
     );
     let trainer = Trainer::new(
-        IntegrationFlow::new(
-            RectifiedFlowConfig::default().init().unwrap(),
+        IntegrationFlowConfig {
+            parameterization: integration_flow::flow::Parameterization::Integral,
+            sigma_data: 1.0,
+            anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+        }
+        .init(
+            Arc::new(RectifiedFlowConfig::default().init().unwrap()),
             MlpConfig::default()
                 .init::<integration_flow::backend::CpuAutodiff>(&Default::default(), 0)
                 .unwrap(),
-            integration_flow::flow::Parameterization::Integral,
-            1.0,
-            AnchorLaw::Gaussian { scale: 1.0 },
         )
         .unwrap(),
         Toy::Moons.sample(8, 0).unwrap(),

@@ -31,17 +31,16 @@ use std::time::Instant;
 /// ```
 /// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
 /// use integration_flow::backend::CpuAutodiff;
-/// use integration_flow::coupling::AnchorLaw;
 /// use integration_flow::data::Toy;
-/// use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
-/// use integration_flow::model::IntegrationFlow;
+/// use integration_flow::flow::FlowConfig;
+/// use integration_flow::model::IntegrationFlowConfig;
 /// use integration_flow::nn::MlpConfig;
 /// use integration_flow::train::{TrainConfig, Trainer};
 ///
 /// let device = Default::default();
 /// let net = MlpConfig { width: 32, depth: 2, ..Default::default() }.init::<CpuAutodiff>(&device, 0)?;
-/// let flow = RectifiedFlowConfig::default().init()?;
-/// let model = IntegrationFlow::new(flow, net, Parameterization::Integral, 1.0, AnchorLaw::Gaussian { scale: 1.0 })?;
+/// let flow = FlowConfig::Rf(Default::default()).init()?;
+/// let model = IntegrationFlowConfig::default().init(flow, net)?; // integral form, σ_d = 1
 /// let data = Toy::Moons.sample(256, 0)?;
 /// let config = TrainConfig { steps: 20, batch_size: 64, progress: false, ..Default::default() };
 /// let mut trainer = Trainer::new(model, data, config)?;
