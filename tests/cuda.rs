@@ -9,7 +9,7 @@ use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
 use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
 use integration_flow::metrics::sliced_wasserstein2;
-use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
+use integration_flow::model::IntegrationFlowConfig;
 use integration_flow::nn::{IntegrationNet, MlpConfig, UNetConfig};
 use integration_flow::train::{TrainConfig, Trainer};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
