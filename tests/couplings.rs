@@ -282,12 +282,18 @@ fn the_flow_registry_parses_builds_and_round_trips() {
             sigma_max: 20.0
         })
     );
+    assert_eq!(
+        " ve : sigma_max=20 ".parse::<FlowConfig>().unwrap().name(),
+        "ve"
+    );
     for bad in [
         "ode",
         "ve:sigma_max",
         "ve:sigma_max=big",
         "ve:beta=1",
         "ve:sigma_max=-1",
+        r#"rf:kind="ve""#,
+        "ve:sigma_max=1,sigma_max=2",
     ] {
         assert!(bad.parse::<FlowConfig>().is_err(), "{bad} parsed");
     }
@@ -323,4 +329,56 @@ fn resume_refuses_another_configuration_of_the_same_flow_naming_the_field() {
     }
     assert!(Trainer::resume(&dir, model(ve(80.0)), data).is_ok());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Builds a right store first and, at its rebuild after the first epoch, one anchor short.
+#[derive(Debug, Default)]
+struct ShrinksOnRebuild {
+    builds: AtomicUsize,
+}
+
+impl Coupling for ShrinksOnRebuild {
+    fn name(&self) -> &str {
+        "shrinks"
+    }
+    fn law(&self, _data: &Dataset) -> integration_flow::Result<AnchorLaw> {
+        Ok(AnchorLaw::Gaussian { scale: 1.0 })
+    }
+    fn build(
+        &self,
+        data: &Dataset,
+        _law: &AnchorLaw,
+        spec: StoreSpec<'_>,
+        _rng: &mut dyn Rng,
+    ) -> integration_flow::Result<Option<AnchorStore>> {
+        let short = self.builds.fetch_add(1, Ordering::SeqCst);
+        AnchorStore::zeros(
+            data.len() - short.min(1),
+            data.dim(),
+            spec.storage,
+            spec.backing,
+        )
+        .map(Some)
+    }
+    fn uses_anchor_term(&self) -> bool {
+        false
+    }
+    fn update(&self, _batch: &StepBatch<'_>) -> integration_flow::Result<Option<Vec<f32>>> {
+        Ok(None)
+    }
+    fn rebuilds_at(&self, _epoch: usize) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_rebuilt_store_of_the_wrong_size_is_an_error_not_a_panic() {
+    let data = Toy::Moons.sample(128, 0).unwrap();
+    let coupling = Arc::new(ShrinksOnRebuild::default());
+    let mut trainer = Trainer::with_coupling(model(rf()), data, quiet(4), coupling).unwrap();
+    trainer.train_step().unwrap(); // batch 1 of 2
+    match trainer.train_step() {
+        Err(Error::ShapeMismatch { .. }) => {}
+        other => panic!("expected a shape mismatch at the rebuild, got {other:?}"),
+    }
 }

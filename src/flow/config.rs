@@ -92,17 +92,20 @@ impl FlowConfig {
             ));
         }
         let (saved, given) = (fields(self), fields(other));
-        for (field, value) in &saved {
-            let theirs = given.get(field);
-            if theirs != Some(value) {
-                let theirs = theirs.map_or("nothing".to_string(), ToString::to_string);
-                return Some(format!(
-                    "flow field `{}.{field}` differs: checkpoint has {value}, this run has {theirs}",
-                    self.name()
-                ));
-            }
-        }
-        None
+        let show =
+            |v: Option<&serde_json::Value>| v.map_or("nothing".to_string(), |v| v.to_string());
+        saved
+            .keys()
+            .chain(given.keys())
+            .find(|field| saved.get(*field) != given.get(*field))
+            .map(|field| {
+                format!(
+                    "flow field `{}.{field}` differs: checkpoint has {}, this run has {}",
+                    self.name(),
+                    show(saved.get(field)),
+                    show(given.get(field))
+                )
+            })
     }
 }
 
@@ -125,6 +128,7 @@ impl FromStr for FlowConfig {
             return Self::from_json(s);
         }
         let (name, overrides) = s.split_once(':').unwrap_or((s, ""));
+        let name = name.trim();
         if !Self::NAMES.contains(&name) {
             return Err(Error::InvalidArgument {
                 name: "flow",
@@ -141,12 +145,19 @@ impl FromStr for FlowConfig {
                 name: "flow",
                 reason: format!("{pair:?} is not FIELD=VALUE"),
             })?;
+            let field = field.trim();
+            if field == "kind" || object.contains_key(field) {
+                return Err(Error::InvalidArgument {
+                    name: "flow",
+                    reason: format!("{field:?} is given twice (the family is the name before `:`)"),
+                });
+            }
             let value: serde_json::Value =
                 serde_json::from_str(value.trim()).map_err(|_| Error::InvalidArgument {
                     name: "flow",
-                    reason: format!("the value of {:?} is not a number: {value:?}", field.trim()),
+                    reason: format!("the value of {field:?} is not a number: {value:?}"),
                 })?;
-            object.insert(field.trim().to_string(), value);
+            object.insert(field.to_string(), value);
         }
         Self::from_json(&serde_json::Value::Object(object).to_string())
     }

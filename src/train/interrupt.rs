@@ -3,15 +3,18 @@
 //! [`Error::Interrupted`], which names the step and the checkpoint directory.
 //!
 //! The handler is process-wide, so the crate installs it only when asked: a program calls
-//! [`install`] once at start (the examples do). A second Ctrl-C while the first is being handled
-//! ends the process at once (exit status 130); the checkpoint on disk is then the previous
-//! complete one, since checkpoints are written atomically.
+//! [`install`] once at start (the examples do). While a training loop runs, Ctrl-C asks every
+//! running loop to stop after its step; a second Ctrl-C ends the process at once (exit status
+//! 130), and so does a Ctrl-C while no loop runs (nothing is half-done then: checkpoints are
+//! written atomically). The request is forgotten when the last running loop ends, so it never
+//! stops a later run.
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
 
 /// Installs the Ctrl-C handler (once per process; later calls return the first call's
@@ -20,8 +23,8 @@ pub fn install() -> Result<()> {
     INSTALLED
         .get_or_init(|| {
             ctrlc::set_handler(|| {
-                if REQUESTED.swap(true, Ordering::SeqCst) {
-                    // The second Ctrl-C: the user does not want to wait for the checkpoint.
+                // Outside training, or a second press: the user does not want to wait.
+                if ACTIVE.load(Ordering::SeqCst) == 0 || REQUESTED.swap(true, Ordering::SeqCst) {
                     std::process::exit(130);
                 }
             })
@@ -31,20 +34,34 @@ pub fn install() -> Result<()> {
         .map_err(|reason| Error::SignalHandler { reason })
 }
 
-/// Asks the running training loop to stop after its current step, as Ctrl-C does (for
-/// programs that stop training on another event).
+/// Asks the running training loops to stop after their current step, as Ctrl-C does (for
+/// programs that stop training on another event). Made while no loop runs, it stops the next
+/// loop at its first step.
 pub fn request() {
     REQUESTED.store(true, Ordering::SeqCst);
 }
 
-/// Whether a stop was asked for and not yet acted on.
+/// Whether a stop was asked for and not yet forgotten.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
-/// Forgets a request once a loop has acted on it.
-pub(super) fn clear() {
-    REQUESTED.store(false, Ordering::SeqCst);
+/// Marks a training loop as running while it lives; the last one to end forgets the request.
+pub(super) struct RunningLoop(());
+
+impl RunningLoop {
+    pub(super) fn enter() -> Self {
+        ACTIVE.fetch_add(1, Ordering::SeqCst);
+        RunningLoop(())
+    }
+}
+
+impl Drop for RunningLoop {
+    fn drop(&mut self) {
+        if ACTIVE.fetch_sub(1, Ordering::SeqCst) == 1 {
+            REQUESTED.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The command that resumes this program's run: `program` followed by this process's

@@ -55,6 +55,8 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     pub(super) optim: Optim<B, N>,
     pub(super) coupling: Arc<dyn Coupling>,
     pub(super) anchors: Option<AnchorStore>,
+    /// Whether the run has a store (fixed when it starts): a checkpoint without one is refused.
+    pub(super) has_store: bool,
     pub(super) data: Dataset,
     pub(super) config: TrainConfig,
     pub(super) position: Position,
@@ -123,15 +125,7 @@ where
                 found: format!("{} values per example", data.dim()),
             });
         }
-        if let Some(store) = &anchors {
-            if store.len() != data.len() || store.dim() != data.dim() {
-                return Err(Error::ShapeMismatch {
-                    context: "anchor store and dataset",
-                    expected: format!("{}×{} anchors", data.len(), data.dim()),
-                    found: format!("{}×{}", store.len(), store.dim()),
-                });
-            }
-        }
+        check_store_shape(anchors.as_ref(), &data)?;
         if config.drop_last && config.batch_size > data.len() {
             return Err(Error::InvalidConfig {
                 config: "TrainConfig",
@@ -164,6 +158,7 @@ where
             ema,
             optim,
             coupling,
+            has_store: anchors.is_some(),
             anchors,
             data,
             config,
@@ -293,6 +288,7 @@ where
         if self.config.flush_denormals {
             crate::backend::flush_denormals();
         }
+        let _running = interrupt::RunningLoop::enter();
         let bar = progress_bar(self.config.progress, count);
         let mut last = None;
         let mut window = (Instant::now(), self.position.step);
@@ -337,7 +333,6 @@ where
             self.checkpoint()?;
         }
         if interrupted {
-            interrupt::clear();
             return Err(Error::Interrupted {
                 step: self.position.step,
                 checkpoint: self.checkpoint_dir.clone(),
@@ -427,12 +422,28 @@ where
             AnchorBacking::Memory => {}
         }
         let law = self.model.anchor_law();
-        self.anchors = self.coupling.build(
+        let store = self.coupling.build(
             &self.data,
             &law,
             StoreSpec::from(&self.config.anchor),
             &mut rng,
         )?;
+        check_store_shape(store.as_ref(), &self.data)?;
+        self.anchors = store;
         Ok(())
+    }
+}
+
+/// A coupling's store must hold one anchor of the data's width per example.
+fn check_store_shape(store: Option<&AnchorStore>, data: &Dataset) -> Result<()> {
+    match store {
+        Some(store) if store.len() != data.len() || store.dim() != data.dim() => {
+            Err(Error::ShapeMismatch {
+                context: "anchor store and dataset",
+                expected: format!("{}×{} anchors", data.len(), data.dim()),
+                found: format!("{}×{}", store.len(), store.dim()),
+            })
+        }
+        Some(_) | None => Ok(()),
     }
 }

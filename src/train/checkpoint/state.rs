@@ -83,6 +83,14 @@ where
                 reason: "the weights are not finite; the checkpoint was not written".into(),
             });
         }
+        if self.has_store && self.anchors.is_none() {
+            return Err(Error::Checkpoint {
+                path: format::checkpoint_path(dir),
+                reason: "the anchor store was lost (a failed rebuild or rollback); \
+                         the checkpoint was not written"
+                    .into(),
+            });
+        }
         let record_error = |what: &str, e: burn::record::RecorderError| Error::Checkpoint {
             path: format::checkpoint_path(dir),
             reason: format!("cannot record the {what}: {e}"),
@@ -120,7 +128,7 @@ where
             flow: self.model.flow().name().to_string(),
             flow_config: self.model.flow().flow_config(),
             coupling: Some(self.coupling.name().to_string()),
-            anchors: Some(self.anchors.is_some()),
+            anchors: Some(self.has_store),
             parameterization: self.model.parameterization(),
             sigma_data: self.model.sigma_data(),
             anchor_law: self.model.anchor_law(),
@@ -171,16 +179,15 @@ where
         };
         let mut sections = format::read(dir)?;
         let meta = read_meta(&mut sections, &path)?;
+        // Older checkpoints do not name the coupling: it is the one their configuration names.
+        let saved_coupling = meta
+            .coupling
+            .clone()
+            .unwrap_or_else(|| meta.config.anchor.coupling().name().to_string());
         let coupling = coupling.unwrap_or_else(|| meta.config.anchor.coupling());
         let checks = [
             ("flow", meta.flow.clone(), model.flow().name().to_string()),
-            (
-                "coupling",
-                meta.coupling
-                    .clone()
-                    .unwrap_or_else(|| coupling.name().to_string()),
-                coupling.name().to_string(),
-            ),
+            ("coupling", saved_coupling, coupling.name().to_string()),
             (
                 "parameterization",
                 format!("{:?}", meta.parameterization),
