@@ -143,6 +143,11 @@ pub trait Coupling: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Whether a store matched anew every `refresh_epochs` epochs (0: never) is rebuilt at `epoch`.
+fn refresh_due(refresh_epochs: usize, epoch: usize) -> bool {
+    refresh_epochs > 0 && epoch.is_multiple_of(refresh_epochs)
+}
+
 /// `N(0, scale²·I)` anchors for every example: the start of the Gaussian couplings.
 fn gaussian_store(
     data: &Dataset,

@@ -1,6 +1,6 @@
 //! Random Gaussian anchors matched to the examples by optimal transport (the default).
 
-use super::{AnchorLaw, AnchorStore, Coupling, OtSpace, StepBatch, StoreSpec};
+use super::{refresh_due, AnchorLaw, AnchorStore, Coupling, OtSpace, StepBatch, StoreSpec};
 use crate::data::Dataset;
 use crate::error::Result;
 use rand::Rng;
@@ -59,6 +59,6 @@ impl Coupling for OptimalTransport {
     }
 
     fn rebuilds_at(&self, epoch: usize) -> bool {
-        self.refresh_epochs > 0 && epoch.is_multiple_of(self.refresh_epochs)
+        refresh_due(self.refresh_epochs, epoch)
     }
 }

@@ -1,7 +1,7 @@
 //! Anchors drawn in the data's principal subspace and matched to the examples by optimal
 //! transport on their whitened principal coordinates.
 
-use super::{AnchorLaw, AnchorStore, Coupling, StepBatch, StoreSpec, SubspaceLaw};
+use super::{refresh_due, AnchorLaw, AnchorStore, Coupling, StepBatch, StoreSpec, SubspaceLaw};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use rand::Rng;
@@ -71,6 +71,6 @@ impl Coupling for OptimalTransportSubspace {
     }
 
     fn rebuilds_at(&self, epoch: usize) -> bool {
-        self.refresh_epochs > 0 && epoch.is_multiple_of(self.refresh_epochs)
+        refresh_due(self.refresh_epochs, epoch)
     }
 }

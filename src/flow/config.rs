@@ -70,9 +70,7 @@ impl FlowConfig {
 
     /// Reads a configuration from JSON; an unknown family or field is an error naming it.
     pub fn from_json(json: &str) -> Result<Self> {
-        let config: FlowConfig = crate::error::config_from_json("FlowConfig", json)?;
-        config.init()?;
-        Ok(config)
+        <Self as crate::config::ValidatedConfig>::from_json(json)
     }
 
     /// What differs between this configuration (a checkpoint's) and `other` (a run's; `None`

@@ -122,9 +122,9 @@ pub trait ProbabilityFlow: Send + Sync + std::fmt::Debug {
         Ok((0..len).map(|_| StandardNormal.sample(rng)).collect())
     }
 
-    /// The time at which [`noise_to_signal`](ProbabilityFlowExt::noise_to_signal) equals `ratio`, clamped to
-    /// the time range. The default bisects, assuming the ratio increases with t (which
-    /// [`check`] verifies); families override it with the closed form.
+    /// The time at which [`noise_to_signal`](ProbabilityFlowExt::noise_to_signal) equals
+    /// `ratio`, clamped to the time range. The default bisects, assuming the ratio increases
+    /// with t (which [`check`] verifies); families override it with the closed form.
     fn time_at_noise_to_signal(&self, ratio: f64) -> f64 {
         let range = self.time_range();
         let (mut lo, mut hi) = (range.min, range.max);

@@ -251,9 +251,7 @@ impl TrainConfig {
     /// # Ok::<(), integration_flow::Error>(())
     /// ```
     pub fn from_json(json: &str) -> Result<Self> {
-        let config: TrainConfig = crate::error::config_from_json("TrainConfig", json)?;
-        config.validate()?;
-        Ok(config)
+        <Self as crate::config::ValidatedConfig>::from_json(json)
     }
 
     /// Checks every value; the error names the field.

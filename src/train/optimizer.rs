@@ -18,8 +18,7 @@ pub(super) enum Optim<B: AutodiffBackend, N: AutodiffModule<B>> {
 
 impl<B: AutodiffBackend, N: AutodiffModule<B>> Optim<B, N> {
     /// A fresh optimizer as `config` says.
-    pub(super) fn new(config: &OptimizerConfig) -> Self {
-        let o = config;
+    pub(super) fn new(o: &OptimizerConfig) -> Self {
         match o.kind {
             OptimizerKind::Adam => {
                 let decay =

@@ -78,7 +78,6 @@ where
     /// against the model and data, builds the anchors, the optimizer and the EMA. Nothing is
     /// trained yet.
     pub fn new(model: IntegrationFlow<B, N>, data: Dataset, config: TrainConfig) -> Result<Self> {
-        config.validate()?;
         let coupling = config.anchor.coupling();
         Self::with_coupling(model, data, config, coupling)
     }

@@ -51,6 +51,14 @@ struct Meta {
 }
 
 impl Meta {
+    /// The coupling's name; older checkpoints do not record it, and theirs is the one their
+    /// configuration names.
+    fn coupling_name(&self, configured: &dyn Coupling) -> String {
+        self.coupling
+            .clone()
+            .unwrap_or_else(|| configured.name().to_string())
+    }
+
     fn has_anchors(&self) -> bool {
         self.anchors.unwrap_or(match self.config.anchor.policy {
             AnchorPolicy::Off => false,
@@ -179,12 +187,9 @@ where
         };
         let mut sections = format::read(dir)?;
         let meta = read_meta(&mut sections, &path)?;
-        // Older checkpoints do not name the coupling: it is the one their configuration names.
-        let saved_coupling = meta
-            .coupling
-            .clone()
-            .unwrap_or_else(|| meta.config.anchor.coupling().name().to_string());
-        let coupling = coupling.unwrap_or_else(|| meta.config.anchor.coupling());
+        let configured = meta.config.anchor.coupling();
+        let saved_coupling = meta.coupling_name(configured.as_ref());
+        let coupling = coupling.unwrap_or(configured);
         let checks = [
             ("flow", meta.flow.clone(), model.flow().name().to_string()),
             ("coupling", saved_coupling, coupling.name().to_string()),
@@ -326,10 +331,7 @@ impl CheckpointInfo {
         for name in ["model", "ema", "optimizer"] {
             sections.take(name, path)?;
         }
-        let coupling = meta
-            .coupling
-            .clone()
-            .unwrap_or_else(|| meta.config.anchor.coupling().name().to_string());
+        let coupling = meta.coupling_name(meta.config.anchor.coupling().as_ref());
         Ok(CheckpointInfo {
             step: meta.position.step,
             epoch: meta.position.epoch,
