@@ -10,7 +10,7 @@ mod norm;
 mod unet;
 
 pub use embedding::NoiseEmbedding;
-pub use fused::{linear_silu, silu};
+pub use fused::{conv2d, fused_kernels, linear_silu, set_fused_kernels, silu};
 pub(crate) use init::{conv as init_conv, linear as init_linear};
 pub use mlp::{Mlp, MlpConfig};
 pub use unet::{AnchorInput, UNet, UNetConfig};

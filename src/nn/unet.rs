@@ -8,8 +8,8 @@
 use super::embedding::{embed, NoiseEmbedding};
 use super::init::{self, conv};
 use super::norm::GroupNorm;
-use super::silu;
 use super::IntegrationNet;
+use super::{conv2d, silu};
 use crate::error::{invalid_config, Result};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
@@ -339,12 +339,12 @@ struct ResBlock<B: Backend> {
 
 impl<B: Backend> ResBlock<B> {
     fn forward(&self, x: Tensor<B, 4>, emb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
         let [n, c] = [h.dims()[0], h.dims()[1]];
         let h = h + self.embedding.forward(emb).reshape([n, c, 1, 1]);
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv2d(&self.conv2, silu(self.norm2.forward(h)));
         match &self.shortcut {
-            Some(shortcut) => shortcut.forward(x) + h,
+            Some(shortcut) => conv2d(shortcut, x) + h,
             None => x + h,
         }
     }
@@ -511,7 +511,7 @@ fn run_block<B: Backend>(
                 None => h,
             }
         }
-        Stage::Down(conv) | Stage::Up(conv) => conv.forward(x),
+        Stage::Down(conv) | Stage::Up(conv) => conv2d(conv, x),
     }
 }
 
@@ -540,7 +540,7 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
             Some(context) => (fold(x, p), Some(context.forward(anchor))),
         };
         let tokens = tokens.as_ref();
-        let mut h = self.stem.forward(input);
+        let mut h = conv2d(&self.stem, input);
         let mut skips = vec![h.clone()];
         for stage in &self.down {
             h = run_block(stage, h, &emb, tokens);
@@ -557,7 +557,7 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
                             .last()
                             .map(|s| s.dims())
                             .unwrap_or([n, c, height / p, width / p]);
-                    conv.forward(upsample(h, sh, sw))
+                    conv2d(conv, upsample(h, sh, sw))
                 }
                 block => {
                     let input = match skips.pop() {
@@ -568,7 +568,7 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
                 }
             };
         }
-        let out = self.out_conv.forward(silu(self.out_norm.forward(h)));
+        let out = conv2d(&self.out_conv, silu(self.out_norm.forward(h)));
         unfold(out, p).reshape([n, c * height * width])
     }
 }

@@ -33,29 +33,31 @@ use burn::tensor::Tensor;
 /// ```
 pub fn linear_silu<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
-    let x = match flex::linear_silu(layer, x) {
-        Ok(y) => return y,
-        Err(x) => x,
+    let x = if super::fused_kernels() {
+        match flex::linear_silu(layer, x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        }
+    } else {
+        x
     };
     super::silu(layer.forward(x))
 }
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, values};
+    use super::super::flex_ops::{on_flex, product, values, FlexAutodiff};
     use super::super::silu::{backward_block, forward_block, forward_slice};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-    use burn::backend::{Autodiff, Flex};
+    use burn::backend::Flex;
     use burn::nn::Linear;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
-
-    type FlexAutodiff = Autodiff<Flex>;
 
     /// The fused op where it applies (flex, f32, a bias, consistent shapes); `x` back
     /// otherwise.
@@ -74,101 +76,14 @@ mod flex {
         if !f32s || w_in != d_in || bias.dims() != [w_out] {
             return Err(x);
         }
-        let x = match cast::<Tensor<B, 2>, Tensor<FlexAutodiff, 2>>(x) {
-            Ok(x) => {
-                let (Ok(weight), Ok(bias)) = (cast(weight), cast(bias)) else {
-                    unreachable!("the layer's tensors are on the input's backend")
-                };
-                return Ok(cast(autodiff(x, weight, bias)).unwrap_or_else(|_| unreachable!()));
-            }
-            Err(x) => x,
-        };
-        match cast::<Tensor<B, 2>, Tensor<Flex, 2>>(x) {
-            Ok(x) => {
-                let (Ok(weight), Ok(bias)) = (
-                    cast::<Tensor<B, 2>, Tensor<Flex, 2>>(weight),
-                    cast::<Tensor<B, 1>, Tensor<Flex, 1>>(bias),
-                ) else {
-                    unreachable!("the layer's tensors are on the input's backend")
-                };
-                let (x, w, b) = (prim(x), prim(weight), prim(bias));
-                let (_, y) = forward(&x, &w, &b);
-                let y = output(y, x.layout().shape()[0], w.layout().shape()[1]);
-                Ok(
-                    cast(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(y)))
-                        .unwrap_or_else(|_| unreachable!()),
-                )
-            }
-            Err(x) => Err(x),
-        }
-    }
-
-    fn prim<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
-        t.into_primitive().tensor()
+        on_flex((x, weight, bias), autodiff, |x, w, b| {
+            let (_, y) = forward(&x, &w, &b);
+            output(y, x.layout().shape()[0], w.layout().shape()[1])
+        })
     }
 
     fn output(values: Vec<f32>, rows: usize, cols: usize) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, [rows, cols]))
-    }
-
-    /// Whether a product of this size is worth both threads (flex's own threshold).
-    fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
-        if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        }
-    }
-
-    /// `dst (m×n, row-major) := [dst +] a·b`, where `a` is m×k and `b` is k×n, each given by
-    /// its row and column strides; on rayon's threads if `threads` and the product is large.
-    #[allow(clippy::too_many_arguments)]
-    fn product(
-        dst: &mut [f32],
-        (accumulate, threads): (bool, bool),
-        (m, n, k): (usize, usize, usize),
-        a: &[f32],
-        (a_rs, a_cs): (usize, usize),
-        b: &[f32],
-        (b_rs, b_cs): (usize, usize),
-    ) {
-        let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
-            (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
-        };
-        // The checks that make the pointer arithmetic below stay inside the slices.
-        assert!(dst.len() >= m * n, "product: destination too small");
-        assert!(m == 0 || k == 0 || last(m, k, a_rs, a_cs) < a.len());
-        assert!(n == 0 || k == 0 || last(k, n, b_rs, b_cs) < b.len());
-        // SAFETY: every index gemm reads or writes, (i·rs + j·cs) for i, j within the stated
-        // dimensions, is inside its slice by the assertions above; dst does not alias a or b
-        // (it is a distinct &mut).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                a.as_ptr(),
-                a_cs as isize,
-                a_rs as isize,
-                b.as_ptr(),
-                b_cs as isize,
-                b_rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                if threads {
-                    parallelism(m, n, k)
-                } else {
-                    gemm::Parallelism::None
-                },
-            );
-        }
     }
 
     /// Rows per block of the blocked passes over `rows` rows of `width` values: about two

@@ -5,10 +5,36 @@
 //! need no extra trait bound) and burn's own composition on every other backend. The kernels
 //! and their autodiff glue are internal; the ops are the public surface.
 
+mod conv2d;
 #[cfg(feature = "flex")]
 mod flex_ops;
 mod linear_silu;
 mod silu;
 
+pub use conv2d::conv2d;
 pub use linear_silu::linear_silu;
 pub use silu::silu;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused flex kernels of [`silu`], [`linear_silu`] and [`conv2d`] on or off for the
+/// whole process (on by default). Off, every op takes burn's own composition on every backend:
+/// the reference the fused kernels are tested against, and a way to rule them out when a
+/// result looks wrong. The switch is global, so flip it only where nothing else is training.
+///
+/// ```
+/// use integration_flow::nn::{fused_kernels, set_fused_kernels};
+/// set_fused_kernels(false);
+/// assert!(!fused_kernels());
+/// set_fused_kernels(true);
+/// ```
+pub fn set_fused_kernels(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the fused flex kernels are on (see [`set_fused_kernels`]).
+pub fn fused_kernels() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}

@@ -31,9 +31,13 @@ use burn::tensor::Tensor;
 /// ```
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
-    let x = match flex::silu(x) {
-        Ok(y) => return y,
-        Err(x) => x,
+    let x = if super::fused_kernels() {
+        match flex::silu(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        }
+    } else {
+        x
     };
     burn::tensor::activation::silu(x)
 }

@@ -1,0 +1,749 @@
+//! A 2-D convolution with a backward pass of its own on the default CPU backend.
+//!
+//! burn-flex 0.21 has no convolution backward: burn's default computes the input gradient as a
+//! transposed convolution, which flex runs one batch element at a time on one thread, and the
+//! weight gradient through dimension swaps that copy element by element. In a `perf` profile of
+//! the UNet training step those copies and the transposed convolution took more time than all
+//! the matrix products (docs/benchmarks.md). Here the forward pass and both gradients are
+//! matrix products through `gemm` on im2col tiles in channels-last order, so every product has
+//! the channels as its contiguous dimension and the pixels of several images as its long one:
+//!
+//! - forward: `out = cols · Wᵀ`, `cols` the `[pixels, kh·kw·c_in]` patches of a tile of images;
+//! - input gradient: `dcols = dout · W`, scattered back onto the input's pixels (col2im);
+//! - weight gradient: `dW = doutᵀ · cols`, summed over tiles in a fixed order (deterministic for
+//!   a given batch, whatever the thread count); the bias gradient is a sum over pixels.
+//!
+//! Images are split into a fixed number of groups of whole tiles, one rayon task per group,
+//! each with its buffers allocated once. Other backends, grouped or dilated convolutions and
+//! padding other than explicit or valid take burn's `Conv2d::forward`.
+
+use burn::nn::conv::Conv2d;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// `layer.forward(x)` for a burn [`Conv2d`] layer and `x` of shape `[n, c_in, h, w]`. On
+/// `Flex`/`Autodiff<Flex>` with `f32` data, a bias, one group, no dilation and explicit (or no)
+/// padding it is one op with its own backward step; elsewhere burn's convolution.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::nn::conv::Conv2dConfig;
+/// use burn::nn::PaddingConfig2d;
+/// use burn::tensor::{Distribution, Tensor};
+/// use integration_flow::backend::Cpu;
+/// use integration_flow::nn::conv2d;
+/// let device = Default::default();
+/// let layer = Conv2dConfig::new([3, 4], [3, 3])
+///     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+///     .init::<Cpu>(&device);
+/// let x = Tensor::<Cpu, 4>::random([2, 3, 5, 6], Distribution::Normal(0.0, 1.0), &device);
+/// let fast = conv2d(&layer, x.clone());
+/// assert_eq!(fast.dims(), [2, 4, 5, 6]);
+/// assert!((fast - layer.forward(x)).abs().max().into_scalar() < 1e-4);
+/// # }
+/// ```
+pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let x = if super::fused_kernels() {
+        match flex::conv2d(layer, x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        }
+    } else {
+        x
+    };
+    layer.forward(x)
+}
+
+/// The kernels on plain slices: the im2col layout, the tiling and the three products.
+#[cfg(feature = "flex")]
+mod kernels {
+    use super::super::flex_ops::product;
+    use rayon::prelude::*;
+
+    /// Output pixels (rows of one product) a tile aims at: enough rows for gemm's kernels to run
+    /// at speed, few enough that a tile's patches stay in a core's L2 cache.
+    const TILE_ROWS: usize = 256;
+
+    /// Everything about one convolution's shapes.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) struct Geometry {
+        pub n: usize,
+        pub c_in: usize,
+        pub h: usize,
+        pub w: usize,
+        pub c_out: usize,
+        pub kh: usize,
+        pub kw: usize,
+        pub stride: [usize; 2],
+        /// Top and left padding (bottom and right only change the output size).
+        pub pad: [usize; 2],
+        pub ho: usize,
+        pub wo: usize,
+    }
+
+    impl Geometry {
+        /// `None` where the shapes do not make a convolution (the caller falls back to burn,
+        /// which reports the error its own way).
+        pub fn new(
+            x: [usize; 4],
+            weight: [usize; 4],
+            stride: [usize; 2],
+            [top, left, bottom, right]: [usize; 4],
+        ) -> Option<Self> {
+            let [n, c_in, h, w] = x;
+            let [c_out, w_in, kh, kw] = weight;
+            let size = |side: usize, before: usize, after: usize, k: usize, s: usize| {
+                let padded = side + before + after;
+                (s > 0 && k > 0 && padded >= k).then(|| (padded - k) / s + 1)
+            };
+            let ho = size(h, top, bottom, kh, stride[0])?;
+            let wo = size(w, left, right, kw, stride[1])?;
+            (w_in == c_in && c_out > 0 && c_in > 0 && h > 0 && w > 0).then_some(Geometry {
+                n,
+                c_in,
+                h,
+                w,
+                c_out,
+                kh,
+                kw,
+                stride,
+                pad: [top, left],
+                ho,
+                wo,
+            })
+        }
+
+        /// Values per patch, `kh·kw·c_in`.
+        pub fn k(&self) -> usize {
+            self.kh * self.kw * self.c_in
+        }
+
+        fn pixels_in(&self) -> usize {
+            self.h * self.w
+        }
+
+        fn pixels_out(&self) -> usize {
+            self.ho * self.wo
+        }
+
+        /// A 1×1 convolution at stride 1 without padding: the patches are the channels-last
+        /// input itself.
+        fn pointwise(&self) -> bool {
+            self.kh == 1
+                && self.kw == 1
+                && self.stride == [1, 1]
+                && self.pad == [0, 0]
+                && (self.ho, self.wo) == (self.h, self.w)
+        }
+
+        /// `(images per tile, images per group, groups)`.
+        fn plan(&self) -> (usize, usize, usize) {
+            let tile = (TILE_ROWS / self.pixels_out().max(1)).clamp(1, self.n.max(1));
+            let tiles = self.n.div_ceil(tile);
+            // A fixed number of groups (not one per thread), so that the weight gradient's sum
+            // has the same order on any machine.
+            let wanted = 8.max(2 * rayon::current_num_threads());
+            let per_group = tiles.div_ceil(wanted.min(tiles).max(1)).max(1) * tile;
+            (tile, per_group, self.n.div_ceil(per_group).max(1))
+        }
+    }
+
+    /// `[c_out, c_in, kh, kw]` → `[c_out, kh, kw, c_in]`, the order of a channels-last patch.
+    pub(super) fn kernel_major(weight: &[f32], g: &Geometry) -> Vec<f32> {
+        reorder(weight, g, true)
+    }
+
+    /// The inverse of [`kernel_major`].
+    pub(super) fn channel_major(weight: &[f32], g: &Geometry) -> Vec<f32> {
+        reorder(weight, g, false)
+    }
+
+    /// Per output channel, the `c_in × kh·kw` block transposed (`to_kernel_major`) or back.
+    fn reorder(weight: &[f32], g: &Geometry, to_kernel_major: bool) -> Vec<f32> {
+        let (k, taps) = (g.k(), g.kh * g.kw);
+        let mut out = vec![0.0f32; g.c_out * k];
+        for (dst, src) in out.chunks_exact_mut(k).zip(weight.chunks_exact(k)) {
+            if to_kernel_major {
+                transpose(src, g.c_in, taps, dst);
+            } else {
+                transpose(src, taps, g.c_in, dst);
+            }
+        }
+        out
+    }
+
+    /// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed, in blocks that
+    /// keep both sides' lines in L1.
+    fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+        const BLOCK: usize = 16;
+        for r0 in (0..rows).step_by(BLOCK) {
+            for c0 in (0..cols).step_by(BLOCK) {
+                for r in r0..(r0 + BLOCK).min(rows) {
+                    let line = &src[r * cols..][..cols];
+                    for c in c0..(c0 + BLOCK).min(cols) {
+                        dst[c * rows + r] = line[c];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The input pixels a row of patches reads for output row `oy` and kernel row `ky`, or
+    /// `None` in the padding.
+    fn source_row(g: &Geometry, oy: usize, ky: usize) -> Option<usize> {
+        (oy * g.stride[0] + ky)
+            .checked_sub(g.pad[0])
+            .filter(|&iy| iy < g.h)
+    }
+
+    /// One image's patches: `cols[(oy·wo + ox)·K + (ky·kw + kx)·c_in + c]` from its
+    /// channels-last pixels `x[(iy·w + ix)·c_in + c]`, zero in the padding.
+    fn im2col(x: &[f32], g: &Geometry, cols: &mut [f32]) {
+        let (k, ci, span) = (g.k(), g.c_in, g.kw * g.c_in);
+        for oy in 0..g.ho {
+            for ox in 0..g.wo {
+                let row = &mut cols[(oy * g.wo + ox) * k..][..k];
+                for (ky, seg) in row.chunks_exact_mut(span).enumerate() {
+                    let Some(iy) = source_row(g, oy, ky) else {
+                        seg.fill(0.0);
+                        continue;
+                    };
+                    let left = ox * g.stride[1];
+                    if left >= g.pad[1] && left - g.pad[1] + g.kw <= g.w {
+                        seg.copy_from_slice(&x[(iy * g.w + left - g.pad[1]) * ci..][..span]);
+                        continue;
+                    }
+                    for (kx, chunk) in seg.chunks_exact_mut(ci).enumerate() {
+                        match (left + kx).checked_sub(g.pad[1]).filter(|&ix| ix < g.w) {
+                            Some(ix) => chunk.copy_from_slice(&x[(iy * g.w + ix) * ci..][..ci]),
+                            None => chunk.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`im2col`]: every patch value added back onto the pixel it came from
+    /// (`dx` channels-last, zeroed by the caller).
+    fn col2im(cols: &[f32], g: &Geometry, dx: &mut [f32]) {
+        let (k, ci, span) = (g.k(), g.c_in, g.kw * g.c_in);
+        for oy in 0..g.ho {
+            for ox in 0..g.wo {
+                let row = &cols[(oy * g.wo + ox) * k..][..k];
+                for (ky, seg) in row.chunks_exact(span).enumerate() {
+                    let Some(iy) = source_row(g, oy, ky) else {
+                        continue;
+                    };
+                    let left = ox * g.stride[1];
+                    for (kx, chunk) in seg.chunks_exact(ci).enumerate() {
+                        if let Some(ix) = (left + kx).checked_sub(g.pad[1]).filter(|&ix| ix < g.w) {
+                            let dst = &mut dx[(iy * g.w + ix) * ci..][..ci];
+                            for (d, v) in dst.iter_mut().zip(chunk) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Channels-last copies of `images` NCHW images (`[c, pixels]` each → `[pixels, c]`).
+    fn channels_last(src: &[f32], images: usize, c: usize, pixels: usize, dst: &mut [f32]) {
+        let len = c * pixels;
+        for (s, d) in src
+            .chunks_exact(len)
+            .zip(dst.chunks_exact_mut(len))
+            .take(images)
+        {
+            transpose(s, c, pixels, d);
+        }
+    }
+
+    /// Per-tile buffers of one group, allocated once.
+    struct Buffers {
+        x: Vec<f32>,
+        cols: Vec<f32>,
+        out: Vec<f32>,
+    }
+
+    impl Buffers {
+        fn new(g: &Geometry, tile: usize, x: bool, cols: bool) -> Self {
+            let cols = cols && !g.pointwise();
+            Buffers {
+                x: vec![0.0; if x { tile * g.pixels_in() * g.c_in } else { 0 }],
+                cols: vec![
+                    0.0;
+                    if cols {
+                        tile * g.pixels_out() * g.k()
+                    } else {
+                        0
+                    }
+                ],
+                out: vec![0.0; tile * g.pixels_out() * g.c_out],
+            }
+        }
+
+        /// The patches of the `images` images now in `self.x` (the input itself if pointwise).
+        fn patches(&mut self, g: &Geometry, images: usize) -> &[f32] {
+            let (len_in, len_cols) = (g.pixels_in() * g.c_in, g.pixels_out() * g.k());
+            if g.pointwise() {
+                return &self.x[..images * len_in];
+            }
+            for (x, cols) in self
+                .x
+                .chunks_exact(len_in)
+                .zip(self.cols.chunks_exact_mut(len_cols))
+                .take(images)
+            {
+                im2col(x, g, cols);
+            }
+            &self.cols[..images * len_cols]
+        }
+    }
+
+    /// The convolution of NCHW `x` with `weight` in [`kernel_major`] order plus `bias`: NCHW
+    /// `[n, c_out, ho, wo]`.
+    pub(super) fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+        let (tile, per_group, groups) = g.plan();
+        let (len_in, len_out) = (g.c_in * g.pixels_in(), g.c_out * g.pixels_out());
+        let mut out = vec![0.0f32; g.n * len_out];
+        if g.n == 0 {
+            return out;
+        }
+        let (k, p) = (g.k(), g.pixels_out());
+        let run = |x: &[f32], out: &mut [f32]| {
+            let mut buf = Buffers::new(g, tile, true, true);
+            for (x, out) in x.chunks(tile * len_in).zip(out.chunks_mut(tile * len_out)) {
+                let images = x.len() / len_in;
+                channels_last(x, images, g.c_in, g.pixels_in(), &mut buf.x);
+                let rows = images * p;
+                let mut result = std::mem::take(&mut buf.out);
+                let cols = buf.patches(g, images);
+                let shape = (rows, g.c_out, k);
+                let threads = groups == 1;
+                product(
+                    &mut result,
+                    (false, threads),
+                    shape,
+                    cols,
+                    (k, 1),
+                    weight,
+                    (1, k),
+                );
+                for (r, o) in result
+                    .chunks_exact(p * g.c_out)
+                    .zip(out.chunks_exact_mut(len_out))
+                {
+                    transpose(r, p, g.c_out, o);
+                    for (plane, b) in o.chunks_exact_mut(p).zip(bias) {
+                        plane.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+                buf.out = result;
+            }
+        };
+        out.par_chunks_mut(per_group * len_out)
+            .zip(x.par_chunks(per_group * len_in))
+            .for_each(|(out, x)| run(x, out));
+        out
+    }
+
+    /// The gradients of [`forward`] for the incoming gradient `dout` (NCHW): `(dx, dweight,
+    /// dbias)`, `dx` NCHW and `dweight` in [`kernel_major`] order, each empty where not wanted.
+    pub(super) fn backward(
+        x: &[f32],
+        weight: &[f32],
+        dout: &[f32],
+        g: &Geometry,
+        (want_dx, want_dw): (bool, bool),
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (tile, per_group, groups) = g.plan();
+        let (len_in, len_out) = (g.c_in * g.pixels_in(), g.c_out * g.pixels_out());
+        let (k, p, co) = (g.k(), g.pixels_out(), g.c_out);
+        let mut dx = vec![0.0f32; if want_dx { g.n * len_in } else { 0 }];
+        let threads = groups == 1;
+        // One group: its share of dW and db, and its images' dx.
+        let run = |x: &[f32], dout: &[f32], dx: &mut [f32]| -> (Vec<f32>, Vec<f32>) {
+            let mut buf = Buffers::new(g, tile, want_dw, want_dw);
+            let mut dcols = vec![
+                0.0f32;
+                if want_dx && !g.pointwise() {
+                    tile * p * k
+                } else {
+                    0
+                }
+            ];
+            let mut dxt = vec![0.0f32; if want_dx { tile * len_in } else { 0 }];
+            let mut dw = vec![0.0f32; if want_dw { co * k } else { 0 }];
+            let mut db = vec![0.0f32; co];
+            let mut dx_tiles = dx.chunks_mut(tile * len_in);
+            for (x, dout) in x.chunks(tile * len_in).zip(dout.chunks(tile * len_out)) {
+                let images = dout.len() / len_out;
+                let rows = images * p;
+                for image in dout.chunks_exact(len_out) {
+                    for (s, plane) in db.iter_mut().zip(image.chunks_exact(p)) {
+                        *s += plane.iter().sum::<f32>();
+                    }
+                }
+                let mut dout_t = std::mem::take(&mut buf.out);
+                channels_last(dout, images, co, p, &mut dout_t);
+                if want_dw {
+                    channels_last(x, images, g.c_in, g.pixels_in(), &mut buf.x);
+                    let cols = buf.patches(g, images);
+                    let shape = (co, k, rows);
+                    product(
+                        &mut dw,
+                        (true, threads),
+                        shape,
+                        &dout_t,
+                        (1, co),
+                        cols,
+                        (k, 1),
+                    );
+                }
+                if let Some(dx) = dx_tiles.next() {
+                    let shape = (rows, k, co);
+                    let dxt = &mut dxt[..images * len_in];
+                    // A pointwise convolution's patch gradients are the input gradient.
+                    let target = match g.pointwise() {
+                        true => &mut *dxt,
+                        false => &mut dcols[..rows * k],
+                    };
+                    let dout = (&dout_t[..], (co, 1));
+                    product(
+                        target,
+                        (false, threads),
+                        shape,
+                        dout.0,
+                        dout.1,
+                        weight,
+                        (k, 1),
+                    );
+                    if !g.pointwise() {
+                        let dcols = &dcols[..rows * k];
+                        dxt.fill(0.0);
+                        for (c, d) in dcols.chunks_exact(p * k).zip(dxt.chunks_exact_mut(len_in)) {
+                            col2im(c, g, d);
+                        }
+                    }
+                    for (s, d) in dxt.chunks_exact(len_in).zip(dx.chunks_exact_mut(len_in)) {
+                        transpose(s, g.pixels_in(), g.c_in, d);
+                    }
+                }
+                buf.out = dout_t;
+            }
+            (dw, db)
+        };
+        let mut dx_groups: Vec<&mut [f32]> = dx.chunks_mut(per_group * len_in).collect();
+        dx_groups.resize_with(groups, Default::default);
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = x
+            .par_chunks(per_group * len_in)
+            .zip(dout.par_chunks(per_group * len_out))
+            .zip(dx_groups.into_par_iter())
+            .map(|((x, dout), dx)| run(x, dout, dx))
+            .collect();
+        let mut dw = vec![0.0f32; if want_dw { co * k } else { 0 }];
+        let mut db = vec![0.0f32; co];
+        for (pw, pb) in &partials {
+            dw.iter_mut().zip(pw).for_each(|(s, v)| *s += v);
+            db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
+        }
+        drop(partials);
+        (dx, dw, db)
+    }
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::super::flex_ops::{on_flex, values, FlexAutodiff};
+    use super::kernels::{self, Geometry};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::Flex;
+    use burn::nn::conv::Conv2d;
+    use burn::nn::PaddingConfig2d;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn_flex::FlexTensor;
+
+    /// The fast op where it applies; `x` back otherwise.
+    pub(super) fn conv2d<B: Backend>(
+        layer: &Conv2d<B>,
+        x: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let Some(bias) = &layer.bias else {
+            return Err(x);
+        };
+        let padding = match layer.padding {
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+            PaddingConfig2d::Valid => [0; 4],
+            PaddingConfig2d::Same => return Err(x),
+        };
+        let weight = layer.weight.val();
+        let bias = bias.val();
+        let f32s = [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
+        let Some(g) = Geometry::new(x.dims(), weight.dims(), layer.stride, padding) else {
+            return Err(x);
+        };
+        if !f32s || layer.groups != 1 || layer.dilation != [1, 1] || bias.dims() != [g.c_out] {
+            return Err(x);
+        }
+        let autodiff = |x, w, b| autodiff(x, w, b, g);
+        on_flex((x, weight, bias), autodiff, |x, w, b| {
+            let wk = kernels::kernel_major(&values(&w), &g);
+            output(kernels::forward(&values(&x), &wk, &values(&b), &g), &g)
+        })
+    }
+
+    fn output(values: Vec<f32>, g: &Geometry) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, [g.n, g.c_out, g.ho, g.wo]))
+    }
+
+    /// What the backward step keeps: the input, the weight in patch order, the shapes.
+    #[derive(Clone, Debug)]
+    struct Saved {
+        x: FlexTensor,
+        weight: Vec<f32>,
+        geometry: Geometry,
+    }
+
+    #[derive(Debug)]
+    struct Conv2dBackward;
+
+    impl Backward<Flex, 3> for Conv2dBackward {
+        type State = Saved;
+
+        fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let Saved {
+                x,
+                weight,
+                geometry: g,
+            } = ops.state;
+            let [x_node, w_node, b_node] = ops.parents;
+            let grad = grads.consume::<Flex>(&ops.node);
+            let wants = (x_node.is_some(), w_node.is_some());
+            let (dx, dw, db) = kernels::backward(&values(&x), &weight, &values(&grad), &g, wants);
+            if let Some(node) = b_node {
+                let db = FlexTensor::from_data(TensorData::new(db, [g.c_out]));
+                grads.register::<Flex>(node.id, db);
+            }
+            if let Some(node) = w_node {
+                let dw = kernels::channel_major(&dw, &g);
+                let dw = FlexTensor::from_data(TensorData::new(dw, [g.c_out, g.c_in, g.kh, g.kw]));
+                grads.register::<Flex>(node.id, dw);
+            }
+            if let Some(node) = x_node {
+                let dx = FlexTensor::from_data(TensorData::new(dx, [g.n, g.c_in, g.h, g.w]));
+                grads.register::<Flex>(node.id, dx);
+            }
+        }
+    }
+
+    fn autodiff(
+        x: Tensor<FlexAutodiff, 4>,
+        weight: Tensor<FlexAutodiff, 4>,
+        bias: Tensor<FlexAutodiff, 1>,
+        g: Geometry,
+    ) -> Tensor<FlexAutodiff, 4> {
+        let (x, w, b) = (
+            x.into_primitive().tensor(),
+            weight.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        );
+        let wk = kernels::kernel_major(&values(&w.primitive), &g);
+        let y = kernels::forward(&values(&x.primitive), &wk, &values(&b.primitive), &g);
+        let y = output(y, &g);
+        let out = match Conv2dBackward
+            .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                Saved {
+                    x: x.primitive,
+                    weight: wk,
+                    geometry: g,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
+    use burn::tensor::{Distribution, TensorData, Tolerance};
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    type Ad = Autodiff<Flex>;
+
+    /// One convolution case: `[n, c_in, h, w]`, `c_out`, kernel, stride, padding.
+    type Case = ([usize; 4], usize, usize, usize, usize);
+
+    /// Random cases over the shapes the issue names (odd sizes, stride 1 and 2, padding 0/1,
+    /// kernel 1 and 3), plus the UNet's own at a batch that spans several tiles and groups.
+    fn cases() -> Vec<Case> {
+        let mut rng = StdRng::seed_from_u64(16);
+        let mut cases: Vec<Case> = (0..40)
+            .map(|_| {
+                let kernel: usize = [1, 3][rng.random_range(0..2)];
+                let pad: usize = rng.random_range(0..2);
+                let min = kernel.saturating_sub(2 * pad).max(1);
+                (
+                    [
+                        rng.random_range(1..6),
+                        rng.random_range(1..10),
+                        rng.random_range(min..12),
+                        rng.random_range(min..12),
+                    ],
+                    rng.random_range(1..10),
+                    kernel,
+                    rng.random_range(1..3),
+                    pad,
+                )
+            })
+            .collect();
+        cases.extend([
+            ([40, 8, 14, 14], 32, 3, 1, 1),
+            ([40, 32, 14, 14], 32, 3, 2, 1),
+            ([70, 64, 4, 4], 64, 3, 1, 1),
+            ([33, 96, 7, 7], 64, 1, 1, 0),
+        ]);
+        cases
+    }
+
+    fn layer<B: burn::tensor::backend::Backend>(case: &Case, device: &B::Device) -> Conv2d<B> {
+        let ([_, c_in, _, _], c_out, kernel, stride, pad) = *case;
+        Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .init::<B>(device)
+    }
+
+    /// The fast op's output and its three gradients, and burn's, for one case: a random
+    /// probe as the incoming gradient.
+    fn both(case: &Case, seed: u64) -> [(TensorData, TensorData); 4] {
+        let device = Default::default();
+        <Ad as burn::tensor::backend::Backend>::seed(&device, seed);
+        let conv = layer::<Ad>(case, &device);
+        let x =
+            Tensor::<Ad, 4>::random(case.0, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let fast = conv2d(&conv, x.clone());
+        let plain = conv.forward(x.clone());
+        let probe = Tensor::<Ad, 4>::random(plain.dims(), Distribution::Default, &device);
+        let g_fast = (fast.clone() * probe.clone()).sum().backward();
+        let g_plain = (plain.clone() * probe).sum().backward();
+        let bias = conv.bias.as_ref().expect("bias").val();
+        let weight = conv.weight.val();
+        let grad = |g| {
+            (
+                x.grad(g).expect("dx").into_data(),
+                weight.grad(g).expect("dw").into_data(),
+                bias.grad(g).expect("db").into_data(),
+            )
+        };
+        let (fx, fw, fb) = grad(&g_fast);
+        let (px, pw, pb) = grad(&g_plain);
+        [
+            (fast.into_data(), plain.into_data()),
+            (fx, px),
+            (fw, pw),
+            (fb, pb),
+        ]
+    }
+
+    #[test]
+    fn matches_burns_convolution_and_its_gradients_on_random_shapes() {
+        // Sums of up to a few thousand order-1 terms in another order.
+        let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
+        for (i, case) in cases().iter().enumerate() {
+            for (what, (fast, plain)) in ["output", "dx", "dweight", "dbias"]
+                .iter()
+                .zip(both(case, i as u64))
+            {
+                assert_eq!(fast.shape, plain.shape, "{what} of {case:?}");
+                let (f, p) = (
+                    fast.to_vec::<f32>().expect("f32"),
+                    plain.to_vec::<f32>().expect("f32"),
+                );
+                let scale = p.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (a, b) in f.iter().zip(&p) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(scale * 1e-2) + 1e-6,
+                        "{what} of {case:?}: {a} against {b}"
+                    );
+                }
+                fast.assert_approx_eq::<f32>(&plain, tolerance);
+            }
+        }
+    }
+
+    /// The inference backend (no autodiff) takes the same fast forward pass.
+    #[test]
+    fn inference_backend_takes_the_fast_forward_pass() {
+        let device = Default::default();
+        let case = ([3, 5, 9, 7], 6, 3, 2, 1);
+        let conv = layer::<Flex>(&case, &device);
+        let x = Tensor::<Flex, 4>::random(case.0, Distribution::Normal(0.0, 1.0), &device);
+        conv2d(&conv, x.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&conv.forward(x).into_data(), Tolerance::rel_abs(1e-4, 1e-5));
+    }
+
+    /// Against another backend's convolution altogether (ndarray), the same weights.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn matches_the_ndarray_backend() {
+        use burn::backend::NdArray;
+        use burn::module::Param;
+        type Nd = Autodiff<NdArray>;
+        let device = Default::default();
+        for case in [([4, 7, 11, 9], 5, 3, 2, 1), ([9, 6, 8, 8], 10, 3, 1, 1)] {
+            let conv = layer::<Ad>(&case, &device);
+            let mut nd = layer::<Nd>(&case, &Default::default());
+            let copy =
+                |t: Tensor<Ad, 4>| Tensor::<Nd, 4>::from_data(t.to_data(), &Default::default());
+            nd.weight = Param::from_tensor(copy(conv.weight.val()));
+            let bias = conv.bias.as_ref().expect("bias").val().to_data();
+            nd.bias = Some(Param::from_tensor(Tensor::from_data(
+                bias,
+                &Default::default(),
+            )));
+            let x = Tensor::<Ad, 4>::random(case.0, Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let xn = Tensor::<Nd, 4>::from_data(x.to_data(), &Default::default()).require_grad();
+            let fast = conv2d(&conv, x.clone());
+            let reference = nd.forward(xn.clone());
+            let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
+            fast.to_data()
+                .assert_approx_eq::<f32>(&reference.to_data(), tolerance);
+            let gf = fast.sum().backward();
+            let gn = reference.sum().backward();
+            x.grad(&gf)
+                .expect("dx")
+                .into_data()
+                .assert_approx_eq::<f32>(&xn.grad(&gn).expect("dx").into_data(), tolerance);
+            conv.weight
+                .val()
+                .grad(&gf)
+                .expect("dw")
+                .into_data()
+                .assert_approx_eq::<f32>(
+                    &nd.weight.val().grad(&gn).expect("dw").into_data(),
+                    tolerance,
+                );
+        }
+    }
+}
