@@ -9,8 +9,13 @@ mod mlp;
 mod norm;
 mod unet;
 
+use fused::pixelwise;
+
 pub use embedding::NoiseEmbedding;
-pub use fused::{conv2d, fused_kernels, linear_silu, set_fused_kernels, silu};
+pub use fused::{
+    conv2d, fused_kernels, group_norm, group_norm_silu, linear_silu, scaled_softmax,
+    set_fused_kernels, silu,
+};
 pub(crate) use init::{conv as init_conv, linear as init_linear};
 pub use mlp::{Mlp, MlpConfig};
 pub use unet::{AnchorInput, UNet, UNetConfig};

@@ -1,12 +1,6 @@
-//! Group normalisation laid out for the CPU backend's fast paths.
-//!
-//! burn's `GroupNorm` multiplies by `γ` shaped `[1, c, 1, …]`; broadcasting over the batch
-//! dimension makes the flex backend fall back to a scalar strided loop (the top entry of a
-//! `perf` profile of the UNet step). Repeating `γ` and `β` over the batch first (`[n, c, 1, 1]`,
-//! contiguous) keeps every operation on a SIMD path: the same arithmetic, and in one
-//! measurement of the default UNet at batch 64 the forward pass went from 0.34 to 0.18 s and
-//! the training step from 1.17 to 0.93 s.
+//! Group normalisation as a module: the learned scale and shift of [`group_norm`].
 
+use super::{group_norm, group_norm_silu};
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -31,15 +25,12 @@ impl<B: Backend> GroupNorm<B> {
     }
 
     pub(crate) fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        const EPSILON: f64 = 1e-5;
-        let [n, c, h, w] = x.dims();
-        let len = c / self.groups * h * w;
-        let x = x.reshape([n, self.groups, len]);
-        let centred = x.clone() - x.mean_dim(2);
-        let var = centred.clone().square().mean_dim(2);
-        let normed = (centred / var.add_scalar(EPSILON).sqrt()).reshape([n, c, h, w]);
-        let per_example = |p: &Param<Tensor<B, 1>>| p.val().reshape([1, c, 1, 1]).repeat_dim(0, n);
-        normed * per_example(&self.gamma) + per_example(&self.beta)
+        group_norm(x, self.gamma.val(), self.beta.val(), self.groups)
+    }
+
+    /// `silu(self.forward(x))`, fused on the CPU backend.
+    pub(crate) fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        group_norm_silu(x, self.gamma.val(), self.beta.val(), self.groups)
     }
 }
 

@@ -9,12 +9,11 @@ use super::embedding::{embed, NoiseEmbedding};
 use super::init::{self, conv};
 use super::norm::GroupNorm;
 use super::IntegrationNet;
-use super::{conv2d, silu};
+use super::{conv2d, pixelwise, scaled_softmax, silu};
 use crate::error::{invalid_config, Result};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
-use burn::tensor::activation::softmax;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -339,10 +338,10 @@ struct ResBlock<B: Backend> {
 
 impl<B: Backend> ResBlock<B> {
     fn forward(&self, x: Tensor<B, 4>, emb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = conv2d(&self.conv1, self.norm1.forward_silu(x.clone()));
         let [n, c] = [h.dims()[0], h.dims()[1]];
         let h = h + self.embedding.forward(emb).reshape([n, c, 1, 1]);
-        let h = conv2d(&self.conv2, silu(self.norm2.forward(h)));
+        let h = conv2d(&self.conv2, self.norm2.forward_silu(h));
         match &self.shortcut {
             Some(shortcut) => conv2d(shortcut, x) + h,
             None => x + h,
@@ -362,32 +361,31 @@ struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// Channels-first throughout: `[n, c, pixels]` is the feature map's memory order, so the
+    /// projections and the two attention products read it (or transposed views of it) in place,
+    /// with no transposed copy of the activations or of their gradients.
     fn forward(&self, x: Tensor<B, 4>, tokens: Option<&Tensor<B, 3>>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let seq = self
-            .norm
-            .forward(x.clone())
-            .reshape([n, c, h * w])
-            .swap_dims(1, 2);
-        let qkv = self.qkv.forward(seq);
-        let q = qkv.clone().narrow(2, 0, c);
-        let mut k = qkv.clone().narrow(2, c, c);
-        let mut v = qkv.narrow(2, 2 * c, c);
-        if let (Some(context), Some(tokens)) = (&self.context, tokens) {
-            let kv = context.forward(tokens.clone());
-            k = Tensor::cat(vec![k, kv.clone().narrow(2, 0, c)], 1);
-            v = Tensor::cat(vec![v, kv.narrow(2, c, c)], 1);
-        }
-        let d = c / self.heads;
+        let qkv = pixelwise(&self.qkv, self.norm.forward(x.clone())).reshape([n, 3 * c, h * w]);
+        let (heads, d) = (self.heads, c / self.heads);
         let split = |t: Tensor<B, 3>| {
-            let len = t.dims()[1];
-            t.reshape([n, len, self.heads, d]).swap_dims(1, 2)
+            let len = t.dims()[2];
+            t.reshape([n, heads, d, len])
         };
-        let (q, k, v) = (split(q), split(k), split(v));
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(), 3);
-        let out = weights.matmul(v).swap_dims(1, 2).reshape([n, h * w, c]);
-        let out = self.proj.forward(out).swap_dims(1, 2).reshape([n, c, h, w]);
-        x + out
+        let q = split(qkv.clone().narrow(1, 0, c));
+        let mut k = split(qkv.clone().narrow(1, c, c));
+        let mut v = split(qkv.narrow(1, 2 * c, c));
+        if let (Some(context), Some(tokens)) = (&self.context, tokens) {
+            // The anchor's keys and values, `[n, tokens, 2c]`, as more columns.
+            let kv = context.forward(tokens.clone()).swap_dims(1, 2);
+            k = Tensor::cat(vec![k, split(kv.clone().narrow(1, 0, c))], 3);
+            v = Tensor::cat(vec![v, split(kv.narrow(1, c, c))], 3);
+        }
+        // scores[i, j] = q_i·k_j / √d over pixels i and keys j; out_i = Σ_j weights[i, j]·v_j.
+        let scale = 1.0 / (d as f64).sqrt();
+        let weights = scaled_softmax(q.swap_dims(2, 3).matmul(k), scale);
+        let out = v.matmul(weights.swap_dims(2, 3)).reshape([n, c, h, w]);
+        x + pixelwise(&self.proj, out)
     }
 }
 
@@ -568,7 +566,89 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
                 }
             };
         }
-        let out = conv2d(&self.out_conv, silu(self.out_norm.forward(h)));
+        let out = conv2d(&self.out_conv, self.out_norm.forward_silu(h));
         unfold(out, p).reshape([n, c * height * width])
+    }
+}
+
+#[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
+mod tests {
+    use super::*;
+    use crate::backend::CpuAutodiff;
+    use burn::tensor::activation::softmax;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type Ad = CpuAutodiff;
+
+    /// The attention block as first written (pixels-first: `[n, pixels, c]` sequences), the
+    /// reference for the channels-first form.
+    fn pixels_first(
+        a: &Attention<Ad>,
+        x: Tensor<Ad, 4>,
+        tokens: Option<&Tensor<Ad, 3>>,
+    ) -> Tensor<Ad, 4> {
+        let [n, c, h, w] = x.dims();
+        let seq = a
+            .norm
+            .forward(x.clone())
+            .reshape([n, c, h * w])
+            .swap_dims(1, 2);
+        let qkv = a.qkv.forward(seq);
+        let q = qkv.clone().narrow(2, 0, c);
+        let mut k = qkv.clone().narrow(2, c, c);
+        let mut v = qkv.narrow(2, 2 * c, c);
+        if let (Some(context), Some(tokens)) = (&a.context, tokens) {
+            let kv = context.forward(tokens.clone());
+            k = Tensor::cat(vec![k, kv.clone().narrow(2, 0, c)], 1);
+            v = Tensor::cat(vec![v, kv.narrow(2, c, c)], 1);
+        }
+        let d = c / a.heads;
+        let split = |t: Tensor<Ad, 3>| {
+            let len = t.dims()[1];
+            t.reshape([n, len, a.heads, d]).swap_dims(1, 2)
+        };
+        let (q, k, v) = (split(q), split(k), split(v));
+        let weights = softmax(q.matmul(k.swap_dims(2, 3)) / (d as f64).sqrt(), 3);
+        let out = weights.matmul(v).swap_dims(1, 2).reshape([n, h * w, c]);
+        let out = a.proj.forward(out).swap_dims(1, 2).reshape([n, c, h, w]);
+        x + out
+    }
+
+    #[test]
+    fn channels_first_attention_matches_the_pixels_first_form() {
+        let device = Default::default();
+        let mut rng = StdRng::seed_from_u64(5);
+        for context in [None, Some(6)] {
+            let c = 8;
+            let attention = Attention::<Ad> {
+                norm: GroupNorm::new(2, c, &device),
+                qkv: init::linear(c, 3 * c, &mut rng, &device),
+                context: context.map(|d| init::linear(d, 2 * c, &mut rng, &device)),
+                // Not the zero start of a real block, so that the attention output counts.
+                proj: init::linear(c, c, &mut rng, &device),
+                heads: 2,
+            };
+            let x = Tensor::<Ad, 4>::random([3, c, 5, 3], Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let tokens =
+                context.map(|d| Tensor::<Ad, 3>::random([3, 4, d], Distribution::Default, &device));
+            let ours = attention.forward(x.clone(), tokens.as_ref());
+            let theirs = pixels_first(&attention, x.clone(), tokens.as_ref());
+            let tolerance = Tolerance::rel_abs(1e-4, 1e-5);
+            ours.to_data()
+                .assert_approx_eq::<f32>(&theirs.to_data(), tolerance);
+            let probe = Tensor::<Ad, 4>::random(x.dims(), Distribution::Default, &device);
+            let g_ours = (ours * probe.clone()).sum().backward();
+            let g_theirs = (theirs * probe).sum().backward();
+            x.grad(&g_ours)
+                .expect("dx")
+                .into_data()
+                .assert_approx_eq::<f32>(&x.grad(&g_theirs).expect("dx").into_data(), tolerance);
+            let w = attention.qkv.weight.val();
+            w.grad(&g_ours)
+                .expect("dw")
+                .into_data()
+                .assert_approx_eq::<f32>(&w.grad(&g_theirs).expect("dw").into_data(), tolerance);
+        }
     }
 }

@@ -18,7 +18,9 @@
 //! padding other than explicit or valid take burn's `Conv2d::forward`.
 
 use burn::nn::conv::Conv2d;
+use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
 
 /// `layer.forward(x)` for a burn [`Conv2d`] layer and `x` of shape `[n, c_in, h, w]`. On
@@ -43,22 +45,55 @@ use burn::tensor::Tensor;
 /// # }
 /// ```
 pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    #[cfg(feature = "flex")]
-    let x = if super::fused_kernels() {
-        match flex::conv2d(layer, x) {
-            Ok(y) => return y,
-            Err(x) => x,
-        }
-    } else {
-        x
+    let padding = match layer.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
+        PaddingConfig2d::Valid => Some([0; 4]),
+        PaddingConfig2d::Same => None,
     };
+    #[cfg(feature = "flex")]
+    let x = match (&layer.bias, padding) {
+        (Some(bias), Some(padding))
+            if super::fused_kernels() && layer.groups == 1 && layer.dilation == [1, 1] =>
+        {
+            let (weight, bias) = (layer.weight.val(), bias.val());
+            match flex::convolve(x, weight, bias, layer.stride, padding) {
+                Ok(y) => return y,
+                Err(x) => x,
+            }
+        }
+        _ => x,
+    };
+    let _ = padding;
     layer.forward(x)
+}
+
+/// A linear layer applied at every pixel of `x` (`[n, c_in, h, w]` → `[n, c_out, h, w]`): a 1×1
+/// convolution with the layer's transposed weight, so that channels-first feature maps need no
+/// transposed copy (the UNet's attention projections).
+pub(crate) fn pixelwise<B: Backend>(layer: &Linear<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let weight = layer.weight.val();
+    let [c_in, c_out] = weight.dims();
+    let weight = weight.transpose().reshape([c_out, c_in, 1, 1]);
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    #[cfg(feature = "flex")]
+    let x = match &bias {
+        Some(bias) if super::fused_kernels() => {
+            match flex::convolve(x, weight.clone(), bias.clone(), [1, 1], [0; 4]) {
+                Ok(y) => return y,
+                Err(x) => x,
+            }
+        }
+        _ => x,
+    };
+    let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    burn::tensor::module::conv2d(x, weight, bias, options)
 }
 
 /// The kernels on plain slices: the im2col layout, the tiling and the three products.
 #[cfg(feature = "flex")]
 mod kernels {
     use super::super::flex_ops::product;
+    use super::super::transpose::transpose;
     use rayon::prelude::*;
 
     /// Output pixels (rows of one product) a tile aims at: enough rows for gemm's kernels to run
@@ -171,22 +206,6 @@ mod kernels {
             }
         }
         out
-    }
-
-    /// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed, in blocks that
-    /// keep both sides' lines in L1.
-    fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-        const BLOCK: usize = 16;
-        for r0 in (0..rows).step_by(BLOCK) {
-            for c0 in (0..cols).step_by(BLOCK) {
-                for r in r0..(r0 + BLOCK).min(rows) {
-                    let line = &src[r * cols..][..cols];
-                    for c in c0..(c0 + BLOCK).min(cols) {
-                        dst[c * rows + r] = line[c];
-                    }
-                }
-            }
-        }
     }
 
     /// The input pixels a row of patches reads for output row `oy` and kernel row `ky`, or
@@ -465,32 +484,23 @@ mod flex {
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::Flex;
-    use burn::nn::conv::Conv2d;
-    use burn::nn::PaddingConfig2d;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
 
-    /// The fast op where it applies; `x` back otherwise.
-    pub(super) fn conv2d<B: Backend>(
-        layer: &Conv2d<B>,
+    /// The fast op where it applies (f32, shapes that make a convolution); `x` back otherwise.
+    pub(super) fn convolve<B: Backend>(
         x: Tensor<B, 4>,
+        weight: Tensor<B, 4>,
+        bias: Tensor<B, 1>,
+        stride: [usize; 2],
+        padding: [usize; 4],
     ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-        let Some(bias) = &layer.bias else {
-            return Err(x);
-        };
-        let padding = match layer.padding {
-            PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
-            PaddingConfig2d::Valid => [0; 4],
-            PaddingConfig2d::Same => return Err(x),
-        };
-        let weight = layer.weight.val();
-        let bias = bias.val();
         let f32s = [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
-        let Some(g) = Geometry::new(x.dims(), weight.dims(), layer.stride, padding) else {
+        let Some(g) = Geometry::new(x.dims(), weight.dims(), stride, padding) else {
             return Err(x);
         };
-        if !f32s || layer.groups != 1 || layer.dilation != [1, 1] || bias.dims() != [g.c_out] {
+        if !f32s || bias.dims() != [g.c_out] {
             return Err(x);
         }
         let autodiff = |x, w, b| autodiff(x, w, b, g);

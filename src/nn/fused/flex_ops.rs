@@ -65,14 +65,65 @@ pub(crate) fn on_flex<B: Backend, const D: usize, const W: usize, const O: usize
 /// The `f32` values of `t` in logical (row-major) order, borrowed where they already are,
 /// copied from a strided or offset view otherwise. The callers check the dtype first.
 pub(crate) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(slice) => Cow::Borrowed(slice),
-        None => Cow::Owned(
-            t.to_contiguous()
-                .into_data()
-                .into_vec::<f32>()
-                .unwrap_or_default(),
-        ),
+    if let Some(slice) = t.as_slice::<f32>() {
+        return Cow::Borrowed(slice);
+    }
+    let layout = t.layout();
+    Cow::Owned(strided_copy(
+        t.storage::<f32>(),
+        layout.shape(),
+        layout.strides(),
+        layout.start_offset(),
+    ))
+}
+
+/// The values of a strided view in row-major order. flex's own copy walks a view of more than
+/// two (merged) dimensions element by element (the incoming gradients of the fused ops are
+/// often such views: slices of a concatenation's gradient, swapped dimensions); here the
+/// dimensions that are contiguous in memory are merged and the innermost run is copied whole.
+fn strided_copy(src: &[f32], shape: &[usize], strides: &[isize], offset: usize) -> Vec<f32> {
+    let len: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    // Merge each dimension into the next where that spans it exactly; drop size-1 dimensions.
+    let mut dims: Vec<(usize, isize)> = Vec::with_capacity(shape.len());
+    for (&size, &stride) in shape.iter().zip(strides).filter(|(&size, _)| size != 1) {
+        match dims.last_mut() {
+            Some(last) if last.1 == stride * size as isize => *last = (last.0 * size, stride),
+            _ => dims.push((size, stride)),
+        }
+    }
+    let Some(&(inner, inner_stride)) = dims.last() else {
+        out.push(src[offset]);
+        return out;
+    };
+    let outer = &dims[..dims.len() - 1];
+    let mut index = vec![0usize; outer.len()];
+    let mut base = offset as isize;
+    loop {
+        let start = base as usize;
+        if inner_stride == 1 {
+            out.extend_from_slice(&src[start..start + inner]);
+        } else {
+            out.extend((0..inner).map(|i| src[(base + i as isize * inner_stride) as usize]));
+        }
+        // The next outer index, last dimension fastest.
+        let mut k = outer.len();
+        loop {
+            if k == 0 {
+                return out;
+            }
+            k -= 1;
+            index[k] += 1;
+            base += outer[k].1;
+            if index[k] < outer[k].0 {
+                break;
+            }
+            base -= outer[k].1 * outer[k].0 as isize;
+            index[k] = 0;
+        }
     }
 }
 
@@ -133,5 +184,32 @@ pub(crate) fn product(
                 gemm::Parallelism::None
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// Views of every kind (permuted, sliced, expanded, flipped) read in logical order.
+    #[test]
+    fn strided_views_read_in_logical_order() {
+        let device = Default::default();
+        let t = Tensor::<Flex, 4>::random([3, 5, 4, 6], Distribution::Default, &device);
+        let views = [
+            t.clone().swap_dims(1, 2),
+            t.clone().permute([0, 3, 1, 2]).swap_dims(2, 3),
+            t.clone().narrow(1, 1, 3).narrow(3, 2, 3).repeat_dim(0, 1),
+            t.clone()
+                .slice([0..3, 0..5, 0..1, 0..6])
+                .expand([3, 5, 4, 6]),
+            t.clone().flip([2]),
+        ];
+        for view in views {
+            let expected = view.to_data().to_vec::<f32>().expect("f32");
+            let prim = view.into_primitive().tensor();
+            assert_eq!(values(&prim).into_owned(), expected);
+        }
     }
 }

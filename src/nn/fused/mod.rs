@@ -6,20 +6,29 @@
 //! and their autodiff glue are internal; the ops are the public surface.
 
 mod conv2d;
+mod exp;
 #[cfg(feature = "flex")]
 mod flex_ops;
+mod group_norm;
 mod linear_silu;
 mod silu;
+mod softmax;
+#[cfg(feature = "flex")]
+mod transpose;
 
 pub use conv2d::conv2d;
+pub(crate) use conv2d::pixelwise;
+pub use group_norm::{group_norm, group_norm_silu};
 pub use linear_silu::linear_silu;
 pub use silu::silu;
+pub use softmax::scaled_softmax;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the fused flex kernels of [`silu`], [`linear_silu`] and [`conv2d`] on or off for the
+/// Turns the fused flex kernels of [`silu`], [`linear_silu`], [`conv2d`], [`group_norm`],
+/// [`group_norm_silu`] and [`scaled_softmax`] on or off for the
 /// whole process (on by default). Off, every op takes burn's own composition on every backend:
 /// the reference the fused kernels are tested against, and a way to rule them out when a
 /// result looks wrong. The switch is global, so flip it only where nothing else is training.

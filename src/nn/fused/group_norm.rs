@@ -1,0 +1,459 @@
+//! Group normalisation with an optional SiLU after it, fused on the default CPU backend.
+//!
+//! Composed from burn's operations, one GroupNorm is a dozen passes over the activations in the
+//! forward step (two means, a subtraction, a square, a square root, a division, the scale and
+//! shift repeated over the batch) and as many in the backward step, each with a fresh buffer, and
+//! the SiLU after it two more. Here the forward step is one pass per image (the group statistics,
+//! then the normalised, scaled, shifted and activated values while the group is in cache) and the
+//! backward step one more, with the scale and shift gradients summed per image and then over
+//! images in order. Other backends take burn's composition.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// Added to the variance before its square root, as burn's `GroupNorm` does.
+const EPSILON: f32 = 1e-5;
+
+/// GroupNorm of `x` (`[n, c, h, w]`) over `groups` groups of channels, scaled by `gamma` and
+/// shifted by `beta` (both `[c]`); `groups` must divide `c`.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Distribution, Tensor};
+/// use integration_flow::backend::Cpu;
+/// use integration_flow::nn::group_norm;
+/// let device = Default::default();
+/// let x = Tensor::<Cpu, 4>::random([2, 4, 3, 3], Distribution::Normal(5.0, 2.0), &device);
+/// let y = group_norm(x, Tensor::ones([4], &device), Tensor::zeros([4], &device), 2);
+/// // Each group of 2 channels of each image has mean 0 and variance 1.
+/// let mean = y.reshape([4, 18]).mean_dim(1).abs().max().into_scalar();
+/// assert!(mean < 1e-5);
+/// # }
+/// ```
+pub fn group_norm<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    groups: usize,
+) -> Tensor<B, 4> {
+    normalise(x, gamma, beta, groups, false)
+}
+
+/// `silu(group_norm(x, gamma, beta, groups))`, the pre-activation of a residual block, as one op
+/// on the flex backend.
+pub fn group_norm_silu<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    groups: usize,
+) -> Tensor<B, 4> {
+    normalise(x, gamma, beta, groups, true)
+}
+
+fn normalise<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    groups: usize,
+    activate: bool,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let x = if super::fused_kernels() {
+        match flex::normalise(x, gamma.clone(), beta.clone(), groups, activate) {
+            Ok(y) => return y,
+            Err(x) => x,
+        }
+    } else {
+        x
+    };
+    let y = composed(x, gamma, beta, groups);
+    if activate {
+        super::silu(y)
+    } else {
+        y
+    }
+}
+
+/// burn's composition. The scale and shift are repeated over the batch (`[n, c, 1, 1]`,
+/// contiguous) rather than broadcast from `[1, c, 1, 1]`, which flex runs as a scalar strided
+/// loop.
+fn composed<B: Backend>(
+    x: Tensor<B, 4>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    groups: usize,
+) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let len = c / groups * h * w;
+    let x = x.reshape([n, groups, len]);
+    let centred = x.clone() - x.mean_dim(2);
+    let var = centred.clone().square().mean_dim(2);
+    let normed = (centred / var.add_scalar(EPSILON as f64).sqrt()).reshape([n, c, h, w]);
+    let per_example = |p: Tensor<B, 1>| p.reshape([1, c, 1, 1]).repeat_dim(0, n);
+    normed * per_example(gamma) + per_example(beta)
+}
+
+/// The kernels on one image's values.
+#[cfg(feature = "flex")]
+mod kernels {
+    use super::super::silu::{backward_block, forward_block};
+    use super::EPSILON;
+
+    /// The shapes: `groups` groups of `per_group` channels of `pixels` values.
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Shape {
+        pub groups: usize,
+        pub per_group: usize,
+        pub pixels: usize,
+    }
+
+    impl Shape {
+        pub fn channels(&self) -> usize {
+            self.groups * self.per_group
+        }
+
+        pub fn image(&self) -> usize {
+            self.channels() * self.pixels
+        }
+    }
+
+    /// One image: `normed` ← the normalised values, `out` ← scaled, shifted (and activated);
+    /// returns the reciprocal standard deviation per group.
+    pub(super) fn forward(
+        x: &[f32],
+        (gamma, beta): (&[f32], &[f32]),
+        s: Shape,
+        activate: bool,
+        (normed, out): (&mut [f32], &mut [f32]),
+    ) -> Vec<f32> {
+        let len = s.per_group * s.pixels;
+        let mut rstd = Vec::with_capacity(s.groups);
+        for (g, ((x, normed), out)) in x
+            .chunks_exact(len)
+            .zip(normed.chunks_exact_mut(len))
+            .zip(out.chunks_exact_mut(len))
+            .enumerate()
+        {
+            // Two passes in f64: the mean, then the centred squares (no cancellation).
+            let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / len as f64) as f32;
+            let var = x.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / len as f64;
+            let r = 1.0 / (var as f32 + EPSILON).sqrt();
+            rstd.push(r);
+            for (c, ((x, normed), out)) in x
+                .chunks_exact(s.pixels)
+                .zip(normed.chunks_exact_mut(s.pixels))
+                .zip(out.chunks_exact_mut(s.pixels))
+                .enumerate()
+            {
+                let (scale, shift) = (gamma[g * s.per_group + c], beta[g * s.per_group + c]);
+                for ((x, n), o) in x.iter().zip(normed.iter_mut()).zip(out.iter_mut()) {
+                    *n = (x - mean) * r;
+                    *o = *n * scale + shift;
+                }
+            }
+            if activate {
+                // SiLU in place: the pre-activation is recomputed from `normed` in backward.
+                let pre = out.to_vec();
+                forward_block(&pre, out);
+            }
+        }
+        rstd
+    }
+
+    /// One image's gradients: `grad` (the incoming gradient) becomes the input gradient;
+    /// returns the image's shares of the scale and shift gradients.
+    pub(super) fn backward(
+        normed: &[f32],
+        rstd: &[f32],
+        (gamma, beta): (&[f32], &[f32]),
+        s: Shape,
+        activate: bool,
+        grad: &mut [f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let len = s.per_group * s.pixels;
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; s.channels()], vec![0.0f32; s.channels()]);
+        let mut pre = vec![0.0f32; if activate { len } else { 0 }];
+        for (g, (normed, grad)) in normed
+            .chunks_exact(len)
+            .zip(grad.chunks_exact_mut(len))
+            .enumerate()
+        {
+            let channels = g * s.per_group..(g + 1) * s.per_group;
+            if activate {
+                for ((p, n), c) in pre
+                    .chunks_exact_mut(s.pixels)
+                    .zip(normed.chunks_exact(s.pixels))
+                    .zip(channels.clone())
+                {
+                    for (p, n) in p.iter_mut().zip(n) {
+                        *p = n * gamma[c] + beta[c];
+                    }
+                }
+                backward_block(&pre, grad);
+            }
+            // grad is now dL/d(pre-activation); dL/d(normed) = grad·γ.
+            let (mut sum, mut dot) = (0.0f64, 0.0f64);
+            for ((n, d), c) in normed
+                .chunks_exact(s.pixels)
+                .zip(grad.chunks_exact(s.pixels))
+                .zip(channels.clone())
+            {
+                let (mut ds, mut dn) = (0.0f32, 0.0f32);
+                for (n, d) in n.iter().zip(d) {
+                    ds += d;
+                    dn += d * n;
+                }
+                dbeta[c] += ds;
+                dgamma[c] += dn;
+                sum += (ds * gamma[c]) as f64;
+                dot += (dn * gamma[c]) as f64;
+            }
+            // dx = rstd·(dn − mean(dn) − normed·mean(dn·normed)), dn = grad·γ.
+            let (mean, mean_dot) = ((sum / len as f64) as f32, (dot / len as f64) as f32);
+            let r = rstd[g];
+            for ((n, d), c) in normed
+                .chunks_exact(s.pixels)
+                .zip(grad.chunks_exact_mut(s.pixels))
+                .zip(channels)
+            {
+                let scale = gamma[c];
+                for (n, d) in n.iter().zip(d.iter_mut()) {
+                    *d = r * (*d * scale - mean - n * mean_dot);
+                }
+            }
+        }
+        (dgamma, dbeta)
+    }
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::super::flex_ops::{on_flex, values, FlexAutodiff};
+    use super::kernels::{self, Shape};
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::Flex;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn_flex::FlexTensor;
+    use rayon::prelude::*;
+
+    /// The fused op where it applies (flex, f32, consistent shapes); `x` back otherwise.
+    pub(super) fn normalise<B: Backend>(
+        x: Tensor<B, 4>,
+        gamma: Tensor<B, 1>,
+        beta: Tensor<B, 1>,
+        groups: usize,
+        activate: bool,
+    ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+        let [n, c, h, w] = x.dims();
+        let f32s = [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
+        let fits = groups > 0 && c.is_multiple_of(groups) && h * w > 0;
+        if !f32s || !fits || gamma.dims() != [c] || beta.dims() != [c] {
+            return Err(x);
+        }
+        let s = Shape {
+            groups,
+            per_group: c / groups,
+            pixels: h * w,
+        };
+        let dims = [n, c, h, w];
+        let autodiff = |x, gamma, beta| autodiff(x, gamma, beta, s, activate, dims);
+        on_flex((x, gamma, beta), autodiff, |x, gamma, beta| {
+            let (_, _, y) = forward(&x, &gamma, &beta, s, activate);
+            FlexTensor::from_data(TensorData::new(y, dims))
+        })
+    }
+
+    /// `(normed, rstd, out)` over all images, one rayon task per image.
+    fn forward(
+        x: &FlexTensor,
+        gamma: &FlexTensor,
+        beta: &FlexTensor,
+        s: Shape,
+        activate: bool,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (x, gamma, beta) = (values(x), values(gamma), values(beta));
+        let mut normed = vec![0.0f32; x.len()];
+        let mut out = vec![0.0f32; x.len()];
+        let rstd: Vec<Vec<f32>> = x
+            .par_chunks(s.image())
+            .zip(normed.par_chunks_mut(s.image()))
+            .zip(out.par_chunks_mut(s.image()))
+            .map(|((x, normed), out)| {
+                kernels::forward(x, (&gamma, &beta), s, activate, (normed, out))
+            })
+            .collect();
+        (normed, rstd.concat(), out)
+    }
+
+    /// What the backward step keeps.
+    #[derive(Clone, Debug)]
+    struct Saved {
+        normed: Vec<f32>,
+        rstd: Vec<f32>,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        shape: Shape,
+        activate: bool,
+        dims: [usize; 4],
+    }
+
+    #[derive(Debug)]
+    struct GroupNormBackward;
+
+    impl Backward<Flex, 3> for GroupNormBackward {
+        type State = Saved;
+
+        fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let state = ops.state;
+            let s = state.shape;
+            let [x_node, gamma_node, beta_node] = ops.parents;
+            let mut grad = values(&grads.consume::<Flex>(&ops.node)).into_owned();
+            let (gamma, beta) = (values(&state.gamma), values(&state.beta));
+            let partials: Vec<(Vec<f32>, Vec<f32>)> = grad
+                .par_chunks_mut(s.image())
+                .zip(state.normed.par_chunks(s.image()))
+                .zip(state.rstd.par_chunks(s.groups))
+                .map(|((grad, normed), rstd)| {
+                    kernels::backward(normed, rstd, (&gamma, &beta), s, state.activate, grad)
+                })
+                .collect();
+            let c = s.channels();
+            let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
+            for (pg, pb) in &partials {
+                dgamma.iter_mut().zip(pg).for_each(|(a, v)| *a += v);
+                dbeta.iter_mut().zip(pb).for_each(|(a, v)| *a += v);
+            }
+            let vector = |v: Vec<f32>| FlexTensor::from_data(TensorData::new(v, [c]));
+            if let Some(node) = gamma_node {
+                grads.register::<Flex>(node.id, vector(dgamma));
+            }
+            if let Some(node) = beta_node {
+                grads.register::<Flex>(node.id, vector(dbeta));
+            }
+            if let Some(node) = x_node {
+                grads.register::<Flex>(
+                    node.id,
+                    FlexTensor::from_data(TensorData::new(grad, state.dims)),
+                );
+            }
+        }
+    }
+
+    fn autodiff(
+        x: Tensor<FlexAutodiff, 4>,
+        gamma: Tensor<FlexAutodiff, 1>,
+        beta: Tensor<FlexAutodiff, 1>,
+        shape: Shape,
+        activate: bool,
+        dims: [usize; 4],
+    ) -> Tensor<FlexAutodiff, 4> {
+        let (x, gamma, beta) = (
+            x.into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
+        );
+        let (normed, rstd, y) = forward(
+            &x.primitive,
+            &gamma.primitive,
+            &beta.primitive,
+            shape,
+            activate,
+        );
+        let y = FlexTensor::from_data(TensorData::new(y, dims));
+        let out = match GroupNormBackward
+            .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                Saved {
+                    normed,
+                    rstd,
+                    gamma: gamma.primitive,
+                    beta: beta.primitive,
+                    shape,
+                    activate,
+                    dims,
+                },
+                y,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Distribution, Tolerance};
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    type Ad = Autodiff<Flex>;
+
+    /// Outputs and all three gradients against burn's composition (with and without the SiLU),
+    /// on random shapes including the UNet's, with non-trivial scale and shift.
+    #[test]
+    fn matches_the_composition_and_its_gradients() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut cases: Vec<([usize; 4], usize)> = (0..12)
+            .map(|_| {
+                let groups = rng.random_range(1..4);
+                let c = groups * rng.random_range(1..4);
+                let dims = [
+                    rng.random_range(1..5),
+                    c,
+                    rng.random_range(1..8),
+                    rng.random_range(1..8),
+                ];
+                (dims, groups)
+            })
+            .collect();
+        cases.extend([([6, 32, 14, 14], 8), ([5, 64, 4, 4], 8)]);
+        let device = Default::default();
+        for (i, (dims, groups)) in cases.into_iter().enumerate() {
+            for activate in [false, true] {
+                Ad::seed(&device, i as u64);
+                let c = dims[1];
+                let x = Tensor::<Ad, 4>::random(dims, Distribution::Normal(1.0, 3.0), &device)
+                    .require_grad();
+                let gamma = Tensor::<Ad, 1>::random([c], Distribution::Normal(1.0, 0.5), &device)
+                    .require_grad();
+                let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &device)
+                    .require_grad();
+                let probe = Tensor::<Ad, 4>::random(dims, Distribution::Default, &device);
+                let fused = normalise(x.clone(), gamma.clone(), beta.clone(), groups, activate);
+                let plain = composed(x.clone(), gamma.clone(), beta.clone(), groups);
+                let plain = if activate {
+                    crate::nn::silu(plain)
+                } else {
+                    plain
+                };
+                let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
+                let case = format!("{dims:?}, {groups} groups, silu {activate}");
+                fused
+                    .clone()
+                    .into_data()
+                    .assert_approx_eq::<f32>(&plain.clone().into_data(), tolerance);
+                let gf = (fused * probe.clone()).sum().backward();
+                let gp = (plain * probe).sum().backward();
+                x.grad(&gf)
+                    .expect("dx")
+                    .into_data()
+                    .assert_approx_eq::<f32>(&x.grad(&gp).expect("dx").into_data(), tolerance);
+                for (name, p) in [("gamma", &gamma), ("beta", &beta)] {
+                    let (f, r) = (p.grad(&gf).expect("grad"), p.grad(&gp).expect("grad"));
+                    assert_eq!(f.dims(), r.dims(), "{name} of {case}");
+                    f.into_data()
+                        .assert_approx_eq::<f32>(&r.into_data(), tolerance);
+                }
+            }
+        }
+    }
+}
