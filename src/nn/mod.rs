@@ -9,7 +9,7 @@ mod mlp;
 mod norm;
 mod unet;
 
-use fused::pixelwise;
+use fused::{concat_channels, pixelwise, upsample_nearest};
 
 pub use embedding::NoiseEmbedding;
 pub use fused::{

@@ -9,7 +9,7 @@ use super::embedding::{embed, NoiseEmbedding};
 use super::init::{self, conv};
 use super::norm::GroupNorm;
 use super::IntegrationNet;
-use super::{conv2d, pixelwise, scaled_softmax, silu};
+use super::{concat_channels, conv2d, pixelwise, scaled_softmax, silu, upsample_nearest};
 use crate::error::{invalid_config, Result};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
@@ -481,20 +481,6 @@ fn unfold<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 4> {
         .reshape([n, c, h * p, w * p])
 }
 
-/// Nearest-neighbour ×2 upsampling, cropped to `[h, w]`.
-fn upsample<B: Backend>(x: Tensor<B, 4>, h: usize, w: usize) -> Tensor<B, 4> {
-    let [n, c, hi, wi] = x.dims();
-    let up = x
-        .reshape([n, c, hi, 1, wi, 1])
-        .expand([n, c, hi, 2, wi, 2])
-        .reshape([n, c, 2 * hi, 2 * wi]);
-    if 2 * hi == h && 2 * wi == w {
-        up
-    } else {
-        up.slice([0..n, 0..c, 0..h, 0..w])
-    }
-}
-
 fn run_block<B: Backend>(
     stage: &Stage<B>,
     x: Tensor<B, 4>,
@@ -555,11 +541,11 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
                             .last()
                             .map(|s| s.dims())
                             .unwrap_or([n, c, height / p, width / p]);
-                    conv2d(conv, upsample(h, sh, sw))
+                    conv2d(conv, upsample_nearest(h, sh, sw))
                 }
                 block => {
                     let input = match skips.pop() {
-                        Some(skip) => Tensor::cat(vec![h, skip], 1),
+                        Some(skip) => concat_channels(h, skip),
                         None => h,
                     };
                     run_block(block, input, &emb, tokens)

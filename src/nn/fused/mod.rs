@@ -5,6 +5,7 @@
 //! need no extra trait bound) and burn's own composition on every other backend. The kernels
 //! and their autodiff glue are internal; the ops are the public surface.
 
+mod concat;
 mod conv2d;
 mod exp;
 #[cfg(feature = "flex")]
@@ -15,13 +16,16 @@ mod silu;
 mod softmax;
 #[cfg(feature = "flex")]
 mod transpose;
+mod upsample;
 
+pub(crate) use concat::concat_channels;
 pub use conv2d::conv2d;
 pub(crate) use conv2d::pixelwise;
 pub use group_norm::{group_norm, group_norm_silu};
 pub use linear_silu::linear_silu;
 pub use silu::silu;
 pub use softmax::scaled_softmax;
+pub(crate) use upsample::upsample_nearest;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,0 +1,229 @@
+//! Two feature maps joined along the channels (a UNet's skip connection), with contiguous
+//! gradients on the default CPU backend.
+//!
+//! burn's `Tensor::cat` gives each input its gradient as a slice of the output's gradient: a
+//! strided view, which flex then adds to the input's other gradient (every skip is also the
+//! next stage's input) element by element through its strided iterator. Here the backward step
+//! copies each input's channels out per image (one contiguous run each), so that every later
+//! operation sees plain buffers. Other backends take `Tensor::cat`.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// `Tensor::cat(vec![a, b], 1)` for `[n, c_a, h, w]` and `[n, c_b, h, w]`.
+pub(crate) fn concat_channels<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let (a, b) = if super::fused_kernels() {
+        match flex::concat(a, b) {
+            Ok(y) => return y,
+            Err(ab) => ab,
+        }
+    } else {
+        (a, b)
+    };
+    Tensor::cat(vec![a, b], 1)
+}
+
+/// The kernels: per image, `a`'s run of values then `b`'s.
+#[cfg(feature = "flex")]
+mod kernels {
+    use rayon::prelude::*;
+
+    /// Images per rayon task: about 64K values.
+    fn per_task(image: usize) -> usize {
+        ((1 << 16) / image.max(1)).max(1)
+    }
+
+    pub(super) fn join(a: &[f32], b: &[f32], (len_a, len_b): (usize, usize)) -> Vec<f32> {
+        let len = len_a + len_b;
+        let mut out = vec![0.0f32; a.len() + b.len()];
+        let k = per_task(len);
+        out.par_chunks_mut(k * len)
+            .zip(a.par_chunks(k * len_a.max(1)))
+            .zip(b.par_chunks(k * len_b.max(1)))
+            .for_each(|((out, a), b)| {
+                for (i, image) in out.chunks_exact_mut(len).enumerate() {
+                    image[..len_a].copy_from_slice(&a[i * len_a..][..len_a]);
+                    image[len_a..].copy_from_slice(&b[i * len_b..][..len_b]);
+                }
+            });
+        out
+    }
+
+    /// The inverse of [`join`]: `(a's values, b's values)`.
+    pub(super) fn split(out: &[f32], (len_a, len_b): (usize, usize)) -> (Vec<f32>, Vec<f32>) {
+        let len = len_a + len_b;
+        let images = out.len() / len.max(1);
+        let (mut a, mut b) = (vec![0.0f32; images * len_a], vec![0.0f32; images * len_b]);
+        let k = per_task(len);
+        out.par_chunks(k * len)
+            .zip(a.par_chunks_mut(k * len_a.max(1)))
+            .zip(b.par_chunks_mut(k * len_b.max(1)))
+            .for_each(|((out, a), b)| {
+                for (i, image) in out.chunks_exact(len).enumerate() {
+                    a[i * len_a..][..len_a].copy_from_slice(&image[..len_a]);
+                    b[i * len_b..][..len_b].copy_from_slice(&image[len_a..]);
+                }
+            });
+        (a, b)
+    }
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use super::super::flex_ops::{cast, values, FlexAutodiff};
+    use super::kernels;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::Flex;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn_flex::FlexTensor;
+
+    type Pair<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+    /// The op where both maps are `f32` on `Flex`/`Autodiff<Flex>` with matching batch and
+    /// pixels; the pair back otherwise.
+    pub(super) fn concat<B: Backend>(
+        a: Tensor<B, 4>,
+        b: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>, Pair<B>> {
+        let ([n, ca, h, w], [nb, cb, hb, wb]) = (a.dims(), b.dims());
+        if [a.dtype(), b.dtype()] != [DType::F32; 2] || (n, h, w) != (nb, hb, wb) {
+            return Err((a, b));
+        }
+        let shape = Shape {
+            n,
+            channels: [ca, cb],
+            pixels: h * w,
+            dims: [n, ca + cb, h, w],
+        };
+        let a = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(a) {
+            Ok(a) => {
+                let Ok(b) = cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(b) else {
+                    unreachable!("both maps are on one backend")
+                };
+                return Ok(cast(autodiff(a, b, shape)).unwrap_or_else(|_| unreachable!()));
+            }
+            Err(a) => a,
+        };
+        let (a, b) = match (
+            cast::<Tensor<B, 4>, Tensor<Flex, 4>>(a),
+            cast::<Tensor<B, 4>, Tensor<Flex, 4>>(b),
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(a), Err(b)) => return Err((a, b)),
+            _ => unreachable!("both maps are on one backend"),
+        };
+        let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+        let y = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(forward(&a, &b, &shape)));
+        Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+    }
+
+    /// The shapes of one concatenation.
+    #[derive(Clone, Copy, Debug)]
+    struct Shape {
+        n: usize,
+        channels: [usize; 2],
+        pixels: usize,
+        dims: [usize; 4],
+    }
+
+    impl Shape {
+        fn lens(&self) -> (usize, usize) {
+            (
+                self.channels[0] * self.pixels,
+                self.channels[1] * self.pixels,
+            )
+        }
+    }
+
+    fn forward(a: &FlexTensor, b: &FlexTensor, s: &Shape) -> FlexTensor {
+        let out = kernels::join(&values(a), &values(b), s.lens());
+        FlexTensor::from_data(TensorData::new(out, s.dims))
+    }
+
+    #[derive(Debug)]
+    struct ConcatBackward;
+
+    impl Backward<Flex, 2> for ConcatBackward {
+        type State = Shape;
+
+        fn backward(self, ops: Ops<Shape, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let s = ops.state;
+            let grad = grads.consume::<Flex>(&ops.node);
+            let (ga, gb) = kernels::split(&values(&grad), s.lens());
+            let [a_node, b_node] = ops.parents;
+            let [ca, cb] = s.channels;
+            let [_, _, h, w] = s.dims;
+            if let Some(node) = a_node {
+                grads.register::<Flex>(
+                    node.id,
+                    FlexTensor::from_data(TensorData::new(ga, [s.n, ca, h, w])),
+                );
+            }
+            if let Some(node) = b_node {
+                grads.register::<Flex>(
+                    node.id,
+                    FlexTensor::from_data(TensorData::new(gb, [s.n, cb, h, w])),
+                );
+            }
+        }
+    }
+
+    fn autodiff(
+        a: Tensor<FlexAutodiff, 4>,
+        b: Tensor<FlexAutodiff, 4>,
+        shape: Shape,
+    ) -> Tensor<FlexAutodiff, 4> {
+        let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+        let y = forward(&a.primitive, &b.primitive, &shape);
+        let out = match ConcatBackward
+            .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(shape, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(out))
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::{Distribution, Tolerance};
+
+    type Ad = Autodiff<Flex>;
+
+    #[test]
+    fn joins_like_cat_and_splits_the_gradient() {
+        let device = Default::default();
+        for (n, ca, cb, h, w) in [(3, 2, 5, 4, 3), (70, 64, 32, 14, 14)] {
+            let a = Tensor::<Ad, 4>::random([n, ca, h, w], Distribution::Default, &device)
+                .require_grad();
+            // A strided input (a transposed view) on one side.
+            let b = Tensor::<Ad, 4>::random([n, cb, w, h], Distribution::Default, &device)
+                .require_grad();
+            let probe = Tensor::<Ad, 4>::random([n, ca + cb, h, w], Distribution::Default, &device);
+            let ours = concat_channels(a.clone(), b.clone().swap_dims(2, 3));
+            let theirs = Tensor::cat(vec![a.clone(), b.clone().swap_dims(2, 3)], 1);
+            assert_eq!(ours.to_data(), theirs.to_data());
+            let g_ours = (ours * probe.clone()).sum().backward();
+            let g_theirs = (theirs * probe).sum().backward();
+            for t in [&a, &b] {
+                t.grad(&g_ours)
+                    .expect("grad")
+                    .into_data()
+                    .assert_approx_eq::<f32>(
+                        &t.grad(&g_theirs).expect("grad").into_data(),
+                        Tolerance::rel_abs(1e-6, 1e-7),
+                    );
+            }
+        }
+    }
+}
