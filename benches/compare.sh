@@ -7,7 +7,9 @@
 #   PAIRS=7 benches/compare.sh mlp:512 unet:64
 #
 # THREADS (default 2) sets both sides' threads; STEPS and WARMUP the steps per run. The
-# PyTorch side runs through benches/reference/run.sh (which makes its virtualenv once).
+# PyTorch side runs through benches/reference/run.sh (which makes its virtualenv once), with
+# glibc's malloc set as the crate's `backend::tune_allocator` sets it for the crate's side
+# (mmap threshold 32 MiB, trim threshold 1 GiB), so that both reuse freed memory alike.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -34,7 +36,8 @@ for case in "${cases[@]}"; do
     for ((i = 1; i <= pairs; i++)); do
         a=$(RAYON_NUM_THREADS=$threads "$crate_bin" "$model" "$batch" --steps "$steps" \
             --warmup "$warmup" 2>/dev/null | ms)
-        b=$(benches/reference/run.sh "$model" "$batch" --steps "$steps" --warmup "$warmup" \
+        b=$(GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 \
+            benches/reference/run.sh "$model" "$batch" --steps "$steps" --warmup "$warmup" \
             --threads "$threads" | ms)
         r=$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", a / b}')
         ratios+=("$r")

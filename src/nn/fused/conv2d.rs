@@ -92,7 +92,8 @@ pub(crate) fn pixelwise<B: Backend>(layer: &Linear<B>, x: Tensor<B, 4>) -> Tenso
 /// The kernels on plain slices: the im2col layout, the tiling and the three products.
 #[cfg(feature = "flex")]
 mod kernels {
-    use super::super::flex_ops::product;
+    use super::super::flex_ops::{product, sum};
+    use super::super::scratch;
     use super::super::transpose::transpose;
     use rayon::prelude::*;
 
@@ -281,70 +282,52 @@ mod kernels {
         }
     }
 
-    /// Per-tile buffers of one group, allocated once.
-    struct Buffers {
-        x: Vec<f32>,
-        cols: Vec<f32>,
-        out: Vec<f32>,
+    /// One tile's patches from its channels-last images `xt` (the images themselves if
+    /// pointwise), in `cols` (a scratch buffer) otherwise.
+    fn patches<'a>(g: &Geometry, xt: &'a [f32], cols: &'a mut [f32]) -> &'a [f32] {
+        if g.pointwise() {
+            return xt;
+        }
+        let (len_in, len_cols) = (g.pixels_in() * g.c_in, g.pixels_out() * g.k());
+        let images = xt.len() / len_in;
+        for (x, c) in xt.chunks_exact(len_in).zip(cols.chunks_exact_mut(len_cols)) {
+            im2col(x, g, c);
+        }
+        &cols[..images * len_cols]
     }
 
-    impl Buffers {
-        fn new(g: &Geometry, tile: usize, x: bool, cols: bool) -> Self {
-            let cols = cols && !g.pointwise();
-            Buffers {
-                x: vec![0.0; if x { tile * g.pixels_in() * g.c_in } else { 0 }],
-                cols: vec![
-                    0.0;
-                    if cols {
-                        tile * g.pixels_out() * g.k()
-                    } else {
-                        0
-                    }
-                ],
-                out: vec![0.0; tile * g.pixels_out() * g.c_out],
-            }
-        }
-
-        /// The patches of the `images` images now in `self.x` (the input itself if pointwise).
-        fn patches(&mut self, g: &Geometry, images: usize) -> &[f32] {
-            let (len_in, len_cols) = (g.pixels_in() * g.c_in, g.pixels_out() * g.k());
-            if g.pointwise() {
-                return &self.x[..images * len_in];
-            }
-            for (x, cols) in self
-                .x
-                .chunks_exact(len_in)
-                .zip(self.cols.chunks_exact_mut(len_cols))
-                .take(images)
-            {
-                im2col(x, g, cols);
-            }
-            &self.cols[..images * len_cols]
-        }
-    }
-
-    /// The convolution of NCHW `x` with `weight` in [`kernel_major`] order plus `bias`: NCHW
-    /// `[n, c_out, ho, wo]`.
-    pub(super) fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &Geometry) -> Vec<f32> {
+    /// The convolution of NCHW `x` with `weight` in [`kernel_major`] order plus `bias`:
+    /// `(out, xt)`, `out` NCHW `[n, c_out, ho, wo]` and `xt` the input channels-last (what the
+    /// backward step reads).
+    pub(super) fn forward(
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        g: &Geometry,
+    ) -> (Vec<f32>, Vec<f32>) {
         let (tile, per_group, groups) = g.plan();
         let (len_in, len_out) = (g.c_in * g.pixels_in(), g.c_out * g.pixels_out());
         let mut out = vec![0.0f32; g.n * len_out];
+        let mut xt = vec![0.0f32; g.n * len_in];
         if g.n == 0 {
-            return out;
+            return (out, xt);
         }
-        let (k, p) = (g.k(), g.pixels_out());
-        let run = |x: &[f32], out: &mut [f32]| {
-            let mut buf = Buffers::new(g, tile, true, true);
-            for (x, out) in x.chunks(tile * len_in).zip(out.chunks_mut(tile * len_out)) {
+        let (k, p, threads) = (g.k(), g.pixels_out(), groups == 1);
+        let run = |x: &[f32], xt: &mut [f32], out: &mut [f32]| {
+            let mut cols = scratch::take(if g.pointwise() { 0 } else { tile * p * k });
+            let mut result = scratch::take(tile * p * g.c_out);
+            for ((x, xt), out) in x
+                .chunks(tile * len_in)
+                .zip(xt.chunks_mut(tile * len_in))
+                .zip(out.chunks_mut(tile * len_out))
+            {
                 let images = x.len() / len_in;
-                channels_last(x, images, g.c_in, g.pixels_in(), &mut buf.x);
-                let rows = images * p;
-                let mut result = std::mem::take(&mut buf.out);
-                let cols = buf.patches(g, images);
-                let shape = (rows, g.c_out, k);
-                let threads = groups == 1;
+                channels_last(x, images, g.c_in, g.pixels_in(), xt);
+                let result = &mut result[..images * p * g.c_out];
+                let shape = (images * p, g.c_out, k);
+                let cols = patches(g, xt, &mut cols);
                 product(
-                    &mut result,
+                    result,
                     (false, threads),
                     shape,
                     cols,
@@ -361,19 +344,22 @@ mod kernels {
                         plane.iter_mut().for_each(|v| *v += b);
                     }
                 }
-                buf.out = result;
             }
+            scratch::give(cols);
+            scratch::give(result);
         };
         out.par_chunks_mut(per_group * len_out)
+            .zip(xt.par_chunks_mut(per_group * len_in))
             .zip(x.par_chunks(per_group * len_in))
-            .for_each(|(out, x)| run(x, out));
-        out
+            .for_each(|((out, xt), x)| run(x, xt, out));
+        (out, xt)
     }
 
-    /// The gradients of [`forward`] for the incoming gradient `dout` (NCHW): `(dx, dweight,
-    /// dbias)`, `dx` NCHW and `dweight` in [`kernel_major`] order, each empty where not wanted.
+    /// The gradients of [`forward`] for the incoming gradient `dout` (NCHW), given the input
+    /// channels-last (`xt`, from [`forward`]): `(dx, dweight, dbias)`, `dx` NCHW and `dweight` in
+    /// [`kernel_major`] order, each empty where not wanted.
     pub(super) fn backward(
-        x: &[f32],
+        xt: &[f32],
         weight: &[f32],
         dout: &[f32],
         g: &Geometry,
@@ -385,39 +371,41 @@ mod kernels {
         let mut dx = vec![0.0f32; if want_dx { g.n * len_in } else { 0 }];
         let threads = groups == 1;
         // One group: its share of dW and db, and its images' dx.
-        let run = |x: &[f32], dout: &[f32], dx: &mut [f32]| -> (Vec<f32>, Vec<f32>) {
-            let mut buf = Buffers::new(g, tile, want_dw, want_dw);
-            let mut dcols = vec![
-                0.0f32;
-                if want_dx && !g.pointwise() {
-                    tile * p * k
-                } else {
-                    0
-                }
-            ];
-            let mut dxt = vec![0.0f32; if want_dx { tile * len_in } else { 0 }];
+        let run = |xt: &[f32], dout: &[f32], dx: &mut [f32]| -> (Vec<f32>, Vec<f32>) {
+            let unless_pointwise = |len: usize| if g.pointwise() { 0 } else { len };
+            let mut cols = scratch::take(if want_dw {
+                unless_pointwise(tile * p * k)
+            } else {
+                0
+            });
+            let mut dcols = scratch::take(if want_dx {
+                unless_pointwise(tile * p * k)
+            } else {
+                0
+            });
+            let mut dxt = scratch::take(if want_dx { tile * len_in } else { 0 });
+            let mut dout_t = scratch::take(tile * len_out);
             let mut dw = vec![0.0f32; if want_dw { co * k } else { 0 }];
             let mut db = vec![0.0f32; co];
             let mut dx_tiles = dx.chunks_mut(tile * len_in);
-            for (x, dout) in x.chunks(tile * len_in).zip(dout.chunks(tile * len_out)) {
+            for (xt, dout) in xt.chunks(tile * len_in).zip(dout.chunks(tile * len_out)) {
                 let images = dout.len() / len_out;
                 let rows = images * p;
                 for image in dout.chunks_exact(len_out) {
                     for (s, plane) in db.iter_mut().zip(image.chunks_exact(p)) {
-                        *s += plane.iter().sum::<f32>();
+                        *s += sum(plane);
                     }
                 }
-                let mut dout_t = std::mem::take(&mut buf.out);
                 channels_last(dout, images, co, p, &mut dout_t);
+                let dout_t = &dout_t[..rows * co];
                 if want_dw {
-                    channels_last(x, images, g.c_in, g.pixels_in(), &mut buf.x);
-                    let cols = buf.patches(g, images);
+                    let cols = patches(g, xt, &mut cols);
                     let shape = (co, k, rows);
                     product(
                         &mut dw,
                         (true, threads),
                         shape,
-                        &dout_t,
+                        dout_t,
                         (1, co),
                         cols,
                         (k, 1),
@@ -431,19 +419,18 @@ mod kernels {
                         true => &mut *dxt,
                         false => &mut dcols[..rows * k],
                     };
-                    let dout = (&dout_t[..], (co, 1));
                     product(
                         target,
                         (false, threads),
                         shape,
-                        dout.0,
-                        dout.1,
+                        dout_t,
+                        (co, 1),
                         weight,
                         (k, 1),
                     );
                     if !g.pointwise() {
-                        let dcols = &dcols[..rows * k];
                         dxt.fill(0.0);
+                        let dcols = &dcols[..rows * k];
                         for (c, d) in dcols.chunks_exact(p * k).zip(dxt.chunks_exact_mut(len_in)) {
                             col2im(c, g, d);
                         }
@@ -452,17 +439,19 @@ mod kernels {
                         transpose(s, g.pixels_in(), g.c_in, d);
                     }
                 }
-                buf.out = dout_t;
+            }
+            for buffer in [cols, dcols, dxt, dout_t] {
+                scratch::give(buffer);
             }
             (dw, db)
         };
         let mut dx_groups: Vec<&mut [f32]> = dx.chunks_mut(per_group * len_in).collect();
         dx_groups.resize_with(groups, Default::default);
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = x
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = xt
             .par_chunks(per_group * len_in)
             .zip(dout.par_chunks(per_group * len_out))
             .zip(dx_groups.into_par_iter())
-            .map(|((x, dout), dx)| run(x, dout, dx))
+            .map(|((xt, dout), dx)| run(xt, dout, dx))
             .collect();
         let mut dw = vec![0.0f32; if want_dw { co * k } else { 0 }];
         let mut db = vec![0.0f32; co];
@@ -506,7 +495,7 @@ mod flex {
         let autodiff = |x, w, b| autodiff(x, w, b, g);
         on_flex((x, weight, bias), autodiff, |x, w, b| {
             let wk = kernels::kernel_major(&values(&w), &g);
-            output(kernels::forward(&values(&x), &wk, &values(&b), &g), &g)
+            output(kernels::forward(&values(&x), &wk, &values(&b), &g).0, &g)
         })
     }
 
@@ -514,10 +503,11 @@ mod flex {
         FlexTensor::from_data(TensorData::new(values, [g.n, g.c_out, g.ho, g.wo]))
     }
 
-    /// What the backward step keeps: the input, the weight in patch order, the shapes.
+    /// What the backward step keeps: the input channels-last, the weight in patch order, the
+    /// shapes.
     #[derive(Clone, Debug)]
     struct Saved {
-        x: FlexTensor,
+        xt: Vec<f32>,
         weight: Vec<f32>,
         geometry: Geometry,
     }
@@ -530,14 +520,14 @@ mod flex {
 
         fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let Saved {
-                x,
+                xt,
                 weight,
                 geometry: g,
             } = ops.state;
             let [x_node, w_node, b_node] = ops.parents;
             let grad = grads.consume::<Flex>(&ops.node);
             let wants = (x_node.is_some(), w_node.is_some());
-            let (dx, dw, db) = kernels::backward(&values(&x), &weight, &values(&grad), &g, wants);
+            let (dx, dw, db) = kernels::backward(&xt, &weight, &values(&grad), &g, wants);
             if let Some(node) = b_node {
                 let db = FlexTensor::from_data(TensorData::new(db, [g.c_out]));
                 grads.register::<Flex>(node.id, db);
@@ -566,7 +556,7 @@ mod flex {
             bias.into_primitive().tensor(),
         );
         let wk = kernels::kernel_major(&values(&w.primitive), &g);
-        let y = kernels::forward(&values(&x.primitive), &wk, &values(&b.primitive), &g);
+        let (y, xt) = kernels::forward(&values(&x.primitive), &wk, &values(&b.primitive), &g);
         let y = output(y, &g);
         let out = match Conv2dBackward
             .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
@@ -575,7 +565,7 @@ mod flex {
         {
             OpsKind::Tracked(prep) => prep.finish(
                 Saved {
-                    x: x.primitive,
+                    xt,
                     weight: wk,
                     geometry: g,
                 },

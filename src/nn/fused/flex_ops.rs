@@ -127,6 +127,51 @@ fn strided_copy(src: &[f32], shape: &[usize], strides: &[isize], offset: usize) 
     }
 }
 
+/// `Σ x` in eight interleaved partial sums, which the compiler turns into vector adds (a plain
+/// `iter().sum()` must keep the order of the additions and runs one at a time).
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// `Σ aᵢ·bᵢ`, as [`sum`].
+pub(crate) fn dot_product(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in ca.zip(cb) {
+        for ((l, a), b) in lanes.iter_mut().zip(a).zip(b) {
+            *l += a * b;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// `Σ (x − c)²`, as [`sum`].
+pub(crate) fn sum_sq_dev(x: &[f32], c: f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|v| (v - c) * (v - c)).sum();
+    for chunk in chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l += (v - c) * (v - c);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
 /// Whether a product of this size is worth both threads (flex's own threshold).
 pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {

@@ -96,6 +96,7 @@ fn composed<B: Backend>(
 /// The kernels on one image's values.
 #[cfg(feature = "flex")]
 mod kernels {
+    use super::super::flex_ops::{dot_product, sum, sum_sq_dev};
     use super::super::silu::{backward_block, forward_block};
     use super::EPSILON;
 
@@ -128,32 +129,33 @@ mod kernels {
     ) -> Vec<f32> {
         let len = s.per_group * s.pixels;
         let mut rstd = Vec::with_capacity(s.groups);
+        let mut pre = vec![0.0f32; if activate { len } else { 0 }];
         for (g, ((x, normed), out)) in x
             .chunks_exact(len)
             .zip(normed.chunks_exact_mut(len))
             .zip(out.chunks_exact_mut(len))
             .enumerate()
         {
-            // Two passes in f64: the mean, then the centred squares (no cancellation).
-            let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / len as f64) as f32;
-            let var = x.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / len as f64;
-            let r = 1.0 / (var as f32 + EPSILON).sqrt();
+            // Two passes: the mean, then the centred squares (no cancellation).
+            let mean = sum(x) / len as f32;
+            let r = 1.0 / (sum_sq_dev(x, mean) / len as f32 + EPSILON).sqrt();
             rstd.push(r);
-            for (c, ((x, normed), out)) in x
+            // The scaled and shifted values go to `out`, or first to `pre` for the SiLU (whose
+            // input is recomputed from `normed` in the backward step).
+            let target: &mut [f32] = if activate { &mut pre } else { &mut *out };
+            for (c, ((x, normed), t)) in x
                 .chunks_exact(s.pixels)
                 .zip(normed.chunks_exact_mut(s.pixels))
-                .zip(out.chunks_exact_mut(s.pixels))
+                .zip(target.chunks_exact_mut(s.pixels))
                 .enumerate()
             {
                 let (scale, shift) = (gamma[g * s.per_group + c], beta[g * s.per_group + c]);
-                for ((x, n), o) in x.iter().zip(normed.iter_mut()).zip(out.iter_mut()) {
+                for ((x, n), t) in x.iter().zip(normed.iter_mut()).zip(t.iter_mut()) {
                     *n = (x - mean) * r;
-                    *o = *n * scale + shift;
+                    *t = *n * scale + shift;
                 }
             }
             if activate {
-                // SiLU in place: the pre-activation is recomputed from `normed` in backward.
-                let pre = out.to_vec();
                 forward_block(&pre, out);
             }
         }
@@ -192,24 +194,20 @@ mod kernels {
                 backward_block(&pre, grad);
             }
             // grad is now dL/d(pre-activation); dL/d(normed) = grad·γ.
-            let (mut sum, mut dot) = (0.0f64, 0.0f64);
+            let (mut total, mut dot) = (0.0f64, 0.0f64);
             for ((n, d), c) in normed
                 .chunks_exact(s.pixels)
                 .zip(grad.chunks_exact(s.pixels))
                 .zip(channels.clone())
             {
-                let (mut ds, mut dn) = (0.0f32, 0.0f32);
-                for (n, d) in n.iter().zip(d) {
-                    ds += d;
-                    dn += d * n;
-                }
+                let (ds, dn) = (sum(d), dot_product(d, n));
                 dbeta[c] += ds;
                 dgamma[c] += dn;
-                sum += (ds * gamma[c]) as f64;
+                total += (ds * gamma[c]) as f64;
                 dot += (dn * gamma[c]) as f64;
             }
             // dx = rstd·(dn − mean(dn) − normed·mean(dn·normed)), dn = grad·γ.
-            let (mean, mean_dot) = ((sum / len as f64) as f32, (dot / len as f64) as f32);
+            let (mean, mean_dot) = ((total / len as f64) as f32, (dot / len as f64) as f32);
             let r = rstd[g];
             for ((n, d), c) in normed
                 .chunks_exact(s.pixels)

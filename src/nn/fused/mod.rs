@@ -12,6 +12,8 @@ mod exp;
 mod flex_ops;
 mod group_norm;
 mod linear_silu;
+#[cfg(feature = "flex")]
+mod scratch;
 mod silu;
 mod softmax;
 #[cfg(feature = "flex")]
