@@ -118,55 +118,54 @@ mod kernels {
         }
     }
 
-    /// One image: `normed` ← the normalised values, `out` ← scaled, shifted (and activated);
-    /// returns the reciprocal standard deviation per group.
+    /// One image: `out` ← the normalised, scaled, shifted (and activated) values; returns the
+    /// mean and the reciprocal standard deviation of each group (what the backward step needs
+    /// besides the input).
     pub(super) fn forward(
         x: &[f32],
         (gamma, beta): (&[f32], &[f32]),
         s: Shape,
         activate: bool,
-        (normed, out): (&mut [f32], &mut [f32]),
-    ) -> Vec<f32> {
+        out: &mut [f32],
+    ) -> Vec<[f32; 2]> {
         let len = s.per_group * s.pixels;
-        let mut rstd = Vec::with_capacity(s.groups);
+        let mut stats = Vec::with_capacity(s.groups);
         let mut pre = vec![0.0f32; if activate { len } else { 0 }];
-        for (g, ((x, normed), out)) in x
+        for (g, (x, out)) in x
             .chunks_exact(len)
-            .zip(normed.chunks_exact_mut(len))
             .zip(out.chunks_exact_mut(len))
             .enumerate()
         {
             // Two passes: the mean, then the centred squares (no cancellation).
             let mean = sum(x) / len as f32;
             let r = 1.0 / (sum_sq_dev(x, mean) / len as f32 + EPSILON).sqrt();
-            rstd.push(r);
-            // The scaled and shifted values go to `out`, or first to `pre` for the SiLU (whose
-            // input is recomputed from `normed` in the backward step).
+            stats.push([mean, r]);
+            // The scaled and shifted values go to `out`, or first to `pre` for the SiLU.
             let target: &mut [f32] = if activate { &mut pre } else { &mut *out };
-            for (c, ((x, normed), t)) in x
+            for (c, (x, t)) in x
                 .chunks_exact(s.pixels)
-                .zip(normed.chunks_exact_mut(s.pixels))
                 .zip(target.chunks_exact_mut(s.pixels))
                 .enumerate()
             {
                 let (scale, shift) = (gamma[g * s.per_group + c], beta[g * s.per_group + c]);
-                for ((x, n), t) in x.iter().zip(normed.iter_mut()).zip(t.iter_mut()) {
-                    *n = (x - mean) * r;
-                    *t = *n * scale + shift;
+                let (scale, shift) = (r * scale, shift - mean * r * scale);
+                for (x, t) in x.iter().zip(t.iter_mut()) {
+                    *t = x * scale + shift;
                 }
             }
             if activate {
                 forward_block(&pre, out);
             }
         }
-        rstd
+        stats
     }
 
-    /// One image's gradients: `grad` (the incoming gradient) becomes the input gradient;
-    /// returns the image's shares of the scale and shift gradients.
+    /// One image's gradients from its input `x` and the group statistics of [`forward`]:
+    /// `grad` (the incoming gradient) becomes the input gradient; returns the image's shares of
+    /// the scale and shift gradients.
     pub(super) fn backward(
-        normed: &[f32],
-        rstd: &[f32],
+        x: &[f32],
+        stats: &[[f32; 2]],
         (gamma, beta): (&[f32], &[f32]),
         s: Shape,
         activate: bool,
@@ -174,12 +173,18 @@ mod kernels {
     ) -> (Vec<f32>, Vec<f32>) {
         let len = s.per_group * s.pixels;
         let (mut dgamma, mut dbeta) = (vec![0.0f32; s.channels()], vec![0.0f32; s.channels()]);
+        let mut normed = vec![0.0f32; len];
         let mut pre = vec![0.0f32; if activate { len } else { 0 }];
-        for (g, (normed, grad)) in normed
+        for (g, (x, grad)) in x
             .chunks_exact(len)
             .zip(grad.chunks_exact_mut(len))
             .enumerate()
         {
+            let [mean, r] = stats[g];
+            normed
+                .iter_mut()
+                .zip(x)
+                .for_each(|(n, x)| *n = (x - mean) * r);
             let channels = g * s.per_group..(g + 1) * s.per_group;
             if activate {
                 for ((p, n), c) in pre
@@ -208,7 +213,6 @@ mod kernels {
             }
             // dx = rstd·(dn − mean(dn) − normed·mean(dn·normed)), dn = grad·γ.
             let (mean, mean_dot) = ((total / len as f64) as f32, (dot / len as f64) as f32);
-            let r = rstd[g];
             for ((n, d), c) in normed
                 .chunks_exact(s.pixels)
                 .zip(grad.chunks_exact_mut(s.pixels))
@@ -260,38 +264,35 @@ mod flex {
         let dims = [n, c, h, w];
         let autodiff = |x, gamma, beta| autodiff(x, gamma, beta, s, activate, dims);
         on_flex((x, gamma, beta), autodiff, |x, gamma, beta| {
-            let (_, _, y) = forward(&x, &gamma, &beta, s, activate);
+            let (_, y) = forward(&x, &gamma, &beta, s, activate);
             FlexTensor::from_data(TensorData::new(y, dims))
         })
     }
 
-    /// `(normed, rstd, out)` over all images, one rayon task per image.
+    /// `(stats, out)` over all images, one rayon task per image: per image and group, the
+    /// mean and the reciprocal standard deviation.
     fn forward(
         x: &FlexTensor,
         gamma: &FlexTensor,
         beta: &FlexTensor,
         s: Shape,
         activate: bool,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    ) -> (Vec<[f32; 2]>, Vec<f32>) {
         let (x, gamma, beta) = (values(x), values(gamma), values(beta));
-        let mut normed = vec![0.0f32; x.len()];
         let mut out = vec![0.0f32; x.len()];
-        let rstd: Vec<Vec<f32>> = x
+        let stats: Vec<Vec<[f32; 2]>> = x
             .par_chunks(s.image())
-            .zip(normed.par_chunks_mut(s.image()))
             .zip(out.par_chunks_mut(s.image()))
-            .map(|((x, normed), out)| {
-                kernels::forward(x, (&gamma, &beta), s, activate, (normed, out))
-            })
+            .map(|(x, out)| kernels::forward(x, (&gamma, &beta), s, activate, out))
             .collect();
-        (normed, rstd.concat(), out)
+        (stats.concat(), out)
     }
 
-    /// What the backward step keeps.
+    /// What the backward step keeps: the input (shared, not copied) and the group statistics.
     #[derive(Clone, Debug)]
     struct Saved {
-        normed: Vec<f32>,
-        rstd: Vec<f32>,
+        x: FlexTensor,
+        stats: Vec<[f32; 2]>,
         gamma: FlexTensor,
         beta: FlexTensor,
         shape: Shape,
@@ -311,12 +312,13 @@ mod flex {
             let [x_node, gamma_node, beta_node] = ops.parents;
             let mut grad = values(&grads.consume::<Flex>(&ops.node)).into_owned();
             let (gamma, beta) = (values(&state.gamma), values(&state.beta));
+            let x = values(&state.x);
             let partials: Vec<(Vec<f32>, Vec<f32>)> = grad
                 .par_chunks_mut(s.image())
-                .zip(state.normed.par_chunks(s.image()))
-                .zip(state.rstd.par_chunks(s.groups))
-                .map(|((grad, normed), rstd)| {
-                    kernels::backward(normed, rstd, (&gamma, &beta), s, state.activate, grad)
+                .zip(x.par_chunks(s.image()))
+                .zip(state.stats.par_chunks(s.groups))
+                .map(|((grad, x), stats)| {
+                    kernels::backward(x, stats, (&gamma, &beta), s, state.activate, grad)
                 })
                 .collect();
             let c = s.channels();
@@ -354,7 +356,7 @@ mod flex {
             gamma.into_primitive().tensor(),
             beta.into_primitive().tensor(),
         );
-        let (normed, rstd, y) = forward(
+        let (stats, y) = forward(
             &x.primitive,
             &gamma.primitive,
             &beta.primitive,
@@ -369,8 +371,8 @@ mod flex {
         {
             OpsKind::Tracked(prep) => prep.finish(
                 Saved {
-                    normed,
-                    rstd,
+                    x: x.primitive,
+                    stats,
                     gamma: gamma.primitive,
                     beta: beta.primitive,
                     shape,
