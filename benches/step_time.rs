@@ -105,8 +105,6 @@ fn median_step_ms<B: AutodiffBackend, M: Net<B>>(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // As the examples do at start-up (freed blocks are reused rather than faulted back in).
-    integration_flow::backend::tune_allocator();
     // cargo bench passes `--bench`; everything else is ours.
     let args: Vec<String> = std::env::args()
         .skip(1)

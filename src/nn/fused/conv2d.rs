@@ -173,14 +173,16 @@ mod kernels {
                 && (self.ho, self.wo) == (self.h, self.w)
         }
 
-        /// `(images per tile, images per group, groups)`.
+        /// `(images per tile, images per group, groups)`: groups of equal numbers of images
+        /// (so that the threads finish together), each cut into tiles of about `TILE_ROWS`
+        /// output pixels.
         fn plan(&self) -> (usize, usize, usize) {
-            let tile = (TILE_ROWS / self.pixels_out().max(1)).clamp(1, self.n.max(1));
-            let tiles = self.n.div_ceil(tile);
-            // A fixed number of groups (not one per thread), so that the weight gradient's sum
-            // has the same order on any machine.
+            // At least eight groups whatever the thread count (two per thread where there are
+            // more than four), so that on most machines the weight gradient is summed in the
+            // same order.
             let wanted = 8.max(2 * rayon::current_num_threads());
-            let per_group = tiles.div_ceil(wanted.min(tiles).max(1)).max(1) * tile;
+            let per_group = self.n.div_ceil(wanted).max(1);
+            let tile = (TILE_ROWS / self.pixels_out().max(1)).clamp(1, per_group);
             (tile, per_group, self.n.div_ceil(per_group).max(1))
         }
     }

@@ -77,6 +77,28 @@ pub(crate) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
     ))
 }
 
+/// `f` on the values of `t` (in logical order) and the tensor back, changed: in `t`'s own buffer
+/// where it is contiguous and nobody else holds it (an incoming gradient, usually), on a copy
+/// otherwise.
+pub(crate) fn update_values(mut t: FlexTensor, f: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let len = t.layout().num_elements();
+    let whole = matches!(t.layout().contiguous_offsets(), Some((0, end)) if end == len);
+    if whole {
+        if let Some(values) = t.try_storage_mut::<f32>() {
+            if values.len() == len {
+                f(values);
+                return t;
+            }
+        }
+    }
+    let mut values = values(&t).into_owned();
+    f(&mut values);
+    FlexTensor::from_data(burn::tensor::TensorData::new(
+        values,
+        t.layout().shape().clone(),
+    ))
+}
+
 /// The values of a strided view in row-major order. flex's own copy walks a view of more than
 /// two (merged) dimensions element by element (the incoming gradients of the fused ops are
 /// often such views: slices of a concatenation's gradient, swapped dimensions); here the

@@ -230,7 +230,7 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{on_flex, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex, update_values, values, FlexAutodiff};
     use super::kernels::{self, Shape};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -297,7 +297,6 @@ mod flex {
         beta: FlexTensor,
         shape: Shape,
         activate: bool,
-        dims: [usize; 4],
     }
 
     #[derive(Debug)]
@@ -310,17 +309,20 @@ mod flex {
             let state = ops.state;
             let s = state.shape;
             let [x_node, gamma_node, beta_node] = ops.parents;
-            let mut grad = values(&grads.consume::<Flex>(&ops.node)).into_owned();
             let (gamma, beta) = (values(&state.gamma), values(&state.beta));
             let x = values(&state.x);
-            let partials: Vec<(Vec<f32>, Vec<f32>)> = grad
-                .par_chunks_mut(s.image())
-                .zip(x.par_chunks(s.image()))
-                .zip(state.stats.par_chunks(s.groups))
-                .map(|((grad, x), stats)| {
-                    kernels::backward(x, stats, (&gamma, &beta), s, state.activate, grad)
-                })
-                .collect();
+            let mut partials: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+            // The incoming gradient becomes the input gradient, in its own buffer if it can.
+            let grad = update_values(grads.consume::<Flex>(&ops.node), |grad| {
+                partials = grad
+                    .par_chunks_mut(s.image())
+                    .zip(x.par_chunks(s.image()))
+                    .zip(state.stats.par_chunks(s.groups))
+                    .map(|((grad, x), stats)| {
+                        kernels::backward(x, stats, (&gamma, &beta), s, state.activate, grad)
+                    })
+                    .collect();
+            });
             let c = s.channels();
             let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
             for (pg, pb) in &partials {
@@ -335,10 +337,7 @@ mod flex {
                 grads.register::<Flex>(node.id, vector(dbeta));
             }
             if let Some(node) = x_node {
-                grads.register::<Flex>(
-                    node.id,
-                    FlexTensor::from_data(TensorData::new(grad, state.dims)),
-                );
+                grads.register::<Flex>(node.id, grad);
             }
         }
     }
@@ -377,7 +376,6 @@ mod flex {
                     beta: beta.primitive,
                     shape,
                     activate,
-                    dims,
                 },
                 y,
             ),
