@@ -10,10 +10,11 @@
 //!
 //! - forward: `out = cols · Wᵀ`, `cols` the `[pixels, kh·kw·c_in]` patches of a tile of images;
 //! - input gradient: `dcols = dout · W`, scattered back onto the input's pixels (col2im);
-//! - weight gradient: `dW = doutᵀ · cols`, summed over tiles in a fixed order (deterministic for
-//!   a given batch, whatever the thread count); the bias gradient is a sum over pixels.
+//! - weight gradient: `dW = doutᵀ · cols`, summed over groups of images in a fixed order (the
+//!   same result for a given batch on any machine with up to four threads, where the groups
+//!   are eight; more threads make more groups); the bias gradient is a sum over pixels.
 //!
-//! Images are split into a fixed number of groups of whole tiles, one rayon task per group,
+//! Images are split into groups of whole tiles, one rayon task per group,
 //! each with its buffers allocated once. Other backends, grouped or dilated convolutions and
 //! padding other than explicit or valid take burn's `Conv2d::forward`.
 

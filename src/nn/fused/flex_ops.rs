@@ -215,11 +215,15 @@ pub(crate) fn product(
     b: &[f32],
     (b_rs, b_cs): (usize, usize),
 ) {
+    // Saturating: an index that overflowed would wrap and pass the checks below.
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
-        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+        ((rows.max(1) - 1).saturating_mul(rs)).saturating_add((cols.max(1) - 1).saturating_mul(cs))
     };
     // The checks that make the pointer arithmetic below stay inside the slices.
-    assert!(dst.len() >= m * n, "product: destination too small");
+    assert!(
+        dst.len() >= m.saturating_mul(n),
+        "product: destination too small"
+    );
     assert!(m == 0 || k == 0 || last(m, k, a_rs, a_cs) < a.len());
     assert!(n == 0 || k == 0 || last(k, n, b_rs, b_cs) < b.len());
     // SAFETY: every index gemm reads or writes, (i·rs + j·cs) for i, j within the stated

@@ -17,6 +17,11 @@ const EPSILON: f32 = 1e-5;
 /// GroupNorm of `x` (`[n, c, h, w]`) over `groups` groups of channels, scaled by `gamma` and
 /// shifted by `beta` (both `[c]`); `groups` must divide `c`.
 ///
+/// # Panics
+/// Like burn's tensor operations, on shapes that do not fit: `groups` zero or not dividing `c`,
+/// `gamma` or `beta` not of length `c`. (The UNet checks its configuration before it builds
+/// anything, so its layers never do.)
+///
 /// ```
 /// # #[cfg(feature = "flex")] {
 /// use burn::tensor::{Distribution, Tensor};
@@ -41,6 +46,9 @@ pub fn group_norm<B: Backend>(
 
 /// `silu(group_norm(x, gamma, beta, groups))`, the pre-activation of a residual block, as one op
 /// on the flex backend.
+///
+/// # Panics
+/// As [`group_norm`].
 pub fn group_norm_silu<B: Backend>(
     x: Tensor<B, 4>,
     gamma: Tensor<B, 1>,
@@ -57,6 +65,13 @@ fn normalise<B: Backend>(
     groups: usize,
     activate: bool,
 ) -> Tensor<B, 4> {
+    let c = x.dims()[1];
+    assert!(
+        groups > 0 && c.is_multiple_of(groups) && gamma.dims() == [c] && beta.dims() == [c],
+        "group_norm: {groups} groups of {c} channels with a scale of {:?} and a shift of {:?}",
+        gamma.dims(),
+        beta.dims()
+    );
     #[cfg(feature = "flex")]
     let x = if super::fused_kernels() {
         match flex::normalise(x, gamma.clone(), beta.clone(), groups, activate) {
@@ -252,7 +267,7 @@ mod flex {
     ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
         let [n, c, h, w] = x.dims();
         let f32s = [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
-        let fits = groups > 0 && c.is_multiple_of(groups) && h * w > 0;
+        let fits = groups > 0 && c > 0 && c.is_multiple_of(groups) && h * w > 0;
         if !f32s || !fits || gamma.dims() != [c] || beta.dims() != [c] {
             return Err(x);
         }

@@ -55,7 +55,8 @@ mod kernels {
             .zip(x.par_chunks(chunk))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_exact_mut(len).zip(x.chunks_exact(len)) {
-                    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+                    // The largest scaled score (the smallest score if the scale is negative).
+                    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
                     let mut sum = 0.0f32;
                     for (y, &x) in y.iter_mut().zip(x) {
                         *y = exp(x * scale - max);
@@ -194,11 +195,24 @@ mod tests {
             let gp = (plain * probe).sum().backward();
             // The gradient is `scale·y·(dy − ⟨dy, y⟩)`: a difference of order-1 terms times the
             // scale, so its rounding is absolute, in units of the scale.
-            let tolerance = Tolerance::rel_abs(1e-4, 1e-5 * scale.max(1.0));
+            let tolerance = Tolerance::rel_abs(1e-4, 1e-5 * f64::abs(scale).max(1.0));
             x.grad(&gf)
                 .expect("dx")
                 .into_data()
                 .assert_approx_eq::<f32>(&x.grad(&gp).expect("dx").into_data(), tolerance);
+        }
+    }
+
+    /// A negative scale turns the largest score into the smallest: the shift that keeps `exp`
+    /// in range must come from the scaled scores.
+    #[test]
+    fn a_negative_scale_over_a_wide_range() {
+        let x = Tensor::<Flex, 2>::from_floats([[0.0, 1.0, 100.0]], &Default::default());
+        let y: Vec<f32> = scaled_softmax(x, -1.0).into_data().to_vec().expect("f32");
+        let e = 1.0f32.exp();
+        let want = [e / (1.0 + e), 1.0 / (1.0 + e), 0.0];
+        for (y, w) in y.iter().zip(want) {
+            assert!((y - w).abs() < 1e-6, "{y} against {w}");
         }
     }
 }
