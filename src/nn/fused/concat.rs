@@ -71,12 +71,11 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, values, FlexAutodiff};
+    use super::super::flex_ops::{cast, record, values, FlexAutodiff};
     use super::kernels;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::ops::{Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -181,15 +180,7 @@ mod flex {
     ) -> Tensor<FlexAutodiff, 4> {
         let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
         let y = forward(&a.primitive, &b.primitive, &shape);
-        let out = match ConcatBackward
-            .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(shape, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        record(ConcatBackward, [&a, &b], || shape, y)
     }
 }
 

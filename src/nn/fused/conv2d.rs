@@ -469,15 +469,14 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{on_flex, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex, record, values, FlexAutodiff};
     use super::kernels::{self, Geometry};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::ops::{Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
 
     /// The fast op where it applies (f32, shapes that make a convolution); `x` back otherwise.
@@ -561,22 +560,12 @@ mod flex {
         let wk = kernels::kernel_major(&values(&w.primitive), &g);
         let (y, xt) = kernels::forward(&values(&x.primitive), &wk, &values(&b.primitive), &g);
         let y = output(y, &g);
-        let out = match Conv2dBackward
-            .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                Saved {
-                    xt,
-                    weight: wk,
-                    geometry: g,
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
+        let state = || Saved {
+            xt,
+            weight: wk,
+            geometry: g,
         };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        record(Conv2dBackward, [&x, &w, &b], state, y)
     }
 }
 

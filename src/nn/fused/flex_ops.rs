@@ -1,6 +1,8 @@
 //! What the fused flex ops (`silu`, `linear_silu`, `conv2d`) share: reaching the flex tensor
 //! behind a generic `Tensor<B, D>`, reading its values, and gemm's matrix product.
 
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
@@ -60,6 +62,29 @@ pub(crate) fn on_flex<B: Backend, const D: usize, const W: usize, const O: usize
     );
     let y = Tensor::<Flex, O>::from_primitive(TensorPrimitive::Float(y));
     Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+}
+
+/// An autodiff tensor's primitive: the flex tensor and its node in the graph.
+pub(crate) type Tracked = burn::tensor::ops::FloatTensor<FlexAutodiff>;
+
+/// A fused op's output `y` recorded on the autodiff graph as the result of `op` on `parents`;
+/// `state` (what the backward step reads) is made only where some parent needs a gradient.
+pub(crate) fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
+    op: O,
+    parents: [&Tracked; N],
+    state: impl FnOnce() -> O::State,
+    y: FlexTensor,
+) -> Tensor<FlexAutodiff, D> {
+    let nodes = parents.map(|p| p.node.clone());
+    let out = match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state(), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// The `f32` values of `t` in logical (row-major) order, borrowed where they already are,
@@ -149,21 +174,31 @@ fn strided_copy(src: &[f32], shape: &[usize], strides: &[isize], offset: usize) 
     }
 }
 
-/// `Σ x` in eight interleaved partial sums, which the compiler turns into vector adds (a plain
-/// `iter().sum()` must keep the order of the additions and runs one at a time).
-pub(crate) fn sum(x: &[f32]) -> f32 {
+/// `Σ term(xᵢ)` in eight interleaved partial sums, which the compiler turns into vector adds
+/// (a plain `iter().sum()` must keep the order of the additions and runs one at a time).
+fn lane_sum(x: &[f32], term: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().sum();
+    let rest: f32 = chunks.remainder().iter().map(|&v| term(v)).sum();
     for chunk in chunks {
-        for (l, v) in lanes.iter_mut().zip(chunk) {
-            *l += v;
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += term(v);
         }
     }
     lanes.iter().sum::<f32>() + rest
 }
 
-/// `Σ aᵢ·bᵢ`, as [`sum`].
+/// `Σ x`, as [`lane_sum`].
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    lane_sum(x, |v| v)
+}
+
+/// `Σ (x − c)²`, as [`lane_sum`].
+pub(crate) fn sum_sq_dev(x: &[f32], c: f32) -> f32 {
+    lane_sum(x, |v| (v - c) * (v - c))
+}
+
+/// `Σ aᵢ·bᵢ`, in eight partial sums as [`lane_sum`].
 pub(crate) fn dot_product(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -176,19 +211,6 @@ pub(crate) fn dot_product(a: &[f32], b: &[f32]) -> f32 {
     for (a, b) in ca.zip(cb) {
         for ((l, a), b) in lanes.iter_mut().zip(a).zip(b) {
             *l += a * b;
-        }
-    }
-    lanes.iter().sum::<f32>() + rest
-}
-
-/// `Σ (x − c)²`, as [`sum`].
-pub(crate) fn sum_sq_dev(x: &[f32], c: f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().map(|v| (v - c) * (v - c)).sum();
-    for chunk in chunks {
-        for (l, v) in lanes.iter_mut().zip(chunk) {
-            *l += (v - c) * (v - c);
         }
     }
     lanes.iter().sum::<f32>() + rest

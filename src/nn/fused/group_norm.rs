@@ -245,15 +245,14 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{on_flex, update_values, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex, record, update_values, values, FlexAutodiff};
     use super::kernels::{self, Shape};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::ops::{Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
@@ -378,25 +377,15 @@ mod flex {
             activate,
         );
         let y = FlexTensor::from_data(TensorData::new(y, dims));
-        let out = match GroupNormBackward
-            .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                Saved {
-                    x: x.primitive,
-                    stats,
-                    gamma: gamma.primitive,
-                    beta: beta.primitive,
-                    shape,
-                    activate,
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
+        let state = || Saved {
+            x: x.primitive.clone(),
+            stats,
+            gamma: gamma.primitive.clone(),
+            beta: beta.primitive.clone(),
+            shape,
+            activate,
         };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        record(GroupNormBackward, [&x, &gamma, &beta], state, y)
     }
 }
 

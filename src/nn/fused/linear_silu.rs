@@ -46,16 +46,15 @@ pub fn linear_silu<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{on_flex, product, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex, product, record, update_values, values, FlexAutodiff};
     use super::super::silu::{backward_block, forward_block, forward_slice};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::autodiff::ops::{Backward, Ops};
     use burn::backend::Flex;
     use burn::nn::Linear;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
@@ -154,19 +153,6 @@ mod flex {
             let grad = grads.consume::<Flex>(&ops.node);
             let rows = x.layout().shape()[0];
             let [d_in, d_out] = [w.layout().shape()[0], w.layout().shape()[1]];
-            // g ← g·silu'(h): the gradient with respect to the pre-activation, in the incoming
-            // gradient's own buffer where nobody else holds it.
-            let mut grad = grad;
-            let whole = matches!(grad.layout().contiguous_offsets(),
-                Some((0, end)) if end == rows * d_out);
-            let mut copy: Vec<f32>;
-            let g: &mut [f32] = match grad.try_storage_mut::<f32>() {
-                Some(g) if whole && g.len() == rows * d_out => g,
-                _ => {
-                    copy = values(&grad).into_owned();
-                    &mut copy
-                }
-            };
             // Per block of rows (in parallel), while the block is in cache: g ← g·silu'(h),
             // the block's share of the bias gradient and of dW = xᵀ·g, and dx = g·Wᵀ for its
             // rows. The shares are summed after (one partial dW per block: a few hundred KiB).
@@ -178,33 +164,38 @@ mod flex {
             let mut dx_blocks: Vec<&mut [f32]> = dx.chunks_mut(dx_block).collect();
             dx_blocks.resize_with(blocks, Default::default);
             let want_dw = w_node.is_some();
-            let partials: Vec<Partial> = g
-                .par_chunks_mut(block * d_out.max(1))
-                .zip(hs.par_chunks(block * d_out.max(1)))
-                .zip(xs.par_chunks(block * d_in.max(1)))
-                .zip(dx_blocks.into_par_iter())
-                .map(|(((g, h), x), dx)| {
-                    backward_block(h, g);
-                    let m = g.len() / d_out.max(1);
-                    let mut sums = vec![0.0f32; d_out];
-                    for row in g.chunks_exact(d_out.max(1)) {
-                        for (s, v) in sums.iter_mut().zip(row) {
-                            *s += v;
+            let mut partials: Vec<Partial> = Vec::new();
+            // g ← g·silu'(h), the gradient with respect to the pre-activation, in the incoming
+            // gradient's own buffer where nobody else holds it.
+            update_values(grad, |g| {
+                partials = g
+                    .par_chunks_mut(block * d_out.max(1))
+                    .zip(hs.par_chunks(block * d_out.max(1)))
+                    .zip(xs.par_chunks(block * d_in.max(1)))
+                    .zip(dx_blocks.into_par_iter())
+                    .map(|(((g, h), x), dx)| {
+                        backward_block(h, g);
+                        let m = g.len() / d_out.max(1);
+                        let mut sums = vec![0.0f32; d_out];
+                        for row in g.chunks_exact(d_out.max(1)) {
+                            for (s, v) in sums.iter_mut().zip(row) {
+                                *s += v;
+                            }
                         }
-                    }
-                    let mut dw = Vec::new();
-                    if want_dw {
-                        dw = vec![0.0f32; d_in * d_out];
-                        let shape = (d_in, d_out, m);
-                        product(&mut dw, (false, false), shape, x, (1, d_in), g, (d_out, 1));
-                    }
-                    if !dx.is_empty() {
-                        let shape = (m, d_in, d_out);
-                        product(dx, (false, false), shape, g, (d_out, 1), &ws, (1, d_out));
-                    }
-                    (sums, dw)
-                })
-                .collect();
+                        let mut dw = Vec::new();
+                        if want_dw {
+                            dw = vec![0.0f32; d_in * d_out];
+                            let shape = (d_in, d_out, m);
+                            product(&mut dw, (false, false), shape, x, (1, d_in), g, (d_out, 1));
+                        }
+                        if !dx.is_empty() {
+                            let shape = (m, d_in, d_out);
+                            product(dx, (false, false), shape, g, (d_out, 1), &ws, (1, d_out));
+                        }
+                        (sums, dw)
+                    })
+                    .collect();
+            });
             let total = |len: usize, part: fn(&Partial) -> &Vec<f32>| {
                 let mut sum = vec![0.0f32; len];
                 for p in &partials {
@@ -242,22 +233,12 @@ mod flex {
         let d_out = w.primitive.layout().shape()[1];
         let (h, y) = forward(&x.primitive, &w.primitive, &b.primitive);
         let y = output(y, rows, d_out);
-        let out = match LinearSiluBackward
-            .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(
-                Saved {
-                    x: x.primitive,
-                    w: w.primitive,
-                    h: output(h, rows, d_out),
-                },
-                y,
-            ),
-            OpsKind::UnTracked(prep) => prep.finish(y),
+        let state = || Saved {
+            x: x.primitive.clone(),
+            w: w.primitive.clone(),
+            h: output(h, rows, d_out),
         };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        record(LinearSiluBackward, [&x, &w, &b], state, y)
     }
 }
 

@@ -163,11 +163,10 @@ pub(crate) fn backward_slice(x: &[f32], grad: &mut [f32]) {
 /// The flex paths: an autodiff op with its own backward step, and the plain forward pass.
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, values};
+    use super::super::flex_ops::{cast, record, update_values, values};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+    use burn::backend::autodiff::ops::{unary, Backward, Ops};
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -204,22 +203,9 @@ mod flex {
         FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
     }
 
-    fn backward(x: &FlexTensor, mut grad: FlexTensor) -> FlexTensor {
+    fn backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
         let x_values = values(x);
-        let n = x_values.len();
-        // In place when the gradient is a plain buffer nobody else holds (the usual case).
-        let whole = matches!(grad.layout().contiguous_offsets(), Some((0, end)) if end == n);
-        if whole {
-            if let Some(values) = grad.try_storage_mut::<f32>() {
-                if values.len() == n {
-                    super::backward_slice(&x_values, values);
-                    return grad;
-                }
-            }
-        }
-        let mut values = values(&grad).into_owned();
-        super::backward_slice(&x_values, &mut values);
-        FlexTensor::from_data(TensorData::new(values, x.layout().shape().clone()))
+        update_values(grad, |grad| super::backward_slice(&x_values, grad))
     }
 
     /// The backward step: `grad·silu'(x)`, with `x` kept from the forward pass.
@@ -238,15 +224,8 @@ mod flex {
     fn autodiff<const D: usize>(x: Tensor<FlexAutodiff, D>) -> Tensor<FlexAutodiff, D> {
         let x = x.into_primitive().tensor();
         let out = forward(&x.primitive);
-        let y = match SiluBackward
-            .prepare::<NoCheckpointing>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(x.primitive, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(y))
+        let state = || x.primitive.clone();
+        record(SiluBackward, [&x], state, out)
     }
 }
 

@@ -87,12 +87,11 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, values, FlexAutodiff};
+    use super::super::flex_ops::{cast, record, update_values, values, FlexAutodiff};
     use super::kernels;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+    use burn::backend::autodiff::ops::{unary, Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -137,9 +136,7 @@ mod flex {
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let (y, scale) = ops.state;
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                let mut g = values(&grad).into_owned();
-                kernels::backward(&values(&y), last(&y), scale, &mut g);
-                FlexTensor::from_data(TensorData::new(g, y.layout().shape().clone()))
+                update_values(grad, |g| kernels::backward(&values(&y), last(&y), scale, g))
             });
         }
     }
@@ -147,15 +144,8 @@ mod flex {
     fn autodiff<const D: usize>(x: Tensor<FlexAutodiff, D>, scale: f32) -> Tensor<FlexAutodiff, D> {
         let x = x.into_primitive().tensor();
         let y = forward(&x.primitive, scale);
-        let out = match SoftmaxBackward
-            .prepare::<NoCheckpointing>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((y.clone(), scale), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        let state = (y.clone(), scale);
+        record(SoftmaxBackward, [&x], || state, y)
     }
 }
 

@@ -76,12 +76,11 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, values, FlexAutodiff};
+    use super::super::flex_ops::{cast, record, values, FlexAutodiff};
     use super::kernels;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
     use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+    use burn::backend::autodiff::ops::{unary, Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -135,15 +134,7 @@ mod flex {
     fn autodiff(x: Tensor<FlexAutodiff, 4>, sizes: Sizes) -> Tensor<FlexAutodiff, 4> {
         let x = x.into_primitive().tensor();
         let y = forward(&x.primitive, sizes);
-        let out = match UpsampleBackward
-            .prepare::<NoCheckpointing>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(sizes, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        Tensor::from_primitive(TensorPrimitive::Float(out))
+        record(UpsampleBackward, [&x], || sizes, y)
     }
 }
 
