@@ -3,7 +3,7 @@
 //! same direction (optimal transport in one dimension), then frozen.
 //!
 //! Run: `cargo run --release --example custom_coupling`; prints `coupling=… sw2=<v>` last.
-use integration_flow::coupling::{AnchorStore, Coupling, StepBatch, StoreSpec};
+use integration_flow::coupling::{AnchorStore, Coupling, StoreSpec};
 use integration_flow::data::{Dataset, Pca};
 use integration_flow::metrics::sliced_wasserstein2;
 use integration_flow::prelude::*;
@@ -48,9 +48,6 @@ impl Coupling for SortedAlongFirstComponent {
     }
     fn uses_anchor_term(&self) -> bool {
         false // data term only, as for the optimal-transport couplings
-    }
-    fn update(&self, _batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>> {
-        Ok(None) // frozen
     }
 }
 

@@ -363,9 +363,6 @@ impl Coupling for ShrinksOnRebuild {
     fn uses_anchor_term(&self) -> bool {
         false
     }
-    fn update(&self, _batch: &StepBatch<'_>) -> integration_flow::Result<Option<Vec<f32>>> {
-        Ok(None)
-    }
     fn rebuilds_at(&self, _epoch: usize) -> bool {
         true
     }

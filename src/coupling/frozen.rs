@@ -1,6 +1,6 @@
 //! A fixed random coupling: every example keeps its initial random anchor.
 
-use super::{gaussian_store, AnchorLaw, AnchorStore, Coupling, StepBatch, StoreSpec};
+use super::{gaussian_store, AnchorLaw, AnchorStore, Coupling, StoreSpec};
 use crate::data::Dataset;
 use crate::error::Result;
 use rand::Rng;
@@ -34,9 +34,5 @@ impl Coupling for FrozenAnchors {
 
     fn uses_anchor_term(&self) -> bool {
         true
-    }
-
-    fn update(&self, _batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>> {
-        Ok(None)
     }
 }

@@ -133,8 +133,11 @@ pub trait Coupling: Send + Sync + std::fmt::Debug {
     /// ([`Weighting`](crate::train::Weighting)); without it the data term has weight 1.
     fn uses_anchor_term(&self) -> bool;
 
-    /// The batch's new anchors after a step (`None`: they stay).
-    fn update(&self, batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>>;
+    /// The batch's new anchors after a step (`None`: they stay). Default: they stay.
+    fn update(&self, batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>> {
+        let _ = batch;
+        Ok(None)
+    }
 
     /// Whether the store is built anew at the start of `epoch` (≥ 1). Default: never.
     fn rebuilds_at(&self, epoch: usize) -> bool {

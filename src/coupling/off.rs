@@ -1,6 +1,6 @@
 //! No anchors: the plain `x̂_0` denoiser that the classical ODE samplers integrate.
 
-use super::{AnchorLaw, AnchorStore, Coupling, StepBatch, StoreSpec};
+use super::{AnchorLaw, AnchorStore, Coupling, StoreSpec};
 use crate::data::Dataset;
 use crate::error::Result;
 use rand::Rng;
@@ -31,9 +31,5 @@ impl Coupling for NoAnchors {
 
     fn uses_anchor_term(&self) -> bool {
         false
-    }
-
-    fn update(&self, _batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>> {
-        Ok(None)
     }
 }

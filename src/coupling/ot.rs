@@ -1,6 +1,6 @@
 //! Random Gaussian anchors matched to the examples by optimal transport (the default).
 
-use super::{refresh_due, AnchorLaw, AnchorStore, Coupling, OtSpace, StepBatch, StoreSpec};
+use super::{refresh_due, AnchorLaw, AnchorStore, Coupling, OtSpace, StoreSpec};
 use crate::data::Dataset;
 use crate::error::Result;
 use rand::Rng;
@@ -52,10 +52,6 @@ impl Coupling for OptimalTransport {
 
     fn uses_anchor_term(&self) -> bool {
         false
-    }
-
-    fn update(&self, _batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>> {
-        Ok(None)
     }
 
     fn rebuilds_at(&self, epoch: usize) -> bool {

@@ -1,7 +1,7 @@
 //! Anchors drawn in the data's principal subspace and matched to the examples by optimal
 //! transport on their whitened principal coordinates.
 
-use super::{refresh_due, AnchorLaw, AnchorStore, Coupling, StepBatch, StoreSpec, SubspaceLaw};
+use super::{refresh_due, AnchorLaw, AnchorStore, Coupling, StoreSpec, SubspaceLaw};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use rand::Rng;
@@ -64,10 +64,6 @@ impl Coupling for OptimalTransportSubspace {
 
     fn uses_anchor_term(&self) -> bool {
         false
-    }
-
-    fn update(&self, _batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>> {
-        Ok(None)
     }
 
     fn rebuilds_at(&self, epoch: usize) -> bool {
