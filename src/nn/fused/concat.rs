@@ -95,9 +95,7 @@ mod flex {
             return Err((a, b));
         }
         let shape = Shape {
-            n,
             channels: [ca, cb],
-            pixels: h * w,
             dims: [n, ca + cb, h, w],
         };
         let a = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(a) {
@@ -122,21 +120,24 @@ mod flex {
         Ok(cast(y).unwrap_or_else(|_| unreachable!()))
     }
 
-    /// The shapes of one concatenation.
+    /// The shapes of one concatenation: the two inputs' channels and the output's dimensions.
     #[derive(Clone, Copy, Debug)]
     struct Shape {
-        n: usize,
         channels: [usize; 2],
-        pixels: usize,
         dims: [usize; 4],
     }
 
     impl Shape {
+        /// Values per image of each input.
         fn lens(&self) -> (usize, usize) {
-            (
-                self.channels[0] * self.pixels,
-                self.channels[1] * self.pixels,
-            )
+            let pixels = self.dims[2] * self.dims[3];
+            (self.channels[0] * pixels, self.channels[1] * pixels)
+        }
+
+        /// The dimensions of input `i`.
+        fn input(&self, i: usize) -> [usize; 4] {
+            let [n, _, h, w] = self.dims;
+            [n, self.channels[i], h, w]
         }
     }
 
@@ -155,20 +156,11 @@ mod flex {
             let s = ops.state;
             let grad = grads.consume::<Flex>(&ops.node);
             let (ga, gb) = kernels::split(&values(&grad), s.lens());
-            let [a_node, b_node] = ops.parents;
-            let [ca, cb] = s.channels;
-            let [_, _, h, w] = s.dims;
-            if let Some(node) = a_node {
-                grads.register::<Flex>(
-                    node.id,
-                    FlexTensor::from_data(TensorData::new(ga, [s.n, ca, h, w])),
-                );
-            }
-            if let Some(node) = b_node {
-                grads.register::<Flex>(
-                    node.id,
-                    FlexTensor::from_data(TensorData::new(gb, [s.n, cb, h, w])),
-                );
+            for (i, (node, g)) in ops.parents.into_iter().zip([ga, gb]).enumerate() {
+                if let Some(node) = node {
+                    let g = FlexTensor::from_data(TensorData::new(g, s.input(i)));
+                    grads.register::<Flex>(node.id, g);
+                }
             }
         }
     }

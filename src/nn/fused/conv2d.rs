@@ -19,7 +19,7 @@
 //! padding other than explicit or valid take burn's `Conv2d::forward`.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{Linear, PaddingConfig2d};
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
@@ -46,13 +46,8 @@ use burn::tensor::Tensor;
 /// # }
 /// ```
 pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let padding = match layer.padding {
-        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
-        PaddingConfig2d::Valid => Some([0; 4]),
-        PaddingConfig2d::Same => None,
-    };
     #[cfg(feature = "flex")]
-    let x = match (&layer.bias, padding) {
+    let x = match (&layer.bias, flex::explicit_padding(&layer.padding)) {
         (Some(bias), Some(padding))
             if super::fused_kernels() && layer.groups == 1 && layer.dilation == [1, 1] =>
         {
@@ -64,7 +59,6 @@ pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         }
         _ => x,
     };
-    let _ = padding;
     layer.forward(x)
 }
 
@@ -462,7 +456,6 @@ mod kernels {
             dw.iter_mut().zip(pw).for_each(|(s, v)| *s += v);
             db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
         }
-        drop(partials);
         (dx, dw, db)
     }
 }
@@ -475,9 +468,20 @@ mod flex {
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops};
     use burn::backend::Flex;
+    use burn::nn::PaddingConfig2d;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
+
+    /// `(top, left, bottom, right)`, or `None` for `Same` (which depends on the input size and
+    /// takes burn's path).
+    pub(super) fn explicit_padding(padding: &PaddingConfig2d) -> Option<[usize; 4]> {
+        match *padding {
+            PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
+            PaddingConfig2d::Valid => Some([0; 4]),
+            PaddingConfig2d::Same => None,
+        }
+    }
 
     /// The fast op where it applies (f32, shapes that make a convolution); `x` back otherwise.
     pub(super) fn convolve<B: Backend>(
