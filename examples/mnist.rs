@@ -1,19 +1,29 @@
-//! Train a UNet Integration Flow model on MNIST within a time budget; generate digits in one
-//! and in four network calls; score them with the crate's own classifier.
+//! Train a one-step generator on MNIST within a time budget; generate digits in one and in
+//! four network calls; score them with the crate's own classifier.
 //!
 //! ```sh
-//! cargo run --release --example mnist -- [--flow rf|vp|ve|pfgmpp] [--minutes M] [--steps N]
-//!     [--data PATH] [--out DIR] [--count N] [--policy ot|off] [--seed S]
-//!     [--checkpoint-every N] [--resume] [--device cpu|cuda]
+//! cargo run --release --example mnist -- [--policy distill|ot|off] [--flow rf|vp|ve|pfgmpp]
+//!     [--minutes M] [--steps N] [--data PATH] [--out DIR] [--count N] [--seed S]
+//!     [--teacher DIR] [--checkpoint-every N] [--resume] [--device cpu|cuda]
 //! ```
 //!
-//! `--resume` continues the run whose checkpoint is in `DIR` (the configuration comes from
-//! the checkpoint); `--device cuda` needs `--features cuda`.
+//! The default, `--policy distill`, is the `integration_flow::pipeline` run: the UNet trains as
+//! a plain denoiser (the teacher) for `--teacher-share` of the budget, its probability-flow ODE
+//! integrates `--pairs` prior draws (Heun, `--pair-steps`), and a student that starts from the
+//! teacher's weights learns to return each pair's image from its latent in one call, for the
+//! rest of the budget. `--teacher DIR` reuses a trained denoiser (a `--policy off` run, or a
+//! distill run's `teacher/`); `--steps N` caps the teacher's steps. `--policy ot` trains
+//! Integration Flow with optimal-transport anchors instead (the earlier default).
+//!
+//! `--resume` continues the run whose state is in `DIR` (for distill, within the same
+//! `--minutes`: the budget counts every stage across resumes; otherwise for `--minutes` more);
+//! `--device cuda` needs `--features cuda`.
 //!
 //! Writes to `DIR` (default `runs/mnist`): `samples_nfe1.npy` and `samples_nfe4.npy` (float32
-//! `[count, 784]` in [-1, 1]), `grid_nfe1.png` and `grid_nfe4.png` (8×8), the checkpoint,
+//! `[count, 784]` in [-1, 1]), `grid_nfe1.png` and `grid_nfe4.png` (8×8), the checkpoint (for
+//! distill the student's; the teacher's is in `DIR/teacher`, the pairs in `DIR/pairs_*.npy`),
 //! `config.json`, `metrics.jsonl`, `results.json` and `fd_vs_nfe.png`, and prints last
-//! `fd=<one-step FD> steps=<training steps> seconds=<whole run>`.
+//! `fd=<one-step FD> steps=<training steps, teacher and student> seconds=<whole run>`.
 //!
 //! With `--policy off` the same UNet is trained as the plain denoiser (no anchor) and sampled
 //! with Heun and DOPRI5 instead: the classical baseline the evidence compares against.
@@ -26,17 +36,20 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::coupling::AnchorLaw;
-use integration_flow::data::{mnist, read_npy, write_npy_f32, NpyData};
+use integration_flow::data::{mnist, read_npy, write_npy_f32, Dataset, NpyData};
 use integration_flow::flow::{FlowConfig, Parameterization, ProbabilityFlow};
-use integration_flow::metrics::{Classifier, ClassifierConfig, ImageScore};
-use integration_flow::model::IntegrationFlowConfig;
-use integration_flow::nn::UNetConfig;
+use integration_flow::metrics::{
+    nearest_neighbour_distance, Classifier, ClassifierConfig, ImageScore,
+};
+use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
+use integration_flow::nn::{UNet, UNetConfig};
+use integration_flow::pipeline::{DistillConfig, Distillation};
 use integration_flow::plot::{image_grid_png, line_chart_png, Series, PALETTE};
 use integration_flow::sample::{
     generate_batched, one_step, renoise, solve_ode, Generated, OdeSolver, RenoiseAnchor,
     RenoiseSchedule,
 };
-use integration_flow::train::{AnchorPolicy, OtSpace, TrainConfig, Trainer};
+use integration_flow::train::{AnchorPolicy, CheckpointInfo, OtSpace, TrainConfig, Trainer};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -44,7 +57,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug, Serialize)]
-#[command(about = "Train Integration Flow on MNIST; generate digits in one and four steps")]
+#[command(about = "Train a one-step generator on MNIST; generate digits in one and four steps")]
 struct Args {
     /// Flow family: rf, vp, ve or pfgmpp, optionally with fields (`ve:sigma_max=20`).
     #[arg(long, default_value = "rf")]
@@ -64,8 +77,15 @@ struct Args {
     /// Samples generated per sampler.
     #[arg(long, default_value_t = 10_000)]
     count: usize,
-    /// Anchor policy: ot (Integration Flow, the default) or off (the plain denoiser baseline).
-    #[arg(long, default_value = "ot")]
+    /// Images kept out of all training (the last N): the generated images' distance to their
+    /// nearest training image is compared with theirs (a model that returns training images is
+    /// not a generator). 0 trains on every image.
+    #[arg(long, default_value_t = 1000)]
+    holdout: usize,
+    /// distill (the default): a denoiser trains for part of the budget, its ODE makes
+    /// generated pairs, and a one-step student learns them (`integration_flow::pipeline`);
+    /// ot: Integration Flow with optimal-transport anchors; off: the plain denoiser baseline.
+    #[arg(long, default_value = "distill")]
     policy: String,
     /// Policy ot: principal directions the matching measures distances in (0: pixel space).
     #[arg(long, default_value_t = 16)]
@@ -78,9 +98,35 @@ struct Args {
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Adam's learning rate (after 100 warm-up steps).
+    /// Adam's learning rate (after 100 warm-up steps); for distill, the teacher's.
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
+    /// Policies ot and off: the share of each batch trained at t_max, where one-step sampling
+    /// evaluates the network (the rest at times from the flow's training law).
+    #[arg(long, default_value_t = 0.0)]
+    t_max_fraction: f64,
+    /// Distill: reuse the denoiser trained in DIR (a `--policy off` run, or a distill run's
+    /// `teacher/`, on the same data, flow and network) instead of training one.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Distill: the teacher's share of the budget.
+    #[arg(long, default_value_t = DistillConfig::default().teacher_share)]
+    teacher_share: f64,
+    /// Distill: generated pairs.
+    #[arg(long, default_value_t = DistillConfig::default().pairs)]
+    pairs: usize,
+    /// Distill: Heun steps of the pairs' ODE solve (2·steps − 1 network calls).
+    #[arg(long, default_value_t = DistillConfig::default().pair_steps)]
+    pair_steps: usize,
+    /// Distill: the student's learning rate.
+    #[arg(long, default_value_t = DistillConfig::default().student_lr)]
+    student_lr: f64,
+    /// Distill: stop the student after this many steps even if time is left.
+    #[arg(long)]
+    student_steps: Option<usize>,
+    /// Distill: the share of each student batch trained at t_max.
+    #[arg(long, default_value_t = DistillConfig::default().student_t_max_fraction)]
+    student_t_max_fraction: f64,
     /// Seed of weights, training and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -129,6 +175,9 @@ struct SamplerResult {
     fd: f64,
     class_histogram: Vec<usize>,
     seconds: f64,
+    /// Mean distance of the samples (up to as many as are held out) to their nearest training
+    /// image, over the same for the held-out images; `None` without --holdout.
+    nn_ratio: Option<f64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -159,11 +208,15 @@ fn main_run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let flow = flow_config.init()?;
-    let policy = match args.policy.as_str() {
-        "ot" => AnchorPolicy::Ot,
-        "off" => AnchorPolicy::Off,
-        other => return Err(format!("unknown policy {other:?}: use ot or off").into()),
+    let recipe = match args.policy.as_str() {
+        "distill" => Recipe::Distill,
+        "ot" => Recipe::Policy(AnchorPolicy::Ot),
+        "off" => Recipe::Policy(AnchorPolicy::Off),
+        other => return Err(format!("unknown policy {other:?}: use distill, ot or off").into()),
     };
+    if args.teacher.is_some() && recipe != Recipe::Distill {
+        return Err("--teacher goes with --policy distill".into());
+    }
     if !(args.minutes.is_finite() && args.minutes > 0.0) || args.count == 0 || args.batch == 0 {
         return Err("--minutes, --count and --batch must be positive".into());
     }
@@ -205,7 +258,7 @@ fn main_run() -> Result<(), Box<dyn std::error::Error>> {
     let setup = Setup {
         form,
         flow,
-        policy,
+        recipe,
         digits,
         classifier,
         started,
@@ -229,7 +282,7 @@ fn main_run() -> Result<(), Box<dyn std::error::Error>> {
 struct Setup {
     form: Parameterization,
     flow: Arc<dyn ProbabilityFlow>,
-    policy: AnchorPolicy,
+    recipe: Recipe,
     digits: integration_flow::data::Images,
     classifier: Classifier<Cpu>,
     started: Instant,
@@ -244,12 +297,19 @@ fn run<B: AutodiffBackend>(
     let Setup {
         form,
         flow,
-        policy,
+        recipe,
         digits,
         classifier,
         started,
     } = setup;
-    let data = digits.dataset().clone();
+    // The held-out images are the last ones; FD is measured against the training images.
+    let (data, held) = match args.holdout {
+        0 => (digits.dataset().clone(), None),
+        n => {
+            let (train, held) = digits.split_off(n)?;
+            (train.dataset().clone(), Some(held.dataset().clone()))
+        }
+    };
     let (_, sigma_data) = data.mean_and_std();
     let [c, h, w] = digits.shape();
     let unet = UNetConfig {
@@ -260,11 +320,16 @@ fn run<B: AutodiffBackend>(
     };
     let net = unet.init::<B>(&device, args.seed)?;
     // The trainer replaces the law by its coupling's; this one serves runs that only sample.
-    let anchor_law = match policy {
-        AnchorPolicy::Off => AnchorLaw::Zero,
-        AnchorPolicy::Ot | AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen => {
-            AnchorLaw::Gaussian { scale: 1.0 }
-        }
+    let anchor_law = match recipe {
+        Recipe::Distill | Recipe::Policy(AnchorPolicy::Off) => AnchorLaw::Zero,
+        Recipe::Policy(
+            AnchorPolicy::Ot | AnchorPolicy::Prediction | AnchorPolicy::Data | AnchorPolicy::Frozen,
+        ) => AnchorLaw::Gaussian { scale: 1.0 },
+    };
+    // The distillation's teacher is the plain denoiser.
+    let policy = match recipe {
+        Recipe::Distill => AnchorPolicy::Off,
+        Recipe::Policy(policy) => policy,
     };
     let model = IntegrationFlowConfig {
         parameterization: form,
@@ -278,6 +343,7 @@ fn run<B: AutodiffBackend>(
         batch_size: args.batch,
         log_every: 25,
         checkpoint_every: args.checkpoint_every,
+        t_max_fraction: args.t_max_fraction,
         ..Default::default()
     };
     config.optimizer.lr = args.lr;
@@ -306,6 +372,81 @@ fn run<B: AutodiffBackend>(
         })?,
     )?;
 
+    let budget = Duration::from_secs_f64(args.minutes * 60.0);
+    let (trainer, trained) = if recipe == Recipe::Distill {
+        train_distilled(args, model, &data, config, budget)?
+    } else {
+        train_one(args, model, &data, config, budget)?
+    };
+    evaluate(
+        args,
+        &trainer,
+        recipe,
+        trained,
+        &classifier,
+        (&data, held.as_ref()),
+        [c, h, w],
+        started,
+    )
+}
+
+/// A trained run: the trainer whose EMA model samples, and what training did.
+type Run<B> = (Trainer<B, UNet<B>>, Trained);
+
+/// Runs (or resumes) the distillation pipeline within `budget`; the student's trainer.
+fn train_distilled<B: AutodiffBackend>(
+    args: &Args,
+    model: IntegrationFlow<B, UNet<B>>,
+    data: &Dataset,
+    config: TrainConfig,
+    budget: Duration,
+) -> Result<Run<B>, Box<dyn std::error::Error>> {
+    let distill = DistillConfig {
+        teacher_share: args.teacher_share,
+        pairs: args.pairs,
+        pair_steps: args.pair_steps,
+        student_lr: args.student_lr,
+        student_t_max_fraction: args.student_t_max_fraction,
+        student_steps: args
+            .student_steps
+            .unwrap_or(DistillConfig::default().student_steps),
+        ..Default::default()
+    };
+    let mut run = Distillation::new(&args.out, model, data.clone(), config, distill)?
+        .with_log(|m| eprintln!("{m}"));
+    if let Some(teacher) = &args.teacher {
+        run = run.with_teacher(teacher);
+    }
+    if !args.resume {
+        run.start_over()?;
+    }
+    let train_started = Instant::now();
+    let student = run.run_for(budget)?;
+    let state = run.state()?.ok_or("the pipeline left no state")?;
+    let teacher_steps = CheckpointInfo::read(run.teacher_dir())?.step;
+    eprintln!(
+        "teacher {teacher_steps} steps ({:.0} s), pairs {:.0} s, student {} steps ({:.0} s)",
+        state.seconds[0],
+        state.seconds[1],
+        student.step(),
+        state.seconds[2]
+    );
+    let trained = Trained {
+        steps: teacher_steps + student.step(),
+        seconds: train_started.elapsed().as_secs_f64(),
+        stages: Some((teacher_steps, state.seconds)),
+    };
+    Ok((student, trained))
+}
+
+/// Trains (or resumes) one model with an anchor policy for `budget`.
+fn train_one<B: AutodiffBackend>(
+    args: &Args,
+    model: IntegrationFlow<B, UNet<B>>,
+    data: &Dataset,
+    config: TrainConfig,
+    budget: Duration,
+) -> Result<Run<B>, Box<dyn std::error::Error>> {
     let setup = Instant::now();
     let trainer = if args.resume {
         let mut trainer = Trainer::resume(&args.out, model, data.clone())?;
@@ -320,11 +461,47 @@ fn run<B: AutodiffBackend>(
         .with_metrics_log(args.out.join("metrics.jsonl"))?;
     eprintln!("anchors ready in {:.1} s", setup.elapsed().as_secs_f64());
     let train_started = Instant::now();
-    trainer.train_for(Duration::from_secs_f64(args.minutes * 60.0))?;
+    trainer.train_for(budget)?;
     let train_seconds = train_started.elapsed().as_secs_f64();
     eprintln!("trained {} steps in {train_seconds:.0} s", trainer.step());
+    let trained = Trained {
+        steps: trainer.step(),
+        seconds: train_seconds,
+        stages: None,
+    };
+    Ok((trainer, trained))
+}
 
+/// What training did: all steps (teacher and student for distill), the seconds, and for
+/// distill the teacher's steps and each stage's seconds.
+struct Trained {
+    steps: usize,
+    seconds: f64,
+    stages: Option<(usize, [f64; 3])>,
+}
+
+/// Samples the trained model, scores and saves the samples, writes the results and prints the
+/// last line.
+#[allow(clippy::too_many_arguments)]
+fn evaluate<B: AutodiffBackend>(
+    args: &Args,
+    trainer: &Trainer<B, UNet<B>>,
+    recipe: Recipe,
+    trained: Trained,
+    classifier: &Classifier<Cpu>,
+    (data, held): (&Dataset, Option<&Dataset>),
+    [c, h, w]: [usize; 3],
+    started: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
     let ema = trainer.ema_model();
+    let dim = c * h * w;
+    let held_nn = match held {
+        Some(held) => Some((
+            held.len(),
+            nearest_neighbour_distance(held.values(), data.values(), dim)?,
+        )),
+        None => None,
+    };
     type Sampler<'a, I> = &'a dyn Fn(&mut StdRng, usize) -> integration_flow::Result<Generated<I>>;
     let sample = |name: &str,
                   f: Sampler<B::InnerBackend>|
@@ -345,16 +522,29 @@ fn run<B: AutodiffBackend>(
             class_histogram,
         } = classifier.score(values, data.values())?;
         eprintln!("{name}: fd {fd:.3}, classes {class_histogram:?}");
+        let nn_ratio = match held_nn {
+            Some((n, held)) => {
+                let n = n.min(values.len() / dim);
+                let generated = nearest_neighbour_distance(&values[..n * dim], data.values(), dim)?;
+                eprintln!(
+                    "{name}: nearest training image at {generated:.3} on average, held-out \
+                     images at {held:.3} (ratio {:.3})",
+                    generated / held
+                );
+                Some(generated / held)
+            }
+            None => None,
+        };
         results.push(SamplerResult {
             sampler: name.to_string(),
             nfe,
             fd,
             class_histogram,
             seconds,
+            nn_ratio,
         });
         Ok::<f64, Box<dyn std::error::Error>>(fd)
     };
-    let dim = c * h * w;
     let save = |tag: &str, values: &[f32]| -> Result<(), Box<dyn std::error::Error>> {
         write_npy_f32(
             args.out.join(format!("samples_{tag}.npy")),
@@ -374,7 +564,7 @@ fn run<B: AutodiffBackend>(
         Ok(())
     };
 
-    let fd_one_step = if policy == AnchorPolicy::Off {
+    let fd_one_step = if recipe == Recipe::Policy(AnchorPolicy::Off) {
         // The baseline: the denoiser through the ODE solvers.
         let mut first = None;
         let mut solvers = vec![("nfe1", OdeSolver::Euler { steps: 1 })];
@@ -423,6 +613,10 @@ fn run<B: AutodiffBackend>(
         label: String,
         steps: usize,
         train_seconds: f64,
+        /// Distill: the teacher's steps (the rest are the student's).
+        teacher_steps: Option<usize>,
+        /// Distill: the seconds of the teacher, the pairs and the student.
+        stage_seconds: Option<[f64; 3]>,
         classifier_accuracy: f64,
         samplers: &'a [SamplerResult],
     }
@@ -430,22 +624,32 @@ fn run<B: AutodiffBackend>(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&Results {
             label: label.clone(),
-            steps: trainer.step(),
-            train_seconds,
+            steps: trained.steps,
+            train_seconds: trained.seconds,
+            teacher_steps: trained.stages.map(|s| s.0),
+            stage_seconds: trained.stages.map(|s| s.1),
             classifier_accuracy: classifier.test_accuracy(),
             samplers: &results,
         })?,
     )?;
     println!(
         "fd={fd_one_step:.4} steps={} seconds={:.1}",
-        trainer.step(),
+        trained.steps,
         started.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
+/// What the run trains: the distillation pipeline, or one model with an anchor policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recipe {
+    Distill,
+    Policy(AnchorPolicy),
+}
+
 fn default_label(args: &Args) -> String {
     match (args.policy.as_str(), args.subspace) {
+        ("distill", _) => format!("IF ({}, distilled from generated pairs)", args.flow),
         ("off", _) => format!("denoiser + ODE ({})", args.flow),
         (_, 0) => format!("IF ({}, isotropic anchors)", args.flow),
         (_, k) => format!("IF ({}, subspace {k})", args.flow),

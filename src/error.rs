@@ -115,6 +115,14 @@ pub enum Error {
         /// Why it has no finite value there.
         reason: &'static str,
     },
+    /// A time budget too small for the stages it has to pay for (the distillation pipeline's
+    /// teacher, pairs and student).
+    #[error("time budget too small: {reason}")]
+    Budget {
+        /// What the budget would have to cover, with the estimates.
+        reason: String,
+    },
+
     /// A configuration's JSON could not be read: malformed, an unknown field, or a value of
     /// the wrong type.
     #[error("{config} JSON, at `{field}`: {reason}")]

@@ -60,6 +60,7 @@ pub mod flow;
 pub mod metrics;
 pub mod model;
 pub mod nn;
+pub mod pipeline;
 #[cfg(feature = "eval")]
 pub mod plot;
 pub mod sample;

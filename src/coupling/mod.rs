@@ -28,6 +28,7 @@ mod law;
 mod off;
 mod ot;
 mod ot_subspace;
+mod paired;
 mod prediction;
 mod store;
 mod subspace;
@@ -39,6 +40,7 @@ pub use law::AnchorLaw;
 pub use off::NoAnchors;
 pub use ot::OptimalTransport;
 pub use ot_subspace::OptimalTransportSubspace;
+pub use paired::PairedAnchors;
 pub use prediction::PredictionAnchors;
 pub use store::{AnchorBacking, AnchorStorage, AnchorStore};
 pub use subspace::SubspaceLaw;
@@ -64,6 +66,21 @@ impl<'a> From<&'a AnchorConfig> for StoreSpec<'a> {
             backing: &config.backing,
         }
     }
+}
+
+/// How a step uses an example's anchor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnchorRole {
+    /// The network's anchor input; the path's noise is drawn fresh every step
+    /// (`x_t = α·x_0 + σ·n`, `n` new).
+    #[default]
+    Input,
+    /// The path's noise: `x_t = α·x_0 + σ·a`, the network's anchor input zero. For a coupling
+    /// that pairs each example with the latent an ODE maps to it (generated or encoded pairs):
+    /// at `t_max` the network then sees that latent as `x_T`, and sampling needs no anchor (its
+    /// law is [`AnchorLaw::Zero`]; the prior draw is the latent).
+    Noise,
 }
 
 /// One training step's batch, as [`Coupling::update`] sees it (row-major values, `dim` per
@@ -137,6 +154,11 @@ pub trait Coupling: Send + Sync + std::fmt::Debug {
     fn update(&self, batch: &StepBatch<'_>) -> Result<Option<Vec<f32>>> {
         let _ = batch;
         Ok(None)
+    }
+
+    /// How a step uses the anchors. Default: [`AnchorRole::Input`].
+    fn anchor_role(&self) -> AnchorRole {
+        AnchorRole::Input
     }
 
     /// Whether the store is built anew at the start of `epoch` (≥ 1). Default: never.

@@ -3,16 +3,19 @@
 //! - [`one_step`]: `f(x_T, T, a)`, 1 network call;
 //! - [`anchor_iteration`]: the papers' multi-step, `a ← f(x_T, T, a)` k times;
 //! - [`renoise`]: consistency-style multi-step, re-noising each estimate to a smaller t;
-//! - [`solve_ode`]: the classical probability-flow ODE solvers (module [`ode`]).
+//! - [`solve_ode`]: the classical probability-flow ODE solvers (module [`ode`]);
+//! - [`ode_pairs`]: prior draws and the samples the ODE maps them to, for distillation.
 //!
 //! Each returns a [`Generated`] with the number of network evaluations (NFE) it used;
 //! [`generate_batched`] makes any count in batches.
 
 pub mod diagnostics;
 pub mod ode;
+mod pairs;
 
 pub use diagnostics::{anchor_convergence, straightness};
-pub use ode::{solve_ode, OdeSolver};
+pub use ode::{solve_ode, solve_ode_from, OdeSolver};
+pub use pairs::{ode_pairs, OdePairs};
 
 use crate::error::{Error, Result};
 use crate::flow::ProbabilityFlowExt;

@@ -110,9 +110,21 @@ pub fn solve_ode<B: Backend, N: IntegrationNet<B>>(
     n: usize,
     solver: OdeSolver,
 ) -> Result<Generated<B>> {
-    let flow = model.flow().clone();
     let x = model.sample_prior(rng, n)?;
     let anchor = model.sample_anchor(rng, n)?;
+    solve_ode_from(model, x, anchor, solver)
+}
+
+/// Integrates the probability-flow ODE from the given prior points `x` (`[n, dim]`, at
+/// `t_max`) with `solver`, the network's anchor input `anchor` held fixed: the map from a
+/// latent to its sample that [`solve_ode`] applies to fresh prior draws.
+pub fn solve_ode_from<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    x: Tensor<B, 2>,
+    anchor: Tensor<B, 2>,
+    solver: OdeSolver,
+) -> Result<Generated<B>> {
+    let flow = model.flow().clone();
     let (t0, t1) = (flow.time_range().max, ode_end_time(flow.as_ref()));
     let mut nfe = 0usize;
     let range = flow.time_range();

@@ -6,7 +6,7 @@ use super::loss;
 use super::optimizer::clip_global_norm;
 use super::streams::{stream, Stream};
 use super::trainer::{Position, StepStats, Trainer};
-use crate::coupling::StepBatch;
+use crate::coupling::{AnchorRole, StepBatch};
 use crate::error::{Error, Result};
 use crate::flow::ProbabilityFlowExt;
 use crate::nn::IntegrationNet;
@@ -38,7 +38,6 @@ where
         for ti in t.iter_mut().take(at_max) {
             *ti = flow.time_range().max;
         }
-        let noise = flow.sample_noise(&mut rng, n, dim)?;
         let mut x0 = Vec::new();
         self.data.gather_into(&indices, &mut x0);
         let anchor = match &self.anchors {
@@ -48,8 +47,13 @@ where
         let upload = |values: Vec<f32>| {
             Tensor::<B, 2>::from_data(TensorData::new(values, [n, dim]), &self.device)
         };
+        // The network's anchor input and the path's noise, by the coupling's role for anchors.
+        let (input, noise) = match self.coupling.anchor_role() {
+            AnchorRole::Input => (anchor.clone(), flow.sample_noise(&mut rng, n, dim)?),
+            AnchorRole::Noise => (vec![0.0; n * dim], anchor.clone()),
+        };
         let x0_t = upload(x0.clone());
-        let anchor_t = upload(anchor.clone());
+        let anchor_t = upload(input);
         let x_t = flow.interpolate(x0_t.clone(), upload(noise), &t)?;
         let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
 

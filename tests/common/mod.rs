@@ -36,3 +36,29 @@ pub fn weights<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(m:
     m.visit(&mut c);
     c.0
 }
+
+/// A rectified-flow model around an MLP of `width` units × `depth` layers (integral form,
+/// σ_data = 1, no anchors), on the CPU training backend.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub fn rf_mlp(
+    width: usize,
+    depth: usize,
+) -> integration_flow::model::IntegrationFlow<
+    integration_flow::backend::CpuAutodiff,
+    integration_flow::nn::Mlp<integration_flow::backend::CpuAutodiff>,
+> {
+    let net = integration_flow::nn::MlpConfig {
+        width,
+        depth,
+        ..Default::default()
+    }
+    .init(&Default::default(), 0)
+    .expect("a valid MLP");
+    integration_flow::model::IntegrationFlowConfig {
+        parameterization: integration_flow::flow::Parameterization::Integral,
+        sigma_data: 1.0,
+        anchor_law: integration_flow::coupling::AnchorLaw::Zero,
+    }
+    .init(FlowConfig::Rf(Default::default()).init().expect("rf"), net)
+    .expect("a valid model")
+}

@@ -17,7 +17,7 @@ use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What a checkpoint records besides tensors, to resume exactly and to refuse a checkpoint of
@@ -147,6 +147,23 @@ where
             drift: self.drift.clone(),
             guard: self.guard,
         }
+    }
+
+    /// The EMA weights as a network that trains (on the autodiff backend): to start another
+    /// run from this one's result, e.g. a one-step student from its teacher. `template` is a
+    /// network of the same configuration (its weights are replaced).
+    pub fn ema_as_trainable(&self, template: N) -> Result<N> {
+        let bytes = RecordBytes::default();
+        let error = |e: burn::record::RecorderError| Error::Checkpoint {
+            path: PathBuf::from("<memory>"),
+            reason: format!("cannot copy the EMA weights: {e}"),
+        };
+        let record =
+            Recorder::<B::InnerBackend>::record(&bytes, self.ema.clone().into_record(), ())
+                .map_err(error)?;
+        let device = device_of(&template);
+        let record = Recorder::<B>::load(&bytes, record, &device).map_err(error)?;
+        Ok(template.load_record(record))
     }
 
     /// Continues the run whose checkpoint is in `dir`: `model` supplies the flow and the

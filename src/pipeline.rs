@@ -1,0 +1,526 @@
+//! One-step generation by distillation as one resumable run within one time budget: a denoiser
+//! (the *teacher*, the `off` coupling) trains; its probability-flow ODE maps prior draws to
+//! samples (*generated pairs*, [`ode_pairs`]); a one-step *student* starts from the teacher's
+//! EMA weights and learns the pairs ([`PairedAnchors::generated`]: each latent is the path noise
+//! of its sample, so at `t_max` the student sees the latent and must return the ODE's result).
+//!
+//! Each stage keeps its state in the run's directory `DIR`: the student's checkpoint and metrics
+//! log in `DIR` itself (it is the run's result), the teacher's in `DIR/teacher`, the pairs in
+//! `DIR/pairs_latents.npy` and `DIR/pairs_samples.npy`, and `DIR/pipeline.json` (the stage and
+//! the seconds each stage spent, written atomically after every stage). A stopped run
+//! resumes at the stage and step where it stopped, and the budget counts every stage's time
+//! across resumes: the teacher trains for its share of it, the pairs take what they take, and the
+//! student trains for the rest. A pairs stage cut short is made again (it is deterministic).
+//!
+//! ```no_run
+//! # #[cfg(feature = "flex")] {
+//! use integration_flow::pipeline::{Distillation, DistillConfig};
+//! use integration_flow::prelude::*;
+//! use std::time::Duration;
+//!
+//! let data = Toy::EightGaussians.sample(8192, 0)?;
+//! let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), 0)?;
+//! let flow = RectifiedFlowConfig::default().init()?;
+//! let model = IntegrationFlowConfig::default().init(flow, net)?;
+//! let mut run = Distillation::new("runs/distill", model, data, TrainConfig::default(),
+//!     DistillConfig::default())?;
+//! let student = run.run_for(Duration::from_secs(120))?;
+//! let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+//! let samples = student.ema_model().generate(&mut rng, 1000, 1)?;
+//! # }
+//! # Ok::<(), integration_flow::Error>(())
+//! ```
+
+use crate::coupling::{AnchorPolicy, PairedAnchors};
+use crate::data::{read_npy, write_atomically, write_npy_f32, Dataset, NpyData};
+use crate::error::{invalid_config, require_finite, Error, Result};
+use crate::model::IntegrationFlow;
+use crate::nn::IntegrationNet;
+use crate::sample::{ode_pairs, OdeSolver};
+use crate::train::{checkpoint_path, CheckpointInfo, TrainConfig, Trainer};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The recipe of a [`Distillation`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistillConfig {
+    /// The share of the budget the teacher trains for (0 < share < 1).
+    pub teacher_share: f64,
+    /// Generated pairs.
+    pub pairs: usize,
+    /// Heun steps of the pairs' ODE solve (`2·steps − 1` network calls per pair).
+    pub pair_steps: usize,
+    /// Pairs integrated at a time.
+    pub pair_batch: usize,
+    /// The student's learning rate (it starts from trained weights).
+    pub student_lr: f64,
+    /// The share of each student batch trained at `t_max`, where one-step sampling evaluates it.
+    pub student_t_max_fraction: f64,
+    /// The student stops after this many steps even if time is left.
+    pub student_steps: usize,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            teacher_share: 0.55,
+            pairs: 4000,
+            pair_steps: 6,
+            pair_batch: 250,
+            student_lr: 3e-4,
+            student_t_max_fraction: 1.0,
+            student_steps: 1_000_000,
+        }
+    }
+}
+
+impl DistillConfig {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        const NAME: &str = "DistillConfig";
+        require_finite(NAME, "teacher_share", self.teacher_share)?;
+        if !(self.teacher_share > 0.0 && self.teacher_share < 1.0) {
+            return Err(invalid_config(NAME, "teacher_share", "must be in (0, 1)"));
+        }
+        for (field, value) in [
+            ("pairs", self.pairs),
+            ("pair_steps", self.pair_steps),
+            ("pair_batch", self.pair_batch),
+            ("student_steps", self.student_steps),
+        ] {
+            if value == 0 {
+                return Err(invalid_config(NAME, field, "must be at least 1"));
+            }
+        }
+        require_finite(NAME, "student_lr", self.student_lr)?;
+        if self.student_lr <= 0.0 {
+            return Err(invalid_config(NAME, "student_lr", "must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.student_t_max_fraction) {
+            return Err(invalid_config(
+                NAME,
+                "student_t_max_fraction",
+                "must be in [0, 1]",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The solver that makes the pairs.
+    pub fn pair_solver(&self) -> OdeSolver {
+        OdeSolver::Heun {
+            steps: self.pair_steps,
+        }
+    }
+}
+
+/// Where a [`Distillation`] stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The teacher trains.
+    Teacher,
+    /// The teacher's ODE makes the pairs.
+    Pairs,
+    /// The student trains.
+    Student,
+    /// The budget is spent (or the student's steps done).
+    Done,
+}
+
+/// What `pipeline.json` records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineState {
+    /// The stage the run is at.
+    pub stage: Stage,
+    /// Seconds spent by the teacher, the pairs and the student, across resumes.
+    pub seconds: [f64; 3],
+    /// The recipe (a run resumes only with the same).
+    pub config: DistillConfig,
+    /// A trained teacher the run reuses instead of training one.
+    pub teacher: Option<PathBuf>,
+}
+
+impl PipelineState {
+    /// The seconds all stages spent.
+    pub fn spent(&self) -> f64 {
+        self.seconds.iter().sum()
+    }
+}
+
+/// Teacher → generated pairs → one-step student in one directory and one budget (module docs).
+pub struct Distillation<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>> {
+    dir: PathBuf,
+    model: IntegrationFlow<B, N>,
+    data: Dataset,
+    teacher_config: TrainConfig,
+    config: DistillConfig,
+    teacher: Option<PathBuf>,
+    log: Box<dyn FnMut(&str)>,
+}
+
+impl<B, N> Distillation<B, N>
+where
+    B: AutodiffBackend,
+    N: IntegrationNet<B> + AutodiffModule<B>,
+    N::InnerModule: IntegrationNet<B::InnerBackend>,
+{
+    /// A run in `dir` on `data`. `model` is the untrained teacher (its flow, preconditioning and
+    /// network are the student's too); `teacher_config` trains it (its anchor policy is set to
+    /// `off`: the teacher is a plain denoiser) and, with the learning rate, `t_max` share and
+    /// steps of `config`, the student.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        model: IntegrationFlow<B, N>,
+        data: Dataset,
+        mut teacher_config: TrainConfig,
+        config: DistillConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        teacher_config.anchor.policy = AnchorPolicy::Off;
+        teacher_config.validate()?;
+        Ok(Distillation {
+            dir: dir.into(),
+            model,
+            data,
+            teacher_config,
+            config,
+            teacher: None,
+            log: Box::new(|_| {}),
+        })
+    }
+
+    /// Reuse the denoiser trained in `dir` (a run of the `off` coupling on the same data, flow
+    /// and network; anything else is an error when the pairs are made) instead of training one:
+    /// the whole budget goes to the pairs and the student.
+    pub fn with_teacher(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.teacher = Some(dir.into());
+        self
+    }
+
+    /// Where stage messages go (nowhere by default); the trainers' own progress is set by
+    /// `teacher_config.progress`.
+    pub fn with_log(mut self, log: impl FnMut(&str) + 'static) -> Self {
+        self.log = Box::new(log);
+        self
+    }
+
+    /// Forgets an earlier run in the directory, so that the next [`run_for`](Self::run_for)
+    /// starts from the beginning: removes the files a run keeps there (`pipeline.json`, the
+    /// pairs, `DIR`'s checkpoint and metrics log, and those in `DIR/teacher` unless the teacher
+    /// is reused). Other files stay.
+    pub fn start_over(&self) -> Result<()> {
+        let mut owned = vec![
+            self.dir.join("pipeline.json"),
+            checkpoint_path(&self.dir),
+            self.dir.join("metrics.jsonl"),
+        ];
+        owned.extend(self.pair_paths());
+        if self.teacher.is_none() {
+            let teacher = self.dir.join("teacher");
+            owned.extend([checkpoint_path(&teacher), teacher.join("metrics.jsonl")]);
+        }
+        for path in owned {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io { path, source: e })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's state, `None` before it starts.
+    pub fn state(&self) -> Result<Option<PipelineState>> {
+        let path = self.dir.join("pipeline.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Format {
+                path,
+                reason: format!("not a pipeline state: {e}"),
+            })
+    }
+
+    /// The teacher's directory: the reused one or `DIR/teacher`.
+    pub fn teacher_dir(&self) -> PathBuf {
+        self.teacher
+            .clone()
+            .unwrap_or_else(|| self.dir.join("teacher"))
+    }
+
+    /// Runs (or resumes) every stage until `budget`, counted over all stages and resumes, is
+    /// spent; returns the student's trainer (its [`ema_model`](Trainer::ema_model) samples in
+    /// one call). A budget that cannot pay for the teacher's share, the pairs (estimated from
+    /// one timed network call) and some student training is an [`Error::Budget`] before
+    /// anything trains.
+    pub fn run_for(&mut self, budget: Duration) -> Result<Trainer<B, N>> {
+        loop {
+            if let Some(student) = self.run_stage(budget)? {
+                return Ok(student);
+            }
+        }
+    }
+
+    /// Runs the current stage only; the student's trainer once the run is done.
+    pub fn run_stage(&mut self, budget: Duration) -> Result<Option<Trainer<B, N>>> {
+        for dir in [self.dir.clone(), self.dir.join("teacher")] {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+                path: dir,
+                source: e,
+            })?;
+        }
+        let mut state = match self.state()? {
+            Some(state) => {
+                self.check_same_recipe(&state)?;
+                state
+            }
+            None => {
+                let state = PipelineState {
+                    stage: match self.teacher {
+                        Some(_) => Stage::Pairs,
+                        None => Stage::Teacher,
+                    },
+                    seconds: [0.0; 3],
+                    config: self.config.clone(),
+                    teacher: self.teacher.clone(),
+                };
+                self.check_budget(budget, &state)?;
+                state
+            }
+        };
+        let budget = budget.as_secs_f64();
+        match state.stage {
+            Stage::Teacher => {
+                let teacher = if checkpoint_path(&self.teacher_dir()).exists() {
+                    Trainer::resume(self.teacher_dir(), self.model.clone(), self.data.clone())?
+                } else {
+                    Trainer::new(
+                        self.model.clone(),
+                        self.data.clone(),
+                        self.teacher_config.clone(),
+                    )?
+                };
+                let mut teacher = teacher
+                    .with_checkpoint_dir(self.teacher_dir())
+                    .with_metrics_log(self.teacher_dir().join("metrics.jsonl"))?;
+                let left = budget * self.config.teacher_share - state.seconds[0];
+                self.train("teacher", &mut teacher, left, &mut state, 0)?;
+                if teacher.step() == 0 {
+                    return Err(Error::Budget {
+                        reason: format!("the teacher's {left:.1} s did not train one step"),
+                    });
+                }
+                state.stage = Stage::Pairs;
+            }
+            Stage::Pairs => {
+                let started = Instant::now();
+                self.make_pairs()?;
+                state.seconds[1] += started.elapsed().as_secs_f64();
+                state.stage = Stage::Student;
+            }
+            Stage::Student => {
+                let mut student = self.student()?;
+                let left = budget - state.spent();
+                self.train("student", &mut student, left, &mut state, 2)?;
+                state.stage = Stage::Done;
+                self.save(&state)?;
+                return Ok(Some(student));
+            }
+            Stage::Done => return self.student().map(Some),
+        }
+        self.save(&state)?;
+        Ok(None)
+    }
+
+    /// Trains `trainer` for `left` seconds, adds the time to stage `slot` (recorded even if
+    /// training stops with an error) and checkpoints.
+    fn train(
+        &mut self,
+        name: &str,
+        trainer: &mut Trainer<B, N>,
+        left: f64,
+        state: &mut PipelineState,
+        slot: usize,
+    ) -> Result<()> {
+        (self.log)(&format!(
+            "{name}: from step {}, {left:.0} s",
+            trainer.step()
+        ));
+        let started = Instant::now();
+        let result = trainer.train_for(Duration::from_secs_f64(left.max(0.0)));
+        state.seconds[slot] += started.elapsed().as_secs_f64();
+        self.save(state)?;
+        result?;
+        trainer.checkpoint()?;
+        (self.log)(&format!("{name}: {} steps", trainer.step()));
+        Ok(())
+    }
+
+    fn check_same_recipe(&self, state: &PipelineState) -> Result<()> {
+        let path = self.dir.join("pipeline.json");
+        if state.config != self.config {
+            return Err(Error::Checkpoint {
+                path,
+                reason: format!(
+                    "the run was started with another recipe: {:?}, this one is {:?}",
+                    state.config, self.config
+                ),
+            });
+        }
+        if state.teacher != self.teacher {
+            return Err(Error::Checkpoint {
+                path,
+                reason: format!(
+                    "the run was started with teacher {:?}, this one has {:?}",
+                    state.teacher, self.teacher
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a budget that leaves the student less than a tenth of it after the teacher's
+    /// share and the pairs (one network call timed, times the calls the pairs need).
+    fn check_budget(&self, budget: Duration, state: &PipelineState) -> Result<()> {
+        let budget = budget.as_secs_f64();
+        let teacher = match state.stage {
+            Stage::Teacher => budget * self.config.teacher_share,
+            _ => 0.0,
+        };
+        let inner = self.model.with_net(self.model.net().valid());
+        let batch = self.config.pair_batch.min(self.config.pairs);
+        let device = crate::backend::device_of(inner.net());
+        let zeros = || {
+            Tensor::from_data(
+                TensorData::new(vec![0.0f32; batch * inner.dim()], [batch, inner.dim()]),
+                &device,
+            )
+        };
+        let t_max = [inner.flow().time_range().max];
+        inner.estimate(zeros(), &t_max, zeros())?; // warm-up
+        let started = Instant::now();
+        inner.estimate(zeros(), &t_max, zeros())?;
+        let call = started.elapsed().as_secs_f64();
+        let calls = (2 * self.config.pair_steps - 1) * self.config.pairs.div_ceil(batch);
+        let pairs = call * calls as f64;
+        let student = budget - teacher - pairs;
+        if student < 0.1 * budget {
+            return Err(Error::Budget {
+                reason: format!(
+                    "{budget:.0} s: the teacher's share is {teacher:.0} s and the {} pairs take \
+                     about {pairs:.0} s ({calls} network calls of {call:.2} s), which leaves the \
+                     student {student:.0} s (at least a tenth of the budget is needed); give \
+                     more time or fewer pairs",
+                    self.config.pairs
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn save(&self, state: &PipelineState) -> Result<()> {
+        let path = self.dir.join("pipeline.json");
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Format {
+            path: path.clone(),
+            reason: format!("cannot encode the pipeline state: {e}"),
+        })?;
+        write_atomically(&path, &json)
+    }
+
+    fn pair_paths(&self) -> [PathBuf; 2] {
+        [
+            self.dir.join("pairs_latents.npy"),
+            self.dir.join("pairs_samples.npy"),
+        ]
+    }
+
+    fn make_pairs(&mut self) -> Result<()> {
+        let dir = self.teacher_dir();
+        let info = CheckpointInfo::read(&dir)?;
+        if info.coupling != "off" {
+            return Err(Error::Checkpoint {
+                path: checkpoint_path(&dir),
+                reason: format!(
+                    "a teacher is a denoiser (coupling off); this run trained with coupling {:?}",
+                    info.coupling
+                ),
+            });
+        }
+        // Resume checks the data, the flow, the preconditioning and the network's shapes.
+        let teacher = Trainer::resume(&dir, self.model.clone(), self.data.clone())?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.teacher_config.seed ^ 0x9a15);
+        let solver = self.config.pair_solver();
+        let log = &mut self.log;
+        let started = Instant::now();
+        let pairs = ode_pairs(
+            &teacher.ema_model(),
+            &mut rng,
+            self.config.pairs,
+            solver,
+            self.config.pair_batch,
+            |done, n| {
+                log(&format!(
+                    "pairs: {done}/{n} by {} ({:.0} s)",
+                    solver.label(),
+                    started.elapsed().as_secs_f64()
+                ))
+            },
+        )?;
+        let [latents, samples] = self.pair_paths();
+        let shape = [self.config.pairs, self.data.dim()];
+        write_npy_f32(latents, pairs.latents.values(), &shape)?;
+        write_npy_f32(samples, pairs.samples.values(), &shape)
+    }
+
+    fn read_pairs(&self) -> Result<[Dataset; 2]> {
+        let read = |path: &Path| -> Result<Dataset> {
+            match read_npy(path)?.data {
+                NpyData::F32(values) => Dataset::new(values, self.data.dim()),
+                _ => Err(Error::Format {
+                    path: path.to_path_buf(),
+                    reason: "pairs are float32".into(),
+                }),
+            }
+        };
+        let [latents, samples] = self.pair_paths();
+        Ok([read(&latents)?, read(&samples)?])
+    }
+
+    /// The student's trainer: resumed from `DIR`, or new from the teacher's EMA weights.
+    fn student(&self) -> Result<Trainer<B, N>> {
+        let [latents, samples] = self.read_pairs()?;
+        let coupling = Arc::new(PairedAnchors::generated(latents));
+        let dir = &self.dir;
+        let student = if checkpoint_path(dir).exists() {
+            Trainer::resume_with_coupling(dir, self.model.clone(), samples, coupling)?
+        } else {
+            let teacher =
+                Trainer::resume(self.teacher_dir(), self.model.clone(), self.data.clone())?;
+            let net = teacher.ema_as_trainable(self.model.net().clone())?;
+            let mut config = self.teacher_config.clone();
+            config.optimizer.lr = self.config.student_lr;
+            config.t_max_fraction = self.config.student_t_max_fraction;
+            config.steps = self.config.student_steps;
+            Trainer::with_coupling(self.model.with_net(net), samples, config, coupling)?
+        };
+        student
+            .with_checkpoint_dir(dir)
+            .with_metrics_log(dir.join("metrics.jsonl"))
+    }
+}

@@ -1,0 +1,90 @@
+//! Generated pairs: prior draws and the samples a trained model's probability-flow ODE maps
+//! them to. Training a one-step model on them (the
+//! [`PairedAnchors::generated`](crate::coupling::PairedAnchors::generated) coupling) learns the
+//! ODE's whole integration in one call: the pairing is exact, so the target is a function of
+//! the latent and the one-step estimate can be sharp.
+
+use super::ode::{solve_ode_from, OdeSolver};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::IntegrationFlow;
+use crate::nn::IntegrationNet;
+use burn::tensor::backend::Backend;
+use rand::Rng;
+
+/// `n` latents and their ODE solutions, row `i` of one paired with row `i` of the other.
+#[derive(Clone, Debug)]
+pub struct OdePairs {
+    /// The path noise `n` of each pair: the prior point is `x_T = α(T)·x + σ(T)·n`, which is the
+    /// prior draw itself where α(T) = 0 (rectified flow, VE).
+    pub latents: Dataset,
+    /// The samples the ODE reached from the prior points.
+    pub samples: Dataset,
+    /// Network evaluations per pair.
+    pub nfe: usize,
+}
+
+/// `n` prior draws of `model` integrated by `solver` (its anchor input drawn from its anchor
+/// law, zeros for a denoiser), `batch` at a time; `progress(done, n)` after each batch.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use integration_flow::prelude::*;
+/// use integration_flow::sample::{ode_pairs, OdeSolver};
+/// use rand::SeedableRng;
+/// let device = Default::default();
+/// let net = MlpConfig::default().init::<Cpu>(&device, 0)?;
+/// let flow = RectifiedFlowConfig::default().init()?;
+/// let model = IntegrationFlowConfig::default().init(flow, net)?;
+/// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+/// let pairs = ode_pairs(&model, &mut rng, 10, OdeSolver::Heun { steps: 3 }, 4, |_, _| {})?;
+/// assert_eq!((pairs.latents.len(), pairs.samples.len(), pairs.nfe), (10, 10, 5));
+/// # }
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub fn ode_pairs<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    rng: &mut dyn Rng,
+    n: usize,
+    solver: OdeSolver,
+    batch: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<OdePairs> {
+    if n == 0 || batch == 0 {
+        return Err(Error::InvalidArgument {
+            name: if n == 0 { "n" } else { "batch" },
+            reason: "must be at least 1".into(),
+        });
+    }
+    let flow = model.flow().clone();
+    let t_max = flow.time_range().max;
+    let (alpha, sigma) = (flow.alpha(t_max), flow.sigma(t_max));
+    if !(sigma.is_finite() && sigma > 0.0 && alpha.is_finite()) {
+        return Err(Error::InvalidArgument {
+            name: "model",
+            reason: format!(
+                "the flow's prior end needs σ(t_max) > 0 to read the path noise of a pair \
+                 (α = {alpha}, σ = {sigma})"
+            ),
+        });
+    }
+    let dim = model.dim();
+    let (mut latents, mut samples) = (Vec::with_capacity(n * dim), Vec::with_capacity(n * dim));
+    let mut nfe = 0;
+    while samples.len() < n * dim {
+        let m = batch.min(n - samples.len() / dim);
+        let x_t = model.sample_prior(rng, m)?;
+        let anchor = model.sample_anchor(rng, m)?;
+        let generated = solve_ode_from(model, x_t.clone(), anchor, solver)?;
+        nfe = generated.nfe;
+        let noise = (x_t - generated.samples.clone().mul_scalar(alpha)).div_scalar(sigma);
+        latents.extend(noise.into_data().iter::<f32>());
+        samples.extend(generated.samples.into_data().iter::<f32>());
+        progress(samples.len() / dim, n);
+    }
+    Ok(OdePairs {
+        latents: Dataset::new(latents, dim)?,
+        samples: Dataset::new(samples, dim)?,
+        nfe,
+    })
+}

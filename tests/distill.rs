@@ -1,0 +1,115 @@
+//! Distillation through generated pairs: a denoiser's ODE solutions from prior draws become the
+//! training pairs of a one-step student ([`PairedAnchors::generated`], the latent as the path's
+//! noise), which starts from the teacher's weights and resumes like any run.
+#![cfg(any(feature = "flex", feature = "ndarray"))]
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use integration_flow::backend::{Cpu, CpuAutodiff};
+use integration_flow::coupling::{AnchorLaw, AnchorPolicy, PairedAnchors};
+use integration_flow::data::Toy;
+use integration_flow::model::IntegrationFlow;
+use integration_flow::nn::{Mlp, MlpConfig};
+use integration_flow::sample::{ode_pairs, solve_ode_from, OdeSolver};
+use integration_flow::train::{TrainConfig, Trainer};
+use rand::SeedableRng;
+use std::sync::Arc;
+
+fn mlp() -> MlpConfig {
+    MlpConfig {
+        width: 64,
+        depth: 3,
+        ..Default::default()
+    }
+}
+
+fn model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
+    common::rf_mlp(64, 3)
+}
+
+fn config(steps: usize, lr: f64) -> TrainConfig {
+    let mut config = TrainConfig {
+        steps,
+        batch_size: 256,
+        progress: false,
+        ..Default::default()
+    };
+    config.optimizer.lr = lr;
+    config.anchor.policy = AnchorPolicy::Off;
+    config
+}
+
+/// Mean squared distance between two `[n, dim]` tensors' rows.
+fn msd(a: Tensor<Cpu, 2>, b: Tensor<Cpu, 2>) -> f64 {
+    let [n, _] = a.dims();
+    let d: Vec<f32> = (a - b)
+        .powi_scalar(2)
+        .sum_dim(1)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    d.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64
+}
+
+#[test]
+fn a_student_of_generated_pairs_maps_latents_to_the_teachers_ode_solutions() {
+    let data = Toy::Moons.sample(4096, 1).unwrap();
+    let mut teacher = Trainer::new(model(), data.clone(), config(800, 2e-3)).unwrap();
+    teacher.fit().unwrap();
+    let solver = OdeSolver::Heun { steps: 8 };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let pairs = ode_pairs(
+        &teacher.ema_model(),
+        &mut rng,
+        4096,
+        solver,
+        1024,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(pairs.nfe, 15);
+
+    let student_net = teacher.ema_as_trainable(mlp().init(&Default::default(), 9).unwrap());
+    let student_model = model().with_net(student_net.unwrap());
+    let coupling = Arc::new(PairedAnchors::generated(pairs.latents.clone()));
+    let dir = std::env::temp_dir().join(format!("integration_flow_distill_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut student = Trainer::with_coupling(
+        student_model,
+        pairs.samples.clone(),
+        config(600, 1e-3),
+        coupling.clone(),
+    )
+    .unwrap()
+    .with_checkpoint_dir(&dir);
+    student.train_steps(300).unwrap();
+    student.checkpoint().unwrap();
+    // A stop and a resume on the same pairs, as a long run would.
+    let mut student =
+        Trainer::resume_with_coupling(&dir, model(), pairs.samples.clone(), coupling).unwrap();
+    assert_eq!(student.step(), 300);
+    student.fit().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    // Sampling feeds no anchor: the latent is the prior draw.
+    assert_eq!(student.ema_model().anchor_law(), AnchorLaw::Zero);
+
+    // Fresh latents: the teacher's ODE solution, its one-step estimate E[x | x_T] (blurred to
+    // the mean where many images share a latent) and the student's one call.
+    let (teacher, student) = (teacher.ema_model(), student.ema_model());
+    let device = Default::default();
+    let z = teacher.sample_prior(&mut rng, 1024).unwrap();
+    let zeros =
+        Tensor::<Cpu, 2>::from_data(TensorData::new(vec![0.0f32; 2048], [1024, 2]), &device);
+    let ode = solve_ode_from(&teacher, z.clone(), zeros.clone(), solver)
+        .unwrap()
+        .samples;
+    let t_max = [1.0];
+    let teacher_one = teacher.estimate(z.clone(), &t_max, zeros.clone()).unwrap();
+    let student_one = student.estimate(z, &t_max, zeros).unwrap();
+    let (blurred, distilled) = (msd(teacher_one, ode.clone()), msd(student_one, ode));
+    assert!(
+        distilled < 0.25 * blurred,
+        "the student's one step is {distilled:.4} from the ODE solutions, the teacher's own {blurred:.4}"
+    );
+}
