@@ -20,7 +20,7 @@
 //!
 //! let data = Toy::EightGaussians.sample(8192, 0)?;
 //! let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), 0)?;
-//! let flow = RectifiedFlowConfig::default().init()?;
+//! let flow = FlowConfig::Rf(Default::default()).init()?;
 //! let model = IntegrationFlowConfig::default().init(flow, net)?;
 //! let mut run = Distillation::new("runs/distill", model, data, TrainConfig::default(),
 //!     DistillConfig::default())?;

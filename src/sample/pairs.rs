@@ -34,7 +34,7 @@ pub struct OdePairs {
 /// use rand::SeedableRng;
 /// let device = Default::default();
 /// let net = MlpConfig::default().init::<Cpu>(&device, 0)?;
-/// let flow = RectifiedFlowConfig::default().init()?;
+/// let flow = FlowConfig::Rf(Default::default()).init()?;
 /// let model = IntegrationFlowConfig::default().init(flow, net)?;
 /// let mut rng = rand::rngs::StdRng::seed_from_u64(0);
 /// let pairs = ode_pairs(&model, &mut rng, 10, OdeSolver::Heun { steps: 3 }, 4, |_, _| {})?;
