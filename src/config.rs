@@ -67,6 +67,7 @@ use crate::flow::{CheckConfig, FlowConfig, PfgmPPConfig, RectifiedFlowConfig, Ve
 use crate::metrics::ClassifierConfig;
 use crate::model::IntegrationFlowConfig;
 use crate::nn::{MlpConfig, UNetConfig};
+use crate::pipeline::DistillConfig;
 use crate::train::{EmaConfig, OptimizerConfig, TrainConfig};
 
 validated_config!(TrainConfig, "TrainConfig", TrainConfig::validate);
@@ -96,6 +97,7 @@ validated_config!(
     crate::flow::validate_check_config
 );
 validated_config!(MlpConfig, "MlpConfig", MlpConfig::validate);
+validated_config!(DistillConfig, "DistillConfig", DistillConfig::validate);
 validated_config!(UNetConfig, "UNetConfig", UNetConfig::validate);
 validated_config!(
     ClassifierConfig,

@@ -524,3 +524,29 @@ where
             .with_metrics_log(dir.join("metrics.jsonl"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ValidatedConfig;
+
+    #[test]
+    fn the_recipe_loads_from_json_and_names_a_bad_field() {
+        let config = DistillConfig::from_json(r#"{"pairs": 500, "teacher_share": 0.4}"#).unwrap();
+        assert_eq!((config.pairs, config.teacher_share), (500, 0.4));
+        assert_eq!(config.pair_steps, DistillConfig::default().pair_steps);
+        for (json, field) in [
+            (r#"{"teacher_share": 1.0}"#, "teacher_share"),
+            (r#"{"pairs": 0}"#, "pairs"),
+            (r#"{"student_lr": -1.0}"#, "student_lr"),
+            (
+                r#"{"student_t_max_fraction": 2.0}"#,
+                "student_t_max_fraction",
+            ),
+            (r#"{"pair_stepz": 3}"#, "pair_stepz"),
+        ] {
+            let err = DistillConfig::from_json(json).unwrap_err();
+            assert!(err.to_string().contains(field), "{json}: {err}");
+        }
+    }
+}
