@@ -279,6 +279,22 @@ where
 
     /// Runs the current stage only; the student's trainer once the run is done.
     pub fn run_stage(&mut self, budget: Duration) -> Result<Option<Trainer<B, N>>> {
+        if let Some(teacher) = &self.teacher {
+            let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            if same(teacher, &self.dir) {
+                return Err(Error::InvalidArgument {
+                    name: "teacher",
+                    reason: format!(
+                        "the reused teacher's folder {} is the run's own, where the student's \
+                         checkpoint goes; give the run another folder",
+                        teacher.display()
+                    ),
+                });
+            }
+        }
         for dir in [self.dir.clone(), self.dir.join("teacher")] {
             std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
                 path: dir,
@@ -338,11 +354,28 @@ where
                 let mut student = self.student()?;
                 let left = budget - state.spent();
                 self.train("student", &mut student, left, &mut state, 2)?;
+                if student.step() == 0 {
+                    return Err(Error::Budget {
+                        reason: format!(
+                            "{:.0} s of the budget are spent and the student has not trained \
+                             a step; give a larger budget to continue",
+                            state.spent()
+                        ),
+                    });
+                }
                 state.stage = Stage::Done;
                 self.save(&state)?;
                 return Ok(Some(student));
             }
-            Stage::Done => return self.student().map(Some),
+            Stage::Done => {
+                if !checkpoint_path(&self.dir).exists() {
+                    return Err(Error::Checkpoint {
+                        path: checkpoint_path(&self.dir),
+                        reason: "the run is done but the student's checkpoint is missing".into(),
+                    });
+                }
+                return self.student().map(Some);
+            }
         }
         self.save(&state)?;
         Ok(None)
@@ -363,7 +396,8 @@ where
             trainer.step()
         ));
         let started = Instant::now();
-        let result = trainer.train_for(Duration::from_secs_f64(left.max(0.0)));
+        let left = Duration::try_from_secs_f64(left.max(0.0)).unwrap_or(Duration::MAX);
+        let result = trainer.train_for(left);
         state.seconds[slot] += started.elapsed().as_secs_f64();
         self.save(state)?;
         result?;
@@ -413,9 +447,10 @@ where
             )
         };
         let t_max = [inner.flow().time_range().max];
-        inner.estimate(zeros(), &t_max, zeros())?; // warm-up
+        // Reading the result back waits for an asynchronous device.
+        inner.estimate(zeros(), &t_max, zeros())?.into_data(); // warm-up
         let started = Instant::now();
-        inner.estimate(zeros(), &t_max, zeros())?;
+        inner.estimate(zeros(), &t_max, zeros())?.into_data();
         let call = started.elapsed().as_secs_f64();
         let calls = (2 * self.config.pair_steps - 1) * self.config.pairs.div_ceil(batch);
         let pairs = call * calls as f64;

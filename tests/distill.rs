@@ -70,6 +70,11 @@ fn a_student_of_generated_pairs_maps_latents_to_the_teachers_ode_solutions() {
     .unwrap();
     assert_eq!(pairs.nfe, 15);
 
+    // A template of another shape is refused, not silently half-loaded.
+    let wide = MlpConfig { width: 32, ..mlp() };
+    assert!(teacher
+        .ema_as_trainable(wide.init(&Default::default(), 9).unwrap())
+        .is_err());
     let student_net = teacher.ema_as_trainable(mlp().init(&Default::default(), 9).unwrap());
     let student_model = model().with_net(student_net.unwrap());
     let coupling = Arc::new(PairedAnchors::generated(pairs.latents.clone()));
@@ -90,6 +95,8 @@ fn a_student_of_generated_pairs_maps_latents_to_the_teachers_ode_solutions() {
         Trainer::resume_with_coupling(&dir, model(), pairs.samples.clone(), coupling).unwrap();
     assert_eq!(student.step(), 300);
     student.fit().unwrap();
+    // A budget past what an Instant holds means no deadline (the steps are done: no-op).
+    student.train_for(std::time::Duration::MAX).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     // Sampling feeds no anchor: the latent is the prior draw.
     assert_eq!(student.ema_model().anchor_law(), AnchorLaw::Zero);

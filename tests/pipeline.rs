@@ -152,6 +152,18 @@ fn a_stopped_distillation_resumes_to_the_same_student() {
         .unwrap();
     assert!(err.to_string().contains("dataset"), "{err}");
 
+    // The reused teacher's folder cannot be the run's own (the student's checkpoint goes there).
+    let own = whole.join("teacher");
+    let err = pipeline(&own, &data)
+        .with_teacher(&own)
+        .run_for(budget)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("the run's own"), "{err}");
+    // "No limit" as a budget does not overflow: the finished run hands back its student.
+    let unlimited = pipeline(&whole, &data).run_for(Duration::MAX).unwrap();
+    assert_eq!(unlimited.step(), 300);
+
     for dir in [whole, stopped, small, reuse] {
         let _ = std::fs::remove_dir_all(dir);
     }

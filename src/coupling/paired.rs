@@ -35,7 +35,8 @@ pub struct PairedAnchors {
 
 impl PairedAnchors {
     /// Example `i` gets row `i` of `anchors`; `role` says how a step uses it and `law` is what
-    /// sampling feeds as the anchor. `name` is recorded in checkpoints (a run resumes only
+    /// sampling feeds as the anchor (with [`AnchorRole::Noise`] always [`AnchorLaw::Zero`]: the
+    /// network's anchor input is zero in training). `name` is recorded in checkpoints (a run resumes only
     /// with a coupling of the same name).
     pub fn new(
         name: impl Into<String>,
@@ -71,7 +72,11 @@ impl Coupling for PairedAnchors {
     }
 
     fn law(&self, _data: &Dataset) -> Result<AnchorLaw> {
-        Ok(self.law.clone())
+        // With the anchor as the path's noise the network never sees an anchor input.
+        Ok(match self.role {
+            AnchorRole::Noise => AnchorLaw::Zero,
+            AnchorRole::Input => self.law.clone(),
+        })
     }
 
     fn build(

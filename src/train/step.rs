@@ -50,7 +50,16 @@ where
         // The network's anchor input and the path's noise, by the coupling's role for anchors.
         let (input, noise) = match self.coupling.anchor_role() {
             AnchorRole::Input => (anchor.clone(), flow.sample_noise(&mut rng, n, dim)?),
-            AnchorRole::Noise => (vec![0.0; n * dim], anchor.clone()),
+            AnchorRole::Noise if self.anchors.is_some() => (vec![0.0; n * dim], anchor.clone()),
+            AnchorRole::Noise => {
+                return Err(Error::InvalidArgument {
+                    name: "coupling",
+                    reason: format!(
+                        "coupling {:?} makes the anchor the path's noise but built no anchors",
+                        self.coupling.name()
+                    ),
+                })
+            }
         };
         let x0_t = upload(x0.clone());
         let anchor_t = upload(input);

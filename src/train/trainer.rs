@@ -280,7 +280,8 @@ where
     /// [`fit`](Self::fit). For runs sized by time rather than steps.
     pub fn train_for(&mut self, budget: std::time::Duration) -> Result<Option<StepStats>> {
         let remaining = self.config.steps.saturating_sub(self.position.step);
-        self.run(remaining, Some(Instant::now() + budget))
+        // A budget past what an Instant can hold is no deadline.
+        self.run(remaining, Instant::now().checked_add(budget))
     }
 
     fn run(&mut self, count: usize, deadline: Option<Instant>) -> Result<Option<StepStats>> {

@@ -153,6 +153,14 @@ where
     /// run from this one's result, e.g. a one-step student from its teacher. `template` is a
     /// network of the same configuration (its weights are replaced).
     pub fn ema_as_trainable(&self, template: N) -> Result<N> {
+        let (have, given) = (param_shapes(&self.ema), param_shapes(&template));
+        if have != given {
+            return Err(Error::ShapeMismatch {
+                context: "Trainer::ema_as_trainable (the template's parameters)",
+                expected: format!("{have:?}"),
+                found: format!("{given:?}"),
+            });
+        }
         let bytes = RecordBytes::default();
         let error = |e: burn::record::RecorderError| Error::Checkpoint {
             path: PathBuf::from("<memory>"),
