@@ -37,7 +37,7 @@ use crate::error::{invalid_config, require_finite, Error, Result};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use crate::sample::{ode_pairs, OdeSolver};
-use crate::train::{checkpoint_path, CheckpointInfo, TrainConfig, Trainer};
+use crate::train::{checkpoint_path, TrainConfig, Trainer};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -487,18 +487,18 @@ where
 
     fn make_pairs(&mut self) -> Result<()> {
         let dir = self.teacher_dir();
-        let info = CheckpointInfo::read(&dir)?;
-        if info.coupling != "off" {
+        // Resume checks the data, the flow, the preconditioning and the network's shapes, and
+        // reads the coupling the checkpoint names.
+        let teacher = Trainer::resume(&dir, self.model.clone(), self.data.clone())?;
+        if teacher.coupling().name() != "off" {
             return Err(Error::Checkpoint {
                 path: checkpoint_path(&dir),
                 reason: format!(
                     "a teacher is a denoiser (coupling off); this run trained with coupling {:?}",
-                    info.coupling
+                    teacher.coupling().name()
                 ),
             });
         }
-        // Resume checks the data, the flow, the preconditioning and the network's shapes.
-        let teacher = Trainer::resume(&dir, self.model.clone(), self.data.clone())?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.teacher_config.seed ^ 0x9a15);
         let solver = self.config.pair_solver();
         let log = &mut self.log;

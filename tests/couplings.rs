@@ -51,12 +51,7 @@ fn quiet(steps: usize) -> TrainConfig {
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "integration_flow_couplings_{name}_{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    common::scratch("couplings", name)
 }
 
 #[test]

@@ -78,8 +78,7 @@ fn a_student_of_generated_pairs_maps_latents_to_the_teachers_ode_solutions() {
     let student_net = teacher.ema_as_trainable(mlp().init(&Default::default(), 9).unwrap());
     let student_model = model().with_net(student_net.unwrap());
     let coupling = Arc::new(PairedAnchors::generated(pairs.latents.clone()));
-    let dir = std::env::temp_dir().join(format!("integration_flow_distill_{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::scratch("distill", "student");
     let mut student = Trainer::with_coupling(
         student_model,
         pairs.samples.clone(),

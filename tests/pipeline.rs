@@ -42,13 +42,8 @@ fn pipeline(dir: &PathBuf, data: &Dataset) -> Distillation<CpuAutodiff, Mlp<CpuA
     Distillation::new(dir, model(), data.clone(), teacher, recipe()).unwrap()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "integration_flow_pipeline_{name}_{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn scratch(name: &str) -> std::path::PathBuf {
+    common::scratch("pipeline", name)
 }
 
 #[test]

@@ -117,11 +117,14 @@ mod tests {
     use crate::coupling::{AnchorBacking, AnchorStorage};
     use rand::SeedableRng;
 
-    fn spec(backing: &AnchorBacking) -> StoreSpec<'_> {
-        StoreSpec {
+    /// `coupling.build` on `data`, in memory, f32.
+    fn build(coupling: &PairedAnchors, data: &Dataset) -> Result<Option<AnchorStore>> {
+        let spec = StoreSpec {
             storage: AnchorStorage::F32,
-            backing,
-        }
+            backing: &AnchorBacking::Memory,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        coupling.build(data, &AnchorLaw::Zero, spec, &mut rng)
     }
 
     #[test]
@@ -129,16 +132,7 @@ mod tests {
         let latents = Dataset::new((0..12).map(|v| v as f32).collect(), 3).unwrap();
         let data = Dataset::new(vec![0.5; 12], 3).unwrap();
         let coupling = PairedAnchors::generated(latents);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let store = coupling
-            .build(
-                &data,
-                &AnchorLaw::Zero,
-                spec(&AnchorBacking::Memory),
-                &mut rng,
-            )
-            .unwrap()
-            .unwrap();
+        let store = build(&coupling, &data).unwrap().unwrap();
         assert_eq!(
             store.get(&[2, 0]).unwrap(),
             vec![6.0, 7.0, 8.0, 0.0, 1.0, 2.0]
@@ -151,15 +145,7 @@ mod tests {
         let latents = Dataset::new(vec![0.0; 8], 2).unwrap();
         let data = Dataset::new(vec![0.0; 9], 3).unwrap();
         let coupling = PairedAnchors::new("x", latents, AnchorRole::Input, AnchorLaw::Zero);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let err = coupling
-            .build(
-                &data,
-                &AnchorLaw::Zero,
-                spec(&AnchorBacking::Memory),
-                &mut rng,
-            )
-            .unwrap_err();
+        let err = build(&coupling, &data).unwrap_err();
         assert!(err.to_string().contains("3×3 anchors"), "{err}");
     }
 }

@@ -62,3 +62,13 @@ pub fn rf_mlp(
     .init(FlowConfig::Rf(Default::default()).init().expect("rf"), net)
     .expect("a valid model")
 }
+
+/// An empty scratch folder `integration_flow_{test}_{name}_{pid}` in the temp directory.
+pub fn scratch(test: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "integration_flow_{test}_{name}_{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
