@@ -219,8 +219,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             table.push_str(&ablation_table(knob, &rows));
             all_rows.extend(rows);
         }
-        std::fs::write(args.out.join(format!("ablation_{knob}.md")), &table)?;
-        std::fs::write(
+        integration_flow::data::write_atomically(
+            args.out.join(format!("ablation_{knob}.md")),
+            &table,
+        )?;
+        integration_flow::data::write_atomically(
             args.out.join(format!("ablation_{knob}.json")),
             serde_json::to_string_pretty(&all_rows)?,
         )?;

@@ -81,14 +81,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )?;
         }
     }
-    std::fs::write(
+    integration_flow::data::write_atomically(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
     let data = toy.sample(config.samples, 1_000)?;
     write_figures(&args.out, toy, results, &output.samples, data.values())?;
     let table = markdown_table(&config, results);
-    std::fs::write(args.out.join("table.md"), &table)?;
+    integration_flow::data::write_atomically(args.out.join("table.md"), &table)?;
     println!("{table}");
     eprintln!(
         "compare finished in {:.0} s",

@@ -43,13 +43,15 @@ use integration_flow::metrics::{
 };
 use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{UNet, UNetConfig};
-use integration_flow::pipeline::{DistillConfig, Distillation};
+use integration_flow::pipeline::{DistillConfig, DistillMethod, Distillation};
 use integration_flow::plot::{image_grid_png, line_chart_png, Series, PALETTE};
 use integration_flow::sample::{
     generate_batched, one_step, renoise, solve_ode, Generated, OdeSolver, RenoiseAnchor,
     RenoiseSchedule,
 };
-use integration_flow::train::{AnchorPolicy, CheckpointInfo, OtSpace, TrainConfig, Trainer};
+use integration_flow::train::{
+    AnchorPolicy, CheckpointInfo, ConsistencyConfig, OtSpace, TrainConfig, Trainer,
+};
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -112,6 +114,16 @@ struct Args {
     /// Distill: the teacher's share of the budget.
     #[arg(long, default_value_t = DistillConfig::default().teacher_share)]
     teacher_share: f64,
+    /// Distill: how the student learns, from generated pairs (`pairs`) or by the consistency
+    /// objective on the data (`consistency`, no pairs stage).
+    #[arg(long, default_value = "pairs")]
+    method: String,
+    /// Distill, method consistency: student steps per stage of the shrinking gap.
+    #[arg(long, default_value_t = ConsistencyConfig::default().stage_steps)]
+    stage_steps: usize,
+    /// Distill, method consistency: the gap's shrink factor per stage.
+    #[arg(long, default_value_t = ConsistencyConfig::default().q)]
+    consistency_q: f64,
     /// Distill: generated pairs.
     #[arg(long, default_value_t = DistillConfig::default().pairs)]
     pairs: usize,
@@ -362,7 +374,7 @@ fn run<B: AutodiffBackend>(
         network: &'a UNetConfig,
         train: &'a TrainConfig,
     }
-    std::fs::write(
+    integration_flow::data::write_atomically(
         args.out.join("config.json"),
         serde_json::to_string_pretty(&RunConfig {
             args,
@@ -401,7 +413,19 @@ fn train_distilled<B: AutodiffBackend>(
     config: TrainConfig,
     budget: Duration,
 ) -> Result<Run<B>, Box<dyn std::error::Error>> {
+    let method = match args.method.as_str() {
+        "pairs" => DistillMethod::GeneratedPairs,
+        "consistency" => DistillMethod::Consistency(ConsistencyConfig {
+            stage_steps: args.stage_steps,
+            q: args.consistency_q,
+            ..Default::default()
+        }),
+        other => {
+            return Err(format!("unknown --method {other:?}: use pairs or consistency").into())
+        }
+    };
     let distill = DistillConfig {
+        method,
         teacher_share: args.teacher_share,
         pairs: args.pairs,
         pair_steps: args.pair_steps,
@@ -620,7 +644,7 @@ fn evaluate<B: AutodiffBackend>(
         classifier_accuracy: f64,
         samplers: &'a [SamplerResult],
     }
-    std::fs::write(
+    integration_flow::data::write_atomically(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&Results {
             label: label.clone(),

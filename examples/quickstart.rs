@@ -131,7 +131,7 @@ fn run<B: AutodiffBackend>(
         network: &mlp,
         train: &config,
     };
-    std::fs::write(
+    integration_flow::data::write_atomically(
         args.out.join("config.json"),
         serde_json::to_string_pretty(&run)?,
     )?;

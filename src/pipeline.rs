@@ -3,6 +3,8 @@
 //! samples (*generated pairs*, [`ode_pairs`]); a one-step *student* starts from the teacher's
 //! EMA weights and learns the pairs ([`PairedAnchors::generated`]: each latent is the path noise
 //! of its sample, so at `t_max` the student sees the latent and must return the ODE's result).
+//! With [`DistillMethod::Consistency`] there is no pairs stage: the student tunes the teacher's
+//! weights on the data by the consistency objective instead.
 //!
 //! Each stage keeps its state in the run's directory `DIR`: the student's checkpoint and metrics
 //! log in `DIR` itself (it is the run's result), the teacher's in `DIR/teacher`, the pairs in
@@ -37,7 +39,7 @@ use crate::error::{invalid_config, require_finite, Error, Result};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use crate::sample::{ode_pairs, OdeSolver};
-use crate::train::{checkpoint_path, TrainConfig, Trainer};
+use crate::train::{checkpoint_path, ConsistencyConfig, ObjectiveConfig, TrainConfig, Trainer};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -47,10 +49,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How the student learns from the teacher.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DistillMethod {
+    /// The teacher's ODE maps prior draws to samples (the pairs stage); the student regresses
+    /// each sample from its latent ([`PairedAnchors::generated`]).
+    #[default]
+    GeneratedPairs,
+    /// No pairs: the student trains on the data with the consistency objective
+    /// ([`objective::consistency`](crate::train::objective::consistency)), pulled towards its
+    /// own estimate closer to the data on the same path.
+    Consistency(ConsistencyConfig),
+}
+
+impl DistillMethod {
+    /// Whether the run has a pairs stage.
+    pub fn makes_pairs(&self) -> bool {
+        match self {
+            DistillMethod::GeneratedPairs => true,
+            DistillMethod::Consistency(_) => false,
+        }
+    }
+}
+
 /// The recipe of a [`Distillation`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistillConfig {
+    /// How the student learns: from generated pairs (the default) or by consistency.
+    pub method: DistillMethod,
     /// The share of the budget the teacher trains for (0 < share < 1).
     pub teacher_share: f64,
     /// Generated pairs.
@@ -70,6 +98,7 @@ pub struct DistillConfig {
 impl Default for DistillConfig {
     fn default() -> Self {
         DistillConfig {
+            method: DistillMethod::GeneratedPairs,
             teacher_share: 0.55,
             pairs: 4000,
             pair_steps: 6,
@@ -85,6 +114,10 @@ impl DistillConfig {
     /// Checks every value; the error names the field.
     pub fn validate(&self) -> Result<()> {
         const NAME: &str = "DistillConfig";
+        match &self.method {
+            DistillMethod::GeneratedPairs => {}
+            DistillMethod::Consistency(config) => config.validate()?,
+        }
         require_finite(NAME, "teacher_share", self.teacher_share)?;
         if !(self.teacher_share > 0.0 && self.teacher_share < 1.0) {
             return Err(invalid_config(NAME, "teacher_share", "must be in (0, 1)"));
@@ -175,7 +208,7 @@ where
 {
     /// A run in `dir` on `data`. `model` is the untrained teacher (its flow, preconditioning and
     /// network are the student's too); `teacher_config` trains it (its anchor policy is set to
-    /// `off`: the teacher is a plain denoiser) and, with the learning rate, `t_max` share and
+    /// `off` and its objective to regression: the teacher is a plain denoiser) and, with the learning rate, `t_max` share and
     /// steps of `config`, the student.
     pub fn new(
         dir: impl Into<PathBuf>,
@@ -186,6 +219,7 @@ where
     ) -> Result<Self> {
         config.validate()?;
         teacher_config.anchor.policy = AnchorPolicy::Off;
+        teacher_config.objective = ObjectiveConfig::Regression;
         teacher_config.validate()?;
         Ok(Distillation {
             dir: dir.into(),
@@ -309,7 +343,7 @@ where
             None => {
                 let state = PipelineState {
                     stage: match self.teacher {
-                        Some(_) => Stage::Pairs,
+                        Some(_) => self.after_teacher(),
                         None => Stage::Teacher,
                     },
                     seconds: [0.0; 3],
@@ -342,7 +376,7 @@ where
                         reason: format!("the teacher's {left:.1} s did not train one step"),
                     });
                 }
-                state.stage = Stage::Pairs;
+                state.stage = self.after_teacher();
             }
             Stage::Pairs => {
                 let started = Instant::now();
@@ -452,7 +486,10 @@ where
         let started = Instant::now();
         inner.estimate(zeros(), &t_max, zeros())?.into_data();
         let call = started.elapsed().as_secs_f64();
-        let calls = (2 * self.config.pair_steps - 1) * self.config.pairs.div_ceil(batch);
+        let calls = match self.config.method.makes_pairs() {
+            true => (2 * self.config.pair_steps - 1) * self.config.pairs.div_ceil(batch),
+            false => 0,
+        };
         let pairs = call * calls as f64;
         let student = budget - teacher - pairs;
         if student < 0.1 * budget {
@@ -467,6 +504,14 @@ where
             });
         }
         Ok(())
+    }
+
+    /// The stage after the teacher's: the pairs, or the student where the method makes none.
+    fn after_teacher(&self) -> Stage {
+        match self.config.method.makes_pairs() {
+            true => Stage::Pairs,
+            false => Stage::Student,
+        }
     }
 
     fn save(&self, state: &PipelineState) -> Result<()> {
@@ -539,12 +584,9 @@ where
 
     /// The student's trainer: resumed from `DIR`, or new from the teacher's EMA weights.
     fn student(&self) -> Result<Trainer<B, N>> {
-        let [latents, samples] = self.read_pairs()?;
-        let coupling = Arc::new(PairedAnchors::generated(latents));
         let dir = &self.dir;
-        let student = if checkpoint_path(dir).exists() {
-            Trainer::resume_with_coupling(dir, self.model.clone(), samples, coupling)?
-        } else {
+        let resume = checkpoint_path(dir).exists();
+        let start = || -> Result<(IntegrationFlow<B, N>, TrainConfig)> {
             let teacher =
                 Trainer::resume(self.teacher_dir(), self.model.clone(), self.data.clone())?;
             let net = teacher.ema_as_trainable(self.model.net().clone())?;
@@ -552,7 +594,28 @@ where
             config.optimizer.lr = self.config.student_lr;
             config.t_max_fraction = self.config.student_t_max_fraction;
             config.steps = self.config.student_steps;
-            Trainer::with_coupling(self.model.with_net(net), samples, config, coupling)?
+            Ok((self.model.with_net(net), config))
+        };
+        let student = match &self.config.method {
+            DistillMethod::GeneratedPairs => {
+                let [latents, samples] = self.read_pairs()?;
+                let coupling = Arc::new(PairedAnchors::generated(latents));
+                if resume {
+                    Trainer::resume_with_coupling(dir, self.model.clone(), samples, coupling)?
+                } else {
+                    let (model, config) = start()?;
+                    Trainer::with_coupling(model, samples, config, coupling)?
+                }
+            }
+            DistillMethod::Consistency(consistency) => {
+                if resume {
+                    Trainer::resume(dir, self.model.clone(), self.data.clone())?
+                } else {
+                    let (model, mut config) = start()?;
+                    config.objective = ObjectiveConfig::Consistency(consistency.clone());
+                    Trainer::new(model, self.data.clone(), config)?
+                }
+            }
         };
         student
             .with_checkpoint_dir(dir)

@@ -485,7 +485,7 @@ fn save_job(dir: &Path, key: &JobKey, output: &JobOutput) -> Result<()> {
             name: "job",
             reason: format!("cannot encode a finished job: {e}"),
         })?;
-    crate::data::npy::write_atomically(&key.file(dir), &json)
+    crate::data::npy::write_atomically(key.file(dir), &json)
 }
 
 /// Trains one model of one flow for one seed and measures its samplers.

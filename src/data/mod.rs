@@ -11,8 +11,7 @@ mod toy;
 
 pub use idx::{parse_idx, read_idx, IdxArray};
 pub use images::{Images, NpyLayout};
-pub(crate) use npy::write_atomically;
-pub use npy::{parse_npy, read_npy, write_npy_f32, NpyArray, NpyData};
+pub use npy::{parse_npy, read_npy, write_atomically, write_npy_f32, NpyArray, NpyData};
 pub use pca::Pca;
 pub use toy::Toy;
 

@@ -198,9 +198,19 @@ pub fn write_npy_f32(path: impl AsRef<Path>, values: &[f32], shape: &[usize]) ->
     write_atomically(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, fsynced and
-/// renamed, so that `path` never holds a partial file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` through a temporary file in the same directory (`path` + `.tmp`),
+/// fsynced and renamed, so that `path` never holds a partial file: a run killed while writing
+/// leaves the previous file or the new one. Errors are [`Error::Io`] naming `path`.
+///
+/// ```
+/// let path = std::env::temp_dir().join("integration_flow_doc_write_atomically.json");
+/// integration_flow::data::write_atomically(&path, b"{}")?;
+/// assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+/// # let _ = std::fs::remove_file(&path);
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub fn write_atomically(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<()> {
+    let (path, bytes) = (path.as_ref(), bytes.as_ref());
     let io = |e: std::io::Error| Error::Io {
         path: path.to_path_buf(),
         source: e,

@@ -245,12 +245,12 @@ impl<B: Backend> Classifier<B> {
                 path: dir.join("weights.mpk"),
                 reason: format!("cannot record the classifier: {e}"),
             })?;
-        write_atomically(&dir.join("weights.mpk"), &weights)?;
+        write_atomically(dir.join("weights.mpk"), &weights)?;
         let meta = serde_json::to_vec_pretty(&self.meta).map_err(|e| Error::Format {
             path: dir.join("meta.json"),
             reason: e.to_string(),
         })?;
-        write_atomically(&dir.join("meta.json"), &meta)
+        write_atomically(dir.join("meta.json"), &meta)
     }
 
     /// The classifier saved in `dir`, `None` if there is none; a corrupt cache is an error.

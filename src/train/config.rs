@@ -1,5 +1,6 @@
 //! The training configuration (docs/training.md), serde-serialisable and validated.
 
+use super::objective::ObjectiveConfig;
 use crate::coupling::AnchorConfig;
 use crate::error::{invalid_config, require_finite, Result};
 use crate::flow::TimeDistribution;
@@ -160,6 +161,9 @@ pub struct TrainConfig {
     pub drop_last: bool,
     /// Anchors.
     pub anchor: AnchorConfig,
+    /// What the estimate is pulled towards: the data (the default) or the model's own estimate
+    /// closer to the data on the same path ([`objective`](super::objective)).
+    pub objective: ObjectiveConfig,
     /// Data-term weight per epoch (ignored by the `ot` and `off` policies, which use w = 1).
     pub weighting: Weighting,
     /// The distance of the loss.
@@ -221,6 +225,7 @@ impl Default for TrainConfig {
             batch_size: 512,
             drop_last: true,
             anchor: AnchorConfig::default(),
+            objective: ObjectiveConfig::default(),
             weighting: Weighting::default(),
             distance: Distance::default(),
             time: TimeDistribution::default(),
@@ -285,6 +290,7 @@ impl TrainConfig {
             }
         }
         self.anchor.validate()?;
+        self.objective.validate()?;
         match self.weighting {
             Weighting::InverseEpoch => {}
             Weighting::Constant { w } => unit_interval(NAME, "weighting.w", w)?,

@@ -3,6 +3,7 @@
 //! One concern per file: the loop (`trainer.rs`), one step (`step.rs`), the loss and its
 //! weighting (`loss.rs`), the divergence guard (`guard.rs`), the optimizer and learning-rate
 //! schedule (`optimizer.rs`), the EMA (`ema.rs`), the seeded random streams (`streams.rs`),
+//! what the estimate is pulled towards ([`objective`], one file per objective),
 //! the run's position and step statistics (`position.rs`),
 //! progress and the metrics log (`progress.rs`), checkpoints (`checkpoint/`) and Ctrl-C
 //! ([`interrupt`]). How each example gets its anchor is the [`coupling`](crate::coupling)'s.
@@ -13,6 +14,7 @@ mod ema;
 mod guard;
 pub mod interrupt;
 mod loss;
+pub mod objective;
 mod optimizer;
 mod position;
 mod progress;
@@ -28,4 +30,5 @@ pub use config::{
     Distance, DivergencePolicy, EmaConfig, LossWeight, OptimizerConfig, OptimizerKind, TrainConfig,
     Weighting,
 };
+pub use objective::{ConsistencyConfig, ConsistencyTarget, ObjectiveConfig};
 pub use trainer::{StepStats, Trainer};

@@ -3,6 +3,7 @@
 
 use super::ema;
 use super::loss;
+use super::objective::{self, ObjectiveConfig};
 use super::optimizer::clip_global_norm;
 use super::streams::{stream, Stream};
 use super::trainer::{Position, StepStats, Trainer};
@@ -63,8 +64,22 @@ where
         };
         let x0_t = upload(x0.clone());
         let anchor_t = upload(input);
-        let x_t = flow.interpolate(x0_t.clone(), upload(noise), &t)?;
+        let noise_t = upload(noise);
+        let x_t = flow.interpolate(x0_t.clone(), noise_t.clone(), &t)?;
         let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
+        let target = match &self.config.objective {
+            ObjectiveConfig::Regression => objective::regression::target(x0_t),
+            ObjectiveConfig::Consistency(config) => objective::consistency::target(
+                config,
+                &self.model,
+                &self.ema,
+                step,
+                &x0_t,
+                &noise_t,
+                &anchor_t,
+                &t,
+            )?,
+        };
 
         let w = self.data_weight(epoch);
         let lambda = loss::loss_weights(
@@ -78,7 +93,7 @@ where
             w,
             lambda,
             x_hat.clone(),
-            x0_t,
+            target,
             anchor_t,
         );
         let loss_value: f64 = loss.clone().into_scalar().elem();
