@@ -114,8 +114,9 @@ struct Args {
     /// Distill: the teacher's share of the budget.
     #[arg(long, default_value_t = DistillConfig::default().teacher_share)]
     teacher_share: f64,
-    /// Distill: how the student learns, from generated pairs (`pairs`) or by the consistency
-    /// objective on the data (`consistency`, no pairs stage).
+    /// Distill: how the student learns, from generated pairs (`pairs`), from the training
+    /// images and their latents by the teacher's ODE run backwards (`encoded`), or by the
+    /// consistency objective on the data (`consistency`, no pairs stage).
     #[arg(long, default_value = "pairs")]
     method: String,
     /// Distill, method consistency: student steps per stage of the shrinking gap.
@@ -415,13 +416,16 @@ fn train_distilled<B: AutodiffBackend>(
 ) -> Result<Run<B>, Box<dyn std::error::Error>> {
     let method = match args.method.as_str() {
         "pairs" => DistillMethod::GeneratedPairs,
+        "encoded" => DistillMethod::Encoded,
         "consistency" => DistillMethod::Consistency(ConsistencyConfig {
             stage_steps: args.stage_steps,
             q: args.consistency_q,
             ..Default::default()
         }),
         other => {
-            return Err(format!("unknown --method {other:?}: use pairs or consistency").into())
+            return Err(
+                format!("unknown --method {other:?}: use pairs, encoded or consistency").into(),
+            )
         }
     };
     let distill = DistillConfig {
@@ -455,12 +459,93 @@ fn train_distilled<B: AutodiffBackend>(
         student.step(),
         state.seconds[2]
     );
+    let latents = match state.config.method {
+        DistillMethod::Encoded => {
+            let path = args.out.join("pairs_latents.npy");
+            let values = match read_npy(&path)?.data {
+                NpyData::F32(values) => values,
+                _ => return Err(format!("{}: not float32", path.display()).into()),
+            };
+            let stats = LatentStats::measure(&values, data.dim(), args.seed)?;
+            eprintln!("encoded latents against the prior: {stats:?}");
+            Some(stats)
+        }
+        DistillMethod::GeneratedPairs | DistillMethod::Consistency(_) => None,
+    };
     let trained = Trained {
         steps: teacher_steps + student.step(),
         seconds: train_started.elapsed().as_secs_f64(),
         stages: Some((teacher_steps, state.seconds)),
+        latents,
     };
     Ok((student, trained))
+}
+
+/// How far the encoded latents are from the N(0, I) draws that sampling feeds the student, each
+/// figure beside the same for as many prior draws.
+#[derive(Clone, Debug, Serialize)]
+struct LatentStats {
+    /// Mean and standard deviation over latents of each latent's RMS value.
+    rms: [f64; 2],
+    prior_rms: [f64; 2],
+    /// Sliced W2 to as many prior draws; `prior_sw2` is that between two sets of prior draws
+    /// (the estimate's noise floor).
+    sw2: f64,
+    prior_sw2: f64,
+    /// Correlation of horizontally neighbouring pixels (0 for white noise).
+    neighbour_correlation: f64,
+    prior_neighbour_correlation: f64,
+}
+
+impl LatentStats {
+    fn measure(latents: &[f32], dim: usize, seed: u64) -> integration_flow::Result<LatentStats> {
+        use rand_distr::{Distribution, StandardNormal};
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x1a7e);
+        let mut prior = || -> Vec<f32> {
+            (0..latents.len())
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect()
+        };
+        let (a, b) = (prior(), prior());
+        let rms = |values: &[f32]| -> [f64; 2] {
+            let r: Vec<f64> = values
+                .chunks(dim)
+                .map(|row| {
+                    (row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / dim as f64).sqrt()
+                })
+                .collect();
+            let mean = r.iter().sum::<f64>() / r.len() as f64;
+            let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / r.len() as f64;
+            [mean, var.sqrt()]
+        };
+        // Pixels of one row of the 28×28 image, each with its right neighbour.
+        let neighbours = |values: &[f32]| -> f64 {
+            let side = (dim as f64).sqrt() as usize;
+            let (mut xy, mut xx, mut yy) = (0.0, 0.0, 0.0);
+            for row in values.chunks(dim) {
+                for (i, pair) in row.windows(2).enumerate() {
+                    if (i + 1) % side != 0 {
+                        let (x, y) = (f64::from(pair[0]), f64::from(pair[1]));
+                        xy += x * y;
+                        xx += x * x;
+                        yy += y * y;
+                    }
+                }
+            }
+            xy / (xx * yy).sqrt()
+        };
+        let sw2 = |x: &[f32], y: &[f32]| {
+            integration_flow::metrics::sliced_wasserstein2(x, y, dim, 256, seed)
+        };
+        Ok(LatentStats {
+            rms: rms(latents),
+            prior_rms: rms(&a),
+            sw2: sw2(latents, &a)?,
+            prior_sw2: sw2(&b, &a)?,
+            neighbour_correlation: neighbours(latents),
+            prior_neighbour_correlation: neighbours(&a),
+        })
+    }
 }
 
 /// Trains (or resumes) one model with an anchor policy for `budget`.
@@ -492,6 +577,7 @@ fn train_one<B: AutodiffBackend>(
         steps: trainer.step(),
         seconds: train_seconds,
         stages: None,
+        latents: None,
     };
     Ok((trainer, trained))
 }
@@ -502,6 +588,8 @@ struct Trained {
     steps: usize,
     seconds: f64,
     stages: Option<(usize, [f64; 3])>,
+    /// Distill, method encoded: the latents' distance to the prior.
+    latents: Option<LatentStats>,
 }
 
 /// Samples the trained model, scores and saves the samples, writes the results and prints the
@@ -643,6 +731,8 @@ fn evaluate<B: AutodiffBackend>(
         stage_seconds: Option<[f64; 3]>,
         classifier_accuracy: f64,
         samplers: &'a [SamplerResult],
+        /// Distill, method encoded: the latents' distance to the prior.
+        encoded_latents: Option<LatentStats>,
     }
     integration_flow::data::write_atomically(
         args.out.join("results.json"),
@@ -654,6 +744,7 @@ fn evaluate<B: AutodiffBackend>(
             stage_seconds: trained.stages.map(|s| s.1),
             classifier_accuracy: classifier.test_accuracy(),
             samplers: &results,
+            encoded_latents: trained.latents.clone(),
         })?,
     )?;
     println!(

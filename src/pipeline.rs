@@ -38,7 +38,7 @@ use crate::data::{read_npy, write_atomically, write_npy_f32, Dataset, NpyData};
 use crate::error::{invalid_config, require_finite, Error, Result};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
-use crate::sample::{ode_pairs, OdeSolver};
+use crate::sample::{encoded_pairs, ode_pairs, OdeSolver};
 use crate::train::{checkpoint_path, ConsistencyConfig, ObjectiveConfig, TrainConfig, Trainer};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -57,6 +57,11 @@ pub enum DistillMethod {
     /// each sample from its latent ([`PairedAnchors::generated`]).
     #[default]
     GeneratedPairs,
+    /// The teacher's ODE integrated backwards maps each training example to its latent (the
+    /// pairs stage, [`encoded_pairs`]); the student regresses each example from its latent
+    /// ([`PairedAnchors::encoded`]). Its images are real ones, so watch the samples' distance
+    /// to the training set.
+    Encoded,
     /// No pairs: the student trains on the data with the consistency objective
     /// ([`objective::consistency`](crate::train::objective::consistency)), pulled towards its
     /// own estimate closer to the data on the same path.
@@ -67,7 +72,7 @@ impl DistillMethod {
     /// Whether the run has a pairs stage.
     pub fn makes_pairs(&self) -> bool {
         match self {
-            DistillMethod::GeneratedPairs => true,
+            DistillMethod::GeneratedPairs | DistillMethod::Encoded => true,
             DistillMethod::Consistency(_) => false,
         }
     }
@@ -81,7 +86,7 @@ pub struct DistillConfig {
     pub method: DistillMethod,
     /// The share of the budget the teacher trains for (0 < share < 1).
     pub teacher_share: f64,
-    /// Generated pairs.
+    /// Generated pairs (the encoded method makes one per training example instead).
     pub pairs: usize,
     /// Heun steps of the pairs' ODE solve (`2·steps − 1` network calls per pair).
     pub pair_steps: usize,
@@ -115,7 +120,7 @@ impl DistillConfig {
     pub fn validate(&self) -> Result<()> {
         const NAME: &str = "DistillConfig";
         match &self.method {
-            DistillMethod::GeneratedPairs => {}
+            DistillMethod::GeneratedPairs | DistillMethod::Encoded => {}
             DistillMethod::Consistency(config) => config.validate()?,
         }
         require_finite(NAME, "teacher_share", self.teacher_share)?;
@@ -486,10 +491,12 @@ where
         let started = Instant::now();
         inner.estimate(zeros(), &t_max, zeros())?.into_data();
         let call = started.elapsed().as_secs_f64();
-        let calls = match self.config.method.makes_pairs() {
-            true => (2 * self.config.pair_steps - 1) * self.config.pairs.div_ceil(batch),
-            false => 0,
+        let solves = match self.config.method {
+            DistillMethod::GeneratedPairs => self.config.pairs.div_ceil(batch),
+            DistillMethod::Encoded => self.data.len().div_ceil(self.config.pair_batch),
+            DistillMethod::Consistency(_) => 0,
         };
+        let calls = (2 * self.config.pair_steps - 1) * solves;
         let pairs = call * calls as f64;
         let student = budget - teacher - pairs;
         if student < 0.1 * budget {
@@ -548,27 +555,39 @@ where
         let solver = self.config.pair_solver();
         let log = &mut self.log;
         let started = Instant::now();
-        let pairs = ode_pairs(
-            &teacher.ema_model(),
-            &mut rng,
-            self.config.pairs,
-            solver,
-            self.config.pair_batch,
-            |done, n| {
-                log(&format!(
-                    "pairs: {done}/{n} by {} ({:.0} s)",
-                    solver.label(),
-                    started.elapsed().as_secs_f64()
-                ))
-            },
-        )?;
+        let progress = |done: usize, n: usize| {
+            log(&format!(
+                "pairs: {done}/{n} by {} ({:.0} s)",
+                solver.label(),
+                started.elapsed().as_secs_f64()
+            ))
+        };
+        let (batch, teacher) = (self.config.pair_batch, teacher.ema_model());
+        let pairs = match self.config.method {
+            DistillMethod::GeneratedPairs => ode_pairs(
+                &teacher,
+                &mut rng,
+                self.config.pairs,
+                solver,
+                batch,
+                progress,
+            )?,
+            DistillMethod::Encoded => encoded_pairs(&teacher, &self.data, solver, batch, progress)?,
+            // No pairs stage (`makes_pairs`): nothing to write.
+            DistillMethod::Consistency(_) => return Ok(()),
+        };
         let [latents, samples] = self.pair_paths();
-        let shape = [self.config.pairs, self.data.dim()];
+        let shape = [pairs.latents.len(), self.data.dim()];
         write_npy_f32(latents, pairs.latents.values(), &shape)?;
-        write_npy_f32(samples, pairs.samples.values(), &shape)
+        match self.config.method {
+            // The encoded pairs' samples are the data, which the run has already.
+            DistillMethod::Encoded | DistillMethod::Consistency(_) => Ok(()),
+            DistillMethod::GeneratedPairs => write_npy_f32(samples, pairs.samples.values(), &shape),
+        }
     }
 
     fn read_pairs(&self) -> Result<[Dataset; 2]> {
+        let [latents, samples] = self.pair_paths();
         let read = |path: &Path| -> Result<Dataset> {
             match read_npy(path)?.data {
                 NpyData::F32(values) => Dataset::new(values, self.data.dim()),
@@ -578,8 +597,22 @@ where
                 }),
             }
         };
-        let [latents, samples] = self.pair_paths();
-        Ok([read(&latents)?, read(&samples)?])
+        let latents = read(&latents)?;
+        let samples = match self.config.method {
+            DistillMethod::Encoded => self.data.clone(),
+            DistillMethod::GeneratedPairs | DistillMethod::Consistency(_) => read(&samples)?,
+        };
+        if latents.len() != samples.len() {
+            return Err(Error::Format {
+                path: self.pair_paths()[0].clone(),
+                reason: format!(
+                    "{} latents for {} examples; start the run over",
+                    latents.len(),
+                    samples.len()
+                ),
+            });
+        }
+        Ok([latents, samples])
     }
 
     /// The student's trainer: resumed from `DIR`, or new from the teacher's EMA weights.
@@ -597,9 +630,14 @@ where
             Ok((self.model.with_net(net), config))
         };
         let student = match &self.config.method {
-            DistillMethod::GeneratedPairs => {
+            DistillMethod::GeneratedPairs | DistillMethod::Encoded => {
                 let [latents, samples] = self.read_pairs()?;
-                let coupling = Arc::new(PairedAnchors::generated(latents));
+                let coupling = Arc::new(match self.config.method {
+                    DistillMethod::Encoded => PairedAnchors::encoded(latents),
+                    DistillMethod::GeneratedPairs | DistillMethod::Consistency(_) => {
+                        PairedAnchors::generated(latents)
+                    }
+                });
                 if resume {
                     Trainer::resume_with_coupling(dir, self.model.clone(), samples, coupling)?
                 } else {

@@ -60,6 +60,13 @@ impl PairedAnchors {
         Self::new("generated", latents, AnchorRole::Noise, AnchorLaw::Zero)
     }
 
+    /// Encoded pairs: the examples are training data and `latents` the path noise a teacher's
+    /// ODE, integrated backwards, maps each to ([`sample::encoded_pairs`](crate::sample::encoded_pairs));
+    /// as the path's noise, like [`generated`](Self::generated).
+    pub fn encoded(latents: Dataset) -> Self {
+        Self::new("encoded", latents, AnchorRole::Noise, AnchorLaw::Zero)
+    }
+
     /// The anchors, one row per example.
     pub fn anchors(&self) -> &Dataset {
         &self.anchors

@@ -14,8 +14,8 @@ pub mod ode;
 mod pairs;
 
 pub use diagnostics::{anchor_convergence, straightness};
-pub use ode::{solve_ode, solve_ode_from, OdeSolver};
-pub use pairs::{ode_pairs, OdePairs};
+pub use ode::{encode_ode, solve_ode, solve_ode_from, OdeSolver};
+pub use pairs::{encoded_pairs, ode_pairs, OdePairs};
 
 use crate::error::{Error, Result};
 use crate::flow::ProbabilityFlowExt;

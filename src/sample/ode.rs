@@ -124,8 +124,60 @@ pub fn solve_ode_from<B: Backend, N: IntegrationNet<B>>(
     anchor: Tensor<B, 2>,
     solver: OdeSolver,
 ) -> Result<Generated<B>> {
+    integrate(model, x, anchor, solver, Direction::ToData)
+}
+
+/// Integrates the probability-flow ODE *backwards*, from data points `x` (`[n, dim]`, at the
+/// data end) to `t_max`, with `solver` on the same time grid as [`solve_ode_from`] run in
+/// reverse, the network's anchor input `anchor` held fixed: each point's *encoding*, the prior
+/// point the ODE maps to it (up to the solver's error). For rectified flow and VE (α(T) = 0)
+/// the prior point is the latent itself.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use integration_flow::prelude::*;
+/// use integration_flow::sample::{encode_ode, solve_ode_from, OdeSolver};
+/// let device = Default::default();
+/// let net = MlpConfig::default().init::<Cpu>(&device, 0)?;
+/// let flow = FlowConfig::Rf(Default::default()).init()?;
+/// let model = IntegrationFlowConfig::default().init(flow, net)?;
+/// let x = burn::tensor::Tensor::<Cpu, 2>::ones([4, 2], &device);
+/// let zeros = burn::tensor::Tensor::<Cpu, 2>::zeros([4, 2], &device);
+/// let latent = encode_ode(&model, x, zeros.clone(), OdeSolver::Heun { steps: 4 })?;
+/// assert_eq!((latent.samples.dims(), latent.nfe), ([4, 2], 7));
+/// # }
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub fn encode_ode<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    x: Tensor<B, 2>,
+    anchor: Tensor<B, 2>,
+    solver: OdeSolver,
+) -> Result<Generated<B>> {
+    integrate(model, x, anchor, solver, Direction::ToPrior)
+}
+
+/// Which way an integration runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// From `t_max` to the data end: generation.
+    ToData,
+    /// From the data end to `t_max`: encoding.
+    ToPrior,
+}
+
+fn integrate<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    x: Tensor<B, 2>,
+    anchor: Tensor<B, 2>,
+    solver: OdeSolver,
+    direction: Direction,
+) -> Result<Generated<B>> {
     let flow = model.flow().clone();
-    let (t0, t1) = (flow.time_range().max, ode_end_time(flow.as_ref()));
+    let (t0, t1) = match direction {
+        Direction::ToData => (flow.time_range().max, ode_end_time(flow.as_ref())),
+        Direction::ToPrior => (ode_end_time(flow.as_ref()), flow.time_range().max),
+    };
     let mut nfe = 0usize;
     let range = flow.time_range();
     let mut velocity = |x: &Tensor<B, 2>, t: f64| -> Result<Tensor<B, 2>> {
@@ -135,7 +187,13 @@ pub fn solve_ode_from<B: Backend, N: IntegrationNet<B>>(
         let x0 = model.estimate(x.clone(), &[t], anchor.clone())?;
         flow.velocity(x.clone(), x0, &[t])
     };
-    let grid = |steps: usize| ode_time_grid(flow.as_ref(), steps);
+    let grid = |steps: usize| -> Result<Vec<f64>> {
+        let mut ts = ode_time_grid(flow.as_ref(), steps)?;
+        if direction == Direction::ToPrior {
+            ts.reverse();
+        }
+        Ok(ts)
+    };
     let samples = match solver {
         OdeSolver::Euler { steps } => {
             let ts = grid(steps)?;

@@ -4,12 +4,13 @@
 //! ODE's whole integration in one call: the pairing is exact, so the target is a function of
 //! the latent and the one-step estimate can be sharp.
 
-use super::ode::{solve_ode_from, OdeSolver};
+use super::ode::{encode_ode, solve_ode_from, OdeSolver};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 
 /// `n` latents and their ODE solutions, row `i` of one paired with row `i` of the other.
@@ -56,18 +57,7 @@ pub fn ode_pairs<B: Backend, N: IntegrationNet<B>>(
             reason: "must be at least 1".into(),
         });
     }
-    let flow = model.flow().clone();
-    let t_max = flow.time_range().max;
-    let (alpha, sigma) = (flow.alpha(t_max), flow.sigma(t_max));
-    if !(sigma.is_finite() && sigma > 0.0 && alpha.is_finite()) {
-        return Err(Error::InvalidArgument {
-            name: "model",
-            reason: format!(
-                "the flow's prior end needs σ(t_max) > 0 to read the path noise of a pair \
-                 (α = {alpha}, σ = {sigma})"
-            ),
-        });
-    }
+    let (alpha, sigma) = prior_end(model)?;
     let dim = model.dim();
     let (mut latents, mut samples) = (Vec::with_capacity(n * dim), Vec::with_capacity(n * dim));
     let mut nfe = 0;
@@ -85,6 +75,92 @@ pub fn ode_pairs<B: Backend, N: IntegrationNet<B>>(
     Ok(OdePairs {
         latents: Dataset::new(latents, dim)?,
         samples: Dataset::new(samples, dim)?,
+        nfe,
+    })
+}
+
+/// `(α, σ)` at `t_max`, or an error where σ(t_max) cannot divide out the path noise.
+fn prior_end<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+) -> Result<(f64, f64)> {
+    let flow = model.flow();
+    let t_max = flow.time_range().max;
+    let (alpha, sigma) = (flow.alpha(t_max), flow.sigma(t_max));
+    if !(sigma.is_finite() && sigma > 0.0 && alpha.is_finite()) {
+        return Err(Error::InvalidArgument {
+            name: "model",
+            reason: format!(
+                "the flow's prior end needs σ(t_max) > 0 to read the path noise of a pair \
+                 (α = {alpha}, σ = {sigma})"
+            ),
+        });
+    }
+    Ok((alpha, sigma))
+}
+
+/// The *encoded* pairs of `data`: each example integrated backwards by `model`'s ODE to
+/// `t_max` ([`encode_ode`], the network's anchor input zero, as a denoiser's), its latent the path noise `n = (x_T − α(T)·x)/σ(T)` of the
+/// example `x` itself; `batch` at a time, `progress(done, n)` after each batch. The samples are
+/// the examples (a copy of `data`). Unlike [`ode_pairs`] the images are real ones, so a student
+/// of these pairs can learn to return training examples: check its samples' distance to the
+/// training set against held-out data's.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use integration_flow::prelude::*;
+/// use integration_flow::sample::{encoded_pairs, OdeSolver};
+/// let device = Default::default();
+/// let net = MlpConfig::default().init::<Cpu>(&device, 0)?;
+/// let flow = FlowConfig::Rf(Default::default()).init()?;
+/// let model = IntegrationFlowConfig::default().init(flow, net)?;
+/// let data = Toy::Moons.sample(10, 0)?;
+/// let pairs = encoded_pairs(&model, &data, OdeSolver::Heun { steps: 3 }, 4, |_, _| {})?;
+/// assert_eq!((pairs.latents.len(), pairs.samples.values()), (10, data.values()));
+/// # }
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub fn encoded_pairs<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    data: &Dataset,
+    solver: OdeSolver,
+    batch: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<OdePairs> {
+    if batch == 0 {
+        return Err(Error::InvalidArgument {
+            name: "batch",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let dim = data.dim();
+    if dim != model.dim() {
+        return Err(Error::ShapeMismatch {
+            context: "encoded_pairs (data, model)",
+            expected: format!("{} values per example", model.dim()),
+            found: format!("{dim}"),
+        });
+    }
+    let (alpha, sigma) = prior_end(model)?;
+    let device = crate::backend::device_of(model.net());
+    let n = data.len();
+    let mut latents = Vec::with_capacity(n * dim);
+    let mut nfe = 0;
+    for (i, rows) in data.values().chunks(batch * dim).enumerate() {
+        let m = rows.len() / dim;
+        let upload = |values: Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(values, [m, dim]), &device)
+        };
+        let x = upload(rows.to_vec());
+        let anchor = upload(vec![0.0; m * dim]);
+        let encoded = encode_ode(model, x.clone(), anchor, solver)?;
+        nfe = encoded.nfe;
+        let noise = (encoded.samples - x.mul_scalar(alpha)).div_scalar(sigma);
+        latents.extend(noise.into_data().iter::<f32>());
+        progress((i * batch + m).min(n), n);
+    }
+    Ok(OdePairs {
+        latents: Dataset::new(latents, dim)?,
+        samples: data.clone(),
         nfe,
     })
 }
