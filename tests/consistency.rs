@@ -8,11 +8,9 @@ mod common;
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::coupling::AnchorPolicy;
 use integration_flow::data::{Dataset, Toy};
-use integration_flow::metrics::sliced_wasserstein2;
 use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{ConsistencyConfig, ObjectiveConfig, TrainConfig, Trainer};
-use rand::SeedableRng;
 
 fn config(steps: usize, lr: f64, objective: ObjectiveConfig) -> TrainConfig {
     let mut config = TrainConfig {
@@ -25,17 +23,6 @@ fn config(steps: usize, lr: f64, objective: ObjectiveConfig) -> TrainConfig {
     config.optimizer.lr = lr;
     config.anchor.policy = AnchorPolicy::Off;
     config
-}
-
-fn one_step_sw2(model: &IntegrationFlow<Cpu, Mlp<Cpu>>, data: &Dataset) -> f64 {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let samples: Vec<f32> = model
-        .generate(&mut rng, 4096, 1)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    sliced_wasserstein2(&samples, data.values(), 2, 128, 3).unwrap()
 }
 
 /// The denoiser's weights, fine-tuned `steps` more with `objective`.
@@ -69,14 +56,14 @@ fn consistency_tuning_turns_a_denoiser_into_a_one_step_generator() {
     )
     .unwrap();
     teacher.fit().unwrap();
-    let blurred = one_step_sw2(&teacher.ema_model(), &data);
+    let blurred = common::one_step_sw2(&teacher.ema_model(), &data);
     let consistency = ObjectiveConfig::Consistency(ConsistencyConfig {
         stage_steps: 100,
         ..Default::default()
     });
-    let tuned = one_step_sw2(&fine_tune(&teacher, &data, consistency, 600), &data);
+    let tuned = common::one_step_sw2(&fine_tune(&teacher, &data, consistency, 600), &data);
     // The control: as many more steps of the denoiser's own objective.
-    let more = one_step_sw2(
+    let more = common::one_step_sw2(
         &fine_tune(&teacher, &data, ObjectiveConfig::Regression, 600),
         &data,
     );
@@ -162,8 +149,8 @@ fn the_pipeline_tunes_by_consistency_without_a_pairs_stage() {
     let teacher =
         Trainer::resume(dir.join("teacher"), common::rf_mlp(64, 3), data.clone()).unwrap();
     let (before, after) = (
-        one_step_sw2(&teacher.ema_model(), &data),
-        one_step_sw2(&student.ema_model(), &data),
+        common::one_step_sw2(&teacher.ema_model(), &data),
+        common::one_step_sw2(&student.ema_model(), &data),
     );
     assert!(
         after < 0.5 * before,

@@ -186,17 +186,10 @@ fn the_pipeline_distils_from_encoded_pairs() {
     let student = run.run_for(budget).unwrap();
     assert_eq!(student.coupling().name(), "encoded");
     let teacher = Trainer::resume(dir.join("teacher"), model(), data.clone()).unwrap();
-    let sw2 = |m: &IntegrationFlow<Cpu, Mlp<Cpu>>| {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let samples: Vec<f32> = m
-            .generate(&mut rng, 4096, 1)
-            .unwrap()
-            .into_data()
-            .to_vec()
-            .unwrap();
-        integration_flow::metrics::sliced_wasserstein2(&samples, data.values(), 2, 128, 1).unwrap()
-    };
-    let (before, after) = (sw2(&teacher.ema_model()), sw2(&student.ema_model()));
+    let (before, after) = (
+        common::one_step_sw2(&teacher.ema_model(), &data),
+        common::one_step_sw2(&student.ema_model(), &data),
+    );
     assert!(
         after < 0.5 * before,
         "one-step SW2 {after:.4} after, {before:.4} before"

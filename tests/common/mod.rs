@@ -72,3 +72,21 @@ pub fn scratch(test: &str, name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
+
+/// Sliced W2 between 4,096 one-step samples of a 2-D `model` and `data`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub fn one_step_sw2<N: integration_flow::nn::IntegrationNet<integration_flow::backend::Cpu>>(
+    model: &integration_flow::model::IntegrationFlow<integration_flow::backend::Cpu, N>,
+    data: &integration_flow::data::Dataset,
+) -> f64 {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let samples: Vec<f32> = model
+        .generate(&mut rng, 4096, 1)
+        .expect("one-step samples")
+        .into_data()
+        .to_vec()
+        .expect("float samples");
+    integration_flow::metrics::sliced_wasserstein2(&samples, data.values(), 2, 128, 3)
+        .expect("sliced W2")
+}
