@@ -147,8 +147,8 @@ struct Args {
     /// t ∈ [1e-3, 1 − 1e-3], where EDM's c_noise is finite.
     #[arg(long, default_value = "integral")]
     param: String,
-    /// Also sample the curve: re-noising with 2 and 8 steps (policy ot), Euler with 4 steps
-    /// and Heun with 4 (policy off).
+    /// Also sample the curve: re-noising with 8 steps besides 2 and 4 (policies distill and
+    /// ot), Euler with 4 steps and Heun with 4 (policy off).
     #[arg(long)]
     curve: bool,
     /// Earlier runs' output folders whose results.json join this run's FD-against-NFE figure,
@@ -703,7 +703,7 @@ fn evaluate<B: AutodiffBackend>(
         let (one, nfe, seconds) = sample("one step", &|rng, n| one_step(&ema, rng, n))?;
         let fd = record("one step", &one, nfe, seconds)?;
         save("nfe1", &one)?;
-        let steps: &[usize] = if args.curve { &[2, 4, 8] } else { &[4] };
+        let steps: &[usize] = if args.curve { &[2, 4, 8] } else { &[2, 4] };
         for &k in steps {
             let times = RenoiseSchedule::default().times(ema.flow().as_ref(), k)?;
             let name = format!("re-noising, {k} steps");
