@@ -553,6 +553,7 @@ where
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.teacher_config.seed ^ 0x9a15);
         let solver = self.config.pair_solver();
+        let [latents, samples] = self.pair_paths();
         let log = &mut self.log;
         let started = Instant::now();
         let progress = |done: usize, n: usize| {
@@ -563,56 +564,41 @@ where
             ))
         };
         let (batch, teacher) = (self.config.pair_batch, teacher.ema_model());
-        let pairs = match self.config.method {
-            DistillMethod::GeneratedPairs => ode_pairs(
-                &teacher,
-                &mut rng,
-                self.config.pairs,
-                solver,
-                batch,
-                progress,
-            )?,
-            DistillMethod::Encoded => encoded_pairs(&teacher, &self.data, solver, batch, progress)?,
-            // No pairs stage (`makes_pairs`): nothing to write.
-            DistillMethod::Consistency(_) => return Ok(()),
+        let write = |path: PathBuf, set: &Dataset| {
+            write_npy_f32(path, set.values(), &[set.len(), set.dim()])
         };
-        let [latents, samples] = self.pair_paths();
-        let shape = [pairs.latents.len(), self.data.dim()];
-        write_npy_f32(latents, pairs.latents.values(), &shape)?;
         match self.config.method {
+            DistillMethod::GeneratedPairs => {
+                let pairs = ode_pairs(
+                    &teacher,
+                    &mut rng,
+                    self.config.pairs,
+                    solver,
+                    batch,
+                    progress,
+                )?;
+                write(latents, &pairs.latents)?;
+                write(samples, &pairs.samples)
+            }
             // The encoded pairs' samples are the data, which the run has already.
-            DistillMethod::Encoded | DistillMethod::Consistency(_) => Ok(()),
-            DistillMethod::GeneratedPairs => write_npy_f32(samples, pairs.samples.values(), &shape),
+            DistillMethod::Encoded => write(
+                latents,
+                &encoded_pairs(&teacher, &self.data, solver, batch, progress)?.latents,
+            ),
+            // No pairs stage (`makes_pairs`): nothing to write.
+            DistillMethod::Consistency(_) => Ok(()),
         }
     }
 
-    fn read_pairs(&self) -> Result<[Dataset; 2]> {
-        let [latents, samples] = self.pair_paths();
-        let read = |path: &Path| -> Result<Dataset> {
-            match read_npy(path)?.data {
-                NpyData::F32(values) => Dataset::new(values, self.data.dim()),
-                _ => Err(Error::Format {
-                    path: path.to_path_buf(),
-                    reason: "pairs are float32".into(),
-                }),
-            }
-        };
-        let latents = read(&latents)?;
-        let samples = match self.config.method {
-            DistillMethod::Encoded => self.data.clone(),
-            DistillMethod::GeneratedPairs | DistillMethod::Consistency(_) => read(&samples)?,
-        };
-        if latents.len() != samples.len() {
-            return Err(Error::Format {
-                path: self.pair_paths()[0].clone(),
-                reason: format!(
-                    "{} latents for {} examples; start the run over",
-                    latents.len(),
-                    samples.len()
-                ),
-            });
+    /// A pairs file written by [`make_pairs`](Self::make_pairs).
+    fn read_pairs(&self, path: &Path) -> Result<Dataset> {
+        match read_npy(path)?.data {
+            NpyData::F32(values) => Dataset::new(values, self.data.dim()),
+            _ => Err(Error::Format {
+                path: path.to_path_buf(),
+                reason: "pairs are float32".into(),
+            }),
         }
-        Ok([latents, samples])
     }
 
     /// The student's trainer: resumed from `DIR`, or new from the teacher's EMA weights.
@@ -629,22 +615,26 @@ where
             config.steps = self.config.student_steps;
             Ok((self.model.with_net(net), config))
         };
-        let student = match &self.config.method {
-            DistillMethod::GeneratedPairs | DistillMethod::Encoded => {
-                let [latents, samples] = self.read_pairs()?;
-                let coupling = Arc::new(match self.config.method {
-                    DistillMethod::Encoded => PairedAnchors::encoded(latents),
-                    DistillMethod::GeneratedPairs | DistillMethod::Consistency(_) => {
-                        PairedAnchors::generated(latents)
-                    }
-                });
-                if resume {
-                    Trainer::resume_with_coupling(dir, self.model.clone(), samples, coupling)?
-                } else {
-                    let (model, config) = start()?;
-                    Trainer::with_coupling(model, samples, config, coupling)?
-                }
+        // The coupling checks that there is one latent per example.
+        let pairs_student = |coupling: PairedAnchors, samples: Dataset| {
+            let coupling = Arc::new(coupling);
+            if resume {
+                Trainer::resume_with_coupling(dir, self.model.clone(), samples, coupling)
+            } else {
+                let (model, config) = start()?;
+                Trainer::with_coupling(model, samples, config, coupling)
             }
+        };
+        let [latents, samples] = self.pair_paths();
+        let student = match &self.config.method {
+            DistillMethod::GeneratedPairs => pairs_student(
+                PairedAnchors::generated(self.read_pairs(&latents)?),
+                self.read_pairs(&samples)?,
+            )?,
+            DistillMethod::Encoded => pairs_student(
+                PairedAnchors::encoded(self.read_pairs(&latents)?),
+                self.data.clone(),
+            )?,
             DistillMethod::Consistency(consistency) => {
                 if resume {
                     Trainer::resume(dir, self.model.clone(), self.data.clone())?

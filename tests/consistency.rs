@@ -146,15 +146,6 @@ fn the_pipeline_tunes_by_consistency_without_a_pairs_stage() {
         common::weights(&again.ema_model().into_net()),
         common::weights(&student.ema_model().into_net())
     );
-    let teacher =
-        Trainer::resume(dir.join("teacher"), common::rf_mlp(64, 3), data.clone()).unwrap();
-    let (before, after) = (
-        common::one_step_sw2(&teacher.ema_model(), &data),
-        common::one_step_sw2(&student.ema_model(), &data),
-    );
-    assert!(
-        after < 0.5 * before,
-        "one-step SW2 {after:.4} after, {before:.4} before"
-    );
+    common::assert_student_halves_teachers_sw2(&dir, &student, &data);
     let _ = std::fs::remove_dir_all(&dir);
 }

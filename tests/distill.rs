@@ -185,14 +185,6 @@ fn the_pipeline_distils_from_encoded_pairs() {
     assert!(!dir.join("pairs_samples.npy").exists());
     let student = run.run_for(budget).unwrap();
     assert_eq!(student.coupling().name(), "encoded");
-    let teacher = Trainer::resume(dir.join("teacher"), model(), data.clone()).unwrap();
-    let (before, after) = (
-        common::one_step_sw2(&teacher.ema_model(), &data),
-        common::one_step_sw2(&student.ema_model(), &data),
-    );
-    assert!(
-        after < 0.5 * before,
-        "one-step SW2 {after:.4} after, {before:.4} before"
-    );
+    common::assert_student_halves_teachers_sw2(&dir, &student, &data);
     let _ = std::fs::remove_dir_all(&dir);
 }

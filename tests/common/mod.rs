@@ -90,3 +90,27 @@ pub fn one_step_sw2<N: integration_flow::nn::IntegrationNet<integration_flow::ba
     integration_flow::metrics::sliced_wasserstein2(&samples, data.values(), 2, 128, 3)
         .expect("sliced W2")
 }
+
+/// Asserts that the student of the pipeline run in `dir` (an `rf_mlp(64, 3)` teacher in
+/// `dir/teacher`) has less than half its teacher's one-step sliced W2 to `data`.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub fn assert_student_halves_teachers_sw2(
+    dir: &std::path::Path,
+    student: &integration_flow::train::Trainer<
+        integration_flow::backend::CpuAutodiff,
+        integration_flow::nn::Mlp<integration_flow::backend::CpuAutodiff>,
+    >,
+    data: &integration_flow::data::Dataset,
+) {
+    let teacher =
+        integration_flow::train::Trainer::resume(dir.join("teacher"), rf_mlp(64, 3), data.clone())
+            .expect("the teacher's checkpoint");
+    let (before, after) = (
+        one_step_sw2(&teacher.ema_model(), data),
+        one_step_sw2(&student.ema_model(), data),
+    );
+    assert!(
+        after < 0.5 * before,
+        "one-step SW2 {after:.4} after, {before:.4} before"
+    );
+}
