@@ -14,6 +14,10 @@
 //!   same result for a given batch on any machine with up to four threads, where the groups
 //!   are eight; more threads make more groups); the bias gradient is a sum over pixels.
 //!
+//! The 3×3 convolutions at stride 1 that keep the image size (most of the UNet's) take
+//! Winograd's F(2×2, 3×3) instead for all three products ([`super::winograd`]): 2.25× fewer
+//! multiplications, the same result to a few float roundings.
+//!
 //! Images are split into groups of whole tiles, one rayon task per group,
 //! each with its buffers allocated once. Other backends, grouped or dilated convolutions and
 //! padding other than explicit or valid take burn's `Conv2d::forward`.
@@ -90,6 +94,7 @@ mod kernels {
     use super::super::flex_ops::{product, sum};
     use super::super::scratch;
     use super::super::transpose::transpose;
+    use super::super::winograd;
     use rayon::prelude::*;
 
     /// Output pixels (rows of one product) a tile aims at: enough rows for gemm's kernels to run
@@ -168,6 +173,31 @@ mod kernels {
                 && (self.ho, self.wo) == (self.h, self.w)
         }
 
+        /// A 3×3 convolution at stride 1 that keeps the image size (one pixel of padding on
+        /// every side): Winograd's transform applies ([`winograd`]).
+        fn winograd(&self) -> bool {
+            self.kh == 3
+                && self.kw == 3
+                && self.stride == [1, 1]
+                && self.pad == [1, 1]
+                && (self.ho, self.wo) == (self.h, self.w)
+        }
+
+        /// The Winograd shapes of the forward pass, or with `adjoint` of the input gradient
+        /// (the output gradient convolved back to the input's channels).
+        fn winograd_shape(&self, adjoint: bool) -> winograd::Shape {
+            let (c_in, c_out) = match adjoint {
+                false => (self.c_in, self.c_out),
+                true => (self.c_out, self.c_in),
+            };
+            winograd::Shape {
+                h: self.h,
+                w: self.w,
+                c_in,
+                c_out,
+            }
+        }
+
         /// `(images per tile, images per group, groups)`: groups of equal numbers of images
         /// (so that the threads finish together), each cut into tiles of about `TILE_ROWS`
         /// output pixels.
@@ -183,12 +213,12 @@ mod kernels {
     }
 
     /// `[c_out, c_in, kh, kw]` → `[c_out, kh, kw, c_in]`, the order of a channels-last patch.
-    pub(super) fn kernel_major(weight: &[f32], g: &Geometry) -> Vec<f32> {
+    fn kernel_major(weight: &[f32], g: &Geometry) -> Vec<f32> {
         reorder(weight, g, true)
     }
 
     /// The inverse of [`kernel_major`].
-    pub(super) fn channel_major(weight: &[f32], g: &Geometry) -> Vec<f32> {
+    fn channel_major(weight: &[f32], g: &Geometry) -> Vec<f32> {
         reorder(weight, g, false)
     }
 
@@ -204,6 +234,32 @@ mod kernels {
             }
         }
         out
+    }
+
+    /// A convolution's weights in the form its products read: the im2col patches' order, or
+    /// Winograd's transformed filter for the 3×3 "same" convolutions ([`Geometry::winograd`]).
+    #[derive(Clone, Debug)]
+    pub(super) enum Weights {
+        /// `[c_out, kh, kw, c_in]` ([`kernel_major`]).
+        Patches(Vec<f32>),
+        /// `[16, c_in, c_out]` ([`winograd::filter`]).
+        Winograd(Vec<f32>),
+    }
+
+    impl Weights {
+        /// From burn's `[c_out, c_in, kh, kw]`, in the form `g`'s products read.
+        pub(super) fn new(weight: &[f32], g: &Geometry) -> Self {
+            match g.winograd() {
+                true => Weights::Winograd(winograd::filter(weight, g.c_out, g.c_in)),
+                false => Weights::patches(weight, g),
+            }
+        }
+
+        /// The im2col form whatever the shape (the reference the Winograd form is tested
+        /// against).
+        pub(super) fn patches(weight: &[f32], g: &Geometry) -> Self {
+            Weights::Patches(kernel_major(weight, g))
+        }
     }
 
     /// The input pixels a row of patches reads for output row `oy` and kernel row `ky`, or
@@ -293,12 +349,12 @@ mod kernels {
         &cols[..images * len_cols]
     }
 
-    /// The convolution of NCHW `x` with `weight` in [`kernel_major`] order plus `bias`:
+    /// The convolution of NCHW `x` with `weights` plus `bias`:
     /// `(out, xt)`, `out` NCHW `[n, c_out, ho, wo]` and `xt` the input channels-last (what the
     /// backward step reads).
     pub(super) fn forward(
         x: &[f32],
-        weight: &[f32],
+        weights: &Weights,
         bias: &[f32],
         g: &Geometry,
     ) -> (Vec<f32>, Vec<f32>) {
@@ -311,7 +367,8 @@ mod kernels {
         }
         let (k, p, threads) = (g.k(), g.pixels_out(), groups == 1);
         let run = |x: &[f32], xt: &mut [f32], out: &mut [f32]| {
-            let mut cols = scratch::take(if g.pointwise() { 0 } else { tile * p * k });
+            let im2col = !g.pointwise() && matches!(weights, Weights::Patches(_));
+            let mut cols = scratch::take(if im2col { tile * p * k } else { 0 });
             let mut result = scratch::take(tile * p * g.c_out);
             for ((x, xt), out) in x
                 .chunks(tile * len_in)
@@ -321,17 +378,24 @@ mod kernels {
                 let images = x.len() / len_in;
                 channels_last(x, images, g.c_in, g.pixels_in(), xt);
                 let result = &mut result[..images * p * g.c_out];
-                let shape = (images * p, g.c_out, k);
-                let cols = patches(g, xt, &mut cols);
-                product(
-                    result,
-                    (false, threads),
-                    shape,
-                    cols,
-                    (k, 1),
-                    weight,
-                    (1, k),
-                );
+                match weights {
+                    Weights::Winograd(filter) => {
+                        winograd::convolve(xt, g.winograd_shape(false), filter, result, threads);
+                    }
+                    Weights::Patches(weight) => {
+                        let shape = (images * p, g.c_out, k);
+                        let cols = patches(g, xt, &mut cols);
+                        product(
+                            result,
+                            (false, threads),
+                            shape,
+                            cols,
+                            (k, 1),
+                            weight,
+                            (1, k),
+                        );
+                    }
+                }
                 for (r, o) in result
                     .chunks_exact(p * g.c_out)
                     .zip(out.chunks_exact_mut(len_out))
@@ -354,10 +418,10 @@ mod kernels {
 
     /// The gradients of [`forward`] for the incoming gradient `dout` (NCHW), given the input
     /// channels-last (`xt`, from [`forward`]): `(dx, dweight, dbias)`, `dx` NCHW and `dweight` in
-    /// [`kernel_major`] order, each empty where not wanted.
+    /// burn's `[c_out, c_in, kh, kw]`, each empty where not wanted.
     pub(super) fn backward(
         xt: &[f32],
-        weight: &[f32],
+        weights: &Weights,
         dout: &[f32],
         g: &Geometry,
         (want_dx, want_dw): (bool, bool),
@@ -367,22 +431,38 @@ mod kernels {
         let (k, p, co) = (g.k(), g.pixels_out(), g.c_out);
         let mut dx = vec![0.0f32; if want_dx { g.n * len_in } else { 0 }];
         let threads = groups == 1;
+        // The input gradient of a 3×3 "same" convolution is one too, of the output gradient.
+        let (weight, adjoint) = match weights {
+            Weights::Patches(weight) => (&weight[..], None),
+            Weights::Winograd(filter) => {
+                let adjoint = want_dx.then(|| winograd::adjoint_filter(filter, co, g.c_in));
+                (&[][..], adjoint)
+            }
+        };
+        let winograd = matches!(weights, Weights::Winograd(_));
+        // A Winograd weight gradient is summed in the transformed filter's `[16, c_in, c_out]`.
+        let dw_len = match (want_dw, winograd) {
+            (false, _) => 0,
+            (true, false) => co * k,
+            (true, true) => 16 * g.c_in * co,
+        };
         // One group: its share of dW and db, and its images' dx.
         let run = |xt: &[f32], dout: &[f32], dx: &mut [f32]| -> (Vec<f32>, Vec<f32>) {
             let unless_pointwise = |len: usize| if g.pointwise() { 0 } else { len };
-            let mut cols = scratch::take(if want_dw {
+            let winograd_dw = want_dw && winograd;
+            let mut cols = scratch::take(if want_dw && !winograd_dw {
                 unless_pointwise(tile * p * k)
             } else {
                 0
             });
-            let mut dcols = scratch::take(if want_dx {
+            let mut dcols = scratch::take(if want_dx && adjoint.is_none() {
                 unless_pointwise(tile * p * k)
             } else {
                 0
             });
             let mut dxt = scratch::take(if want_dx { tile * len_in } else { 0 });
             let mut dout_t = scratch::take(tile * len_out);
-            let mut dw = vec![0.0f32; if want_dw { co * k } else { 0 }];
+            let mut dw = vec![0.0f32; dw_len];
             let mut db = vec![0.0f32; co];
             let mut dx_tiles = dx.chunks_mut(tile * len_in);
             for (xt, dout) in xt.chunks(tile * len_in).zip(dout.chunks(tile * len_out)) {
@@ -395,7 +475,10 @@ mod kernels {
                 }
                 channels_last(dout, images, co, p, &mut dout_t);
                 let dout_t = &dout_t[..rows * co];
-                if want_dw {
+                if winograd_dw {
+                    let shape = g.winograd_shape(false);
+                    winograd::accumulate_filter_gradient(xt, dout_t, shape, &mut dw, threads);
+                } else if want_dw {
                     let cols = patches(g, xt, &mut cols);
                     let shape = (co, k, rows);
                     product(
@@ -411,6 +494,13 @@ mod kernels {
                 if let Some(dx) = dx_tiles.next() {
                     let shape = (rows, k, co);
                     let dxt = &mut dxt[..images * len_in];
+                    if let Some(adjoint) = &adjoint {
+                        winograd::convolve(dout_t, g.winograd_shape(true), adjoint, dxt, threads);
+                        for (s, d) in dxt.chunks_exact(len_in).zip(dx.chunks_exact_mut(len_in)) {
+                            transpose(s, g.pixels_in(), g.c_in, d);
+                        }
+                        continue;
+                    }
                     // A pointwise convolution's patch gradients are the input gradient.
                     let target = match g.pointwise() {
                         true => &mut *dxt,
@@ -450,12 +540,17 @@ mod kernels {
             .zip(dx_groups.into_par_iter())
             .map(|((xt, dout), dx)| run(xt, dout, dx))
             .collect();
-        let mut dw = vec![0.0f32; if want_dw { co * k } else { 0 }];
+        let mut dw = vec![0.0f32; dw_len];
         let mut db = vec![0.0f32; co];
         for (pw, pb) in &partials {
             dw.iter_mut().zip(pw).for_each(|(s, v)| *s += v);
             db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
         }
+        let dw = match (want_dw, winograd) {
+            (false, _) => dw,
+            (true, false) => channel_major(&dw, g),
+            (true, true) => winograd::filter_gradient(&dw, co, g.c_in),
+        };
         (dx, dw, db)
     }
 }
@@ -463,7 +558,7 @@ mod kernels {
 #[cfg(feature = "flex")]
 mod flex {
     use super::super::flex_ops::{on_flex, record, values, FlexAutodiff};
-    use super::kernels::{self, Geometry};
+    use super::kernels::{self, Geometry, Weights};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops};
@@ -500,8 +595,11 @@ mod flex {
         }
         let autodiff = |x, w, b| autodiff(x, w, b, g);
         on_flex((x, weight, bias), autodiff, |x, w, b| {
-            let wk = kernels::kernel_major(&values(&w), &g);
-            output(kernels::forward(&values(&x), &wk, &values(&b), &g).0, &g)
+            let weights = kernels::Weights::new(&values(&w), &g);
+            output(
+                kernels::forward(&values(&x), &weights, &values(&b), &g).0,
+                &g,
+            )
         })
     }
 
@@ -509,12 +607,12 @@ mod flex {
         FlexTensor::from_data(TensorData::new(values, [g.n, g.c_out, g.ho, g.wo]))
     }
 
-    /// What the backward step keeps: the input channels-last, the weight in patch order, the
-    /// shapes.
+    /// What the backward step keeps: the input channels-last, the weights in the form the
+    /// products read, the shapes.
     #[derive(Clone, Debug)]
     struct Saved {
         xt: Vec<f32>,
-        weight: Vec<f32>,
+        weights: Weights,
         geometry: Geometry,
     }
 
@@ -527,19 +625,18 @@ mod flex {
         fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let Saved {
                 xt,
-                weight,
+                weights,
                 geometry: g,
             } = ops.state;
             let [x_node, w_node, b_node] = ops.parents;
             let grad = grads.consume::<Flex>(&ops.node);
             let wants = (x_node.is_some(), w_node.is_some());
-            let (dx, dw, db) = kernels::backward(&xt, &weight, &values(&grad), &g, wants);
+            let (dx, dw, db) = kernels::backward(&xt, &weights, &values(&grad), &g, wants);
             if let Some(node) = b_node {
                 let db = FlexTensor::from_data(TensorData::new(db, [g.c_out]));
                 grads.register::<Flex>(node.id, db);
             }
             if let Some(node) = w_node {
-                let dw = kernels::channel_major(&dw, &g);
                 let dw = FlexTensor::from_data(TensorData::new(dw, [g.c_out, g.c_in, g.kh, g.kw]));
                 grads.register::<Flex>(node.id, dw);
             }
@@ -561,12 +658,12 @@ mod flex {
             weight.into_primitive().tensor(),
             bias.into_primitive().tensor(),
         );
-        let wk = kernels::kernel_major(&values(&w.primitive), &g);
-        let (y, xt) = kernels::forward(&values(&x.primitive), &wk, &values(&b.primitive), &g);
+        let weights = kernels::Weights::new(&values(&w.primitive), &g);
+        let (y, xt) = kernels::forward(&values(&x.primitive), &weights, &values(&b.primitive), &g);
         let y = output(y, &g);
         let state = || Saved {
             xt,
-            weight: wk,
+            weights,
             geometry: g,
         };
         record(Conv2dBackward, [&x, &w, &b], state, y)
@@ -616,6 +713,9 @@ mod tests {
             ([40, 32, 14, 14], 32, 3, 2, 1),
             ([70, 64, 4, 4], 64, 3, 1, 1),
             ([33, 96, 7, 7], 64, 1, 1, 0),
+            // Winograd on odd sides with channels in whole vector blocks and a remainder.
+            ([9, 20, 7, 7], 18, 3, 1, 1),
+            ([5, 33, 5, 9], 16, 3, 1, 1),
         ]);
         cases
     }
@@ -740,6 +840,103 @@ mod tests {
                     &nd.weight.val().grad(&gn).expect("dw").into_data(),
                     tolerance,
                 );
+        }
+    }
+}
+
+/// The two forms of the 3×3 "same" convolution's products against each other, on the plain
+/// kernels: im2col patches and Winograd's transform.
+#[cfg(all(test, feature = "flex"))]
+mod winograd_against_patches {
+    use super::kernels::{self, Geometry, Weights};
+
+    /// `(x, weight, dout)` for a geometry, deterministic and of order one.
+    fn inputs(g: &Geometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let wave = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect();
+        (
+            wave(g.n * g.c_in * g.h * g.w, 0.37),
+            wave(g.c_out * g.c_in * 9, 0.91),
+            wave(g.n * g.c_out * g.h * g.w, 0.53),
+        )
+    }
+
+    /// The UNet's shapes (the levels' channels at 14, 7 and 4 pixels, the skip concatenations).
+    const SHAPES: [(usize, usize, usize, usize); 8] = [
+        (64, 32, 14, 32),
+        (64, 64, 14, 32),
+        (64, 96, 14, 32),
+        (64, 32, 7, 64),
+        (64, 64, 7, 64),
+        (64, 128, 7, 64),
+        (64, 64, 4, 64),
+        (64, 128, 4, 64),
+    ];
+
+    fn geometry((n, c, h, co): (usize, usize, usize, usize)) -> Geometry {
+        Geometry::new([n, c, h, h], [co, c, 3, 3], [1, 1], [1; 4]).expect("a convolution")
+    }
+
+    #[test]
+    fn both_forms_give_the_same_output_and_gradients() {
+        for shape in [(3, 5, 7, 6), (2, 17, 4, 33), (9, 16, 14, 16)] {
+            let g = geometry(shape);
+            let (x, w, dout) = inputs(&g);
+            let bias = vec![0.25f32; g.c_out];
+            let winograd = Weights::new(&w, &g);
+            assert!(matches!(winograd, Weights::Winograd(_)));
+            let patches = Weights::patches(&w, &g);
+            let (y_w, xt) = kernels::forward(&x, &winograd, &bias, &g);
+            let (y_p, _) = kernels::forward(&x, &patches, &bias, &g);
+            let (dx_w, dw_w, db_w) = kernels::backward(&xt, &winograd, &dout, &g, (true, true));
+            let (dx_p, dw_p, db_p) = kernels::backward(&xt, &patches, &dout, &g, (true, true));
+            for (what, a, b) in [
+                ("output", y_w, y_p),
+                ("dx", dx_w, dx_p),
+                ("dweight", dw_w, dw_p),
+                ("dbias", db_w, db_p),
+            ] {
+                let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                assert_eq!(a.len(), b.len(), "{what} of {shape:?}");
+                for (a, b) in a.iter().zip(&b) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * scale,
+                        "{what} of {shape:?}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Not a check: the time of each form on the UNet's shapes at batch 64 (best of 20
+    /// alternating calls), for docs/benchmarks.md. `cargo test --release --lib
+    /// winograd_against_patches -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn time_both_forms_on_the_unets_shapes() {
+        for shape in SHAPES {
+            let g = geometry(shape);
+            let (x, w, dout) = inputs(&g);
+            let bias = vec![0.0f32; g.c_out];
+            let forms = [Weights::patches(&w, &g), Weights::new(&w, &g)];
+            let mut best = [[f64::MAX; 3]; 2];
+            for round in 0..40 {
+                let (form, best) = (&forms[round % 2], &mut best[round % 2]);
+                let clock = std::time::Instant::now();
+                let (_, xt) = kernels::forward(&x, form, &bias, &g);
+                best[0] = best[0].min(clock.elapsed().as_secs_f64());
+                let clock = std::time::Instant::now();
+                kernels::backward(&xt, form, &dout, &g, (true, false));
+                best[1] = best[1].min(clock.elapsed().as_secs_f64());
+                let clock = std::time::Instant::now();
+                kernels::backward(&xt, form, &dout, &g, (false, true));
+                best[2] = best[2].min(clock.elapsed().as_secs_f64());
+            }
+            let ms = |b: [f64; 3]| format!("{:.2} {:.2} {:.2}", b[0] * 1e3, b[1] * 1e3, b[2] * 1e3);
+            println!(
+                "{shape:?} ms forward/dx/dweight: patches {} winograd {}",
+                ms(best[0]),
+                ms(best[1])
+            );
         }
     }
 }

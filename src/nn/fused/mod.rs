@@ -19,6 +19,8 @@ mod softmax;
 #[cfg(feature = "flex")]
 mod transpose;
 mod upsample;
+#[cfg(feature = "flex")]
+mod winograd;
 
 pub(crate) use concat::concat_channels;
 pub use conv2d::conv2d;
