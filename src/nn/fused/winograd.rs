@@ -716,4 +716,70 @@ mod tests {
             "{lhs} vs {rhs}"
         );
     }
+
+    /// Every compiled form of the transforms (the baseline's, AVX2's and AVX-512's where the
+    /// CPU has them) gives the same values: another machine may take another path than this.
+    #[test]
+    fn every_simd_level_transforms_alike() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let c = 2 * LANES + 3;
+        let mut draw =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let (rows, m) = (draw(16 * c), draw(16 * c));
+        let run = |level: Simd| {
+            let d: [&[f32]; 4] = std::array::from_fn(|i| &rows[i * 4 * c..][..4 * c]);
+            let src: [&[f32]; 16] = std::array::from_fn(|e| &m[e * c..][..c]);
+            let (upper, lower) = (&rows[..2 * c], &rows[2 * c..4 * c]);
+            let (mut v, mut adjoint) = (vec![0.0f32; 16 * c], vec![0.0f32; 16 * c]);
+            let (mut top, mut bottom) = (vec![0.0f32; 2 * c], vec![0.0f32; 2 * c]);
+            {
+                let mut planes: Vec<&mut [f32]> = v.chunks_exact_mut(c).collect();
+                let mut adjoint_planes: Vec<&mut [f32]> = adjoint.chunks_exact_mut(c).collect();
+                let (planes, adjoint_planes) = (&mut planes[..], &mut adjoint_planes[..]);
+                match level {
+                    Simd::Baseline => {
+                        input_tile_portable(d, c, planes, 0);
+                        output_tile_portable(src, c, &mut top, &mut bottom);
+                        output_adjoint_tile_portable(upper, lower, c, adjoint_planes, 0);
+                    }
+                    // SAFETY (both arms): called only where the CPU has the level's features.
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx2 => unsafe {
+                        input_tile_avx2(d, c, planes, 0);
+                        output_tile_avx2(src, c, &mut top, &mut bottom);
+                        output_adjoint_tile_avx2(upper, lower, c, adjoint_planes, 0);
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    Simd::Avx512 => unsafe {
+                        input_tile_avx512(d, c, planes, 0);
+                        output_tile_avx512(src, c, &mut top, &mut bottom);
+                        output_adjoint_tile_avx512(upper, lower, c, adjoint_planes, 0);
+                    },
+                    #[cfg(not(target_arch = "x86_64"))]
+                    Simd::Avx2 | Simd::Avx512 => unreachable!("x86 levels elsewhere"),
+                }
+            }
+            [v, top, bottom, adjoint]
+        };
+        let baseline = run(Simd::Baseline);
+        #[allow(unused_mut)]
+        let mut levels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") {
+                levels.push(Simd::Avx2);
+            }
+            if has!("avx512f") && has!("avx2") {
+                levels.push(Simd::Avx512);
+            }
+        }
+        for level in levels {
+            for (a, b) in baseline.iter().zip(&run(level)) {
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= 1e-6 * (1.0 + x.abs()), "{x} vs {y}");
+                }
+            }
+        }
+    }
 }
