@@ -790,12 +790,17 @@ mod tests {
     #[test]
     fn inference_backend_takes_the_fast_forward_pass() {
         let device = Default::default();
-        let case = ([3, 5, 9, 7], 6, 3, 2, 1);
-        let conv = layer::<Flex>(&case, &device);
-        let x = Tensor::<Flex, 4>::random(case.0, Distribution::Normal(0.0, 1.0), &device);
-        conv2d(&conv, x.clone())
-            .into_data()
-            .assert_approx_eq::<f32>(&conv.forward(x).into_data(), Tolerance::rel_abs(1e-4, 1e-5));
+        // Stride 2 (im2col) and a 3×3 "same" convolution (Winograd).
+        for case in [([3, 5, 9, 7], 6, 3, 2, 1), ([3, 18, 9, 7], 20, 3, 1, 1)] {
+            let conv = layer::<Flex>(&case, &device);
+            let x = Tensor::<Flex, 4>::random(case.0, Distribution::Normal(0.0, 1.0), &device);
+            conv2d(&conv, x.clone())
+                .into_data()
+                .assert_approx_eq::<f32>(
+                    &conv.forward(x).into_data(),
+                    Tolerance::rel_abs(1e-4, 1e-5),
+                );
+        }
     }
 
     /// Against another backend's convolution altogether (ndarray), the same weights.
