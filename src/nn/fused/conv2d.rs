@@ -262,6 +262,13 @@ mod kernels {
         }
     }
 
+    /// What the input gradient's products read: the patches' weights, or the Winograd filter
+    /// of the flipped kernels ([`winograd::adjoint_filter`]).
+    enum InputGradient<'a> {
+        Patches(&'a [f32]),
+        Winograd(Vec<f32>),
+    }
+
     /// The input pixels a row of patches reads for output row `oy` and kernel row `ky`, or
     /// `None` in the padding.
     fn source_row(g: &Geometry, oy: usize, ky: usize) -> Option<usize> {
@@ -432,13 +439,12 @@ mod kernels {
         let mut dx = vec![0.0f32; if want_dx { g.n * len_in } else { 0 }];
         let threads = groups == 1;
         // The input gradient of a 3×3 "same" convolution is one too, of the output gradient.
-        let (weight, adjoint) = match weights {
-            Weights::Patches(weight) => (&weight[..], None),
+        let input_gradient = want_dx.then(|| match weights {
+            Weights::Patches(weight) => InputGradient::Patches(weight),
             Weights::Winograd(filter) => {
-                let adjoint = want_dx.then(|| winograd::adjoint_filter(filter, co, g.c_in));
-                (&[][..], adjoint)
+                InputGradient::Winograd(winograd::adjoint_filter(filter, co, g.c_in))
             }
-        };
+        });
         let winograd = matches!(weights, Weights::Winograd(_));
         // A Winograd weight gradient is summed in the transformed filter's `[16, c_in, c_out]`.
         let dw_len = match (want_dw, winograd) {
@@ -449,13 +455,13 @@ mod kernels {
         // One group: its share of dW and db, and its images' dx.
         let run = |xt: &[f32], dout: &[f32], dx: &mut [f32]| -> (Vec<f32>, Vec<f32>) {
             let unless_pointwise = |len: usize| if g.pointwise() { 0 } else { len };
-            let winograd_dw = want_dw && winograd;
-            let mut cols = scratch::take(if want_dw && !winograd_dw {
+            let im2col_dx = matches!(input_gradient, Some(InputGradient::Patches(_)));
+            let mut cols = scratch::take(if want_dw && !winograd {
                 unless_pointwise(tile * p * k)
             } else {
                 0
             });
-            let mut dcols = scratch::take(if want_dx && adjoint.is_none() {
+            let mut dcols = scratch::take(if im2col_dx {
                 unless_pointwise(tile * p * k)
             } else {
                 0
@@ -475,51 +481,57 @@ mod kernels {
                 }
                 channels_last(dout, images, co, p, &mut dout_t);
                 let dout_t = &dout_t[..rows * co];
-                if winograd_dw {
-                    let shape = g.winograd_shape(false);
-                    winograd::accumulate_filter_gradient(xt, dout_t, shape, &mut dw, threads);
-                } else if want_dw {
-                    let cols = patches(g, xt, &mut cols);
-                    let shape = (co, k, rows);
-                    product(
-                        &mut dw,
-                        (true, threads),
-                        shape,
-                        dout_t,
-                        (1, co),
-                        cols,
-                        (k, 1),
-                    );
-                }
-                if let Some(dx) = dx_tiles.next() {
-                    let shape = (rows, k, co);
-                    let dxt = &mut dxt[..images * len_in];
-                    if let Some(adjoint) = &adjoint {
-                        winograd::convolve(dout_t, g.winograd_shape(true), adjoint, dxt, threads);
-                        for (s, d) in dxt.chunks_exact(len_in).zip(dx.chunks_exact_mut(len_in)) {
-                            transpose(s, g.pixels_in(), g.c_in, d);
-                        }
-                        continue;
+                match (want_dw, weights) {
+                    (false, _) => {}
+                    (true, Weights::Winograd(_)) => {
+                        let shape = g.winograd_shape(false);
+                        winograd::accumulate_filter_gradient(xt, dout_t, shape, &mut dw, threads);
                     }
-                    // A pointwise convolution's patch gradients are the input gradient.
-                    let target = match g.pointwise() {
-                        true => &mut *dxt,
-                        false => &mut dcols[..rows * k],
-                    };
-                    product(
-                        target,
-                        (false, threads),
-                        shape,
-                        dout_t,
-                        (co, 1),
-                        weight,
-                        (k, 1),
-                    );
-                    if !g.pointwise() {
-                        dxt.fill(0.0);
-                        let dcols = &dcols[..rows * k];
-                        for (c, d) in dcols.chunks_exact(p * k).zip(dxt.chunks_exact_mut(len_in)) {
-                            col2im(c, g, d);
+                    (true, Weights::Patches(_)) => {
+                        let cols = patches(g, xt, &mut cols);
+                        let shape = (co, k, rows);
+                        product(
+                            &mut dw,
+                            (true, threads),
+                            shape,
+                            dout_t,
+                            (1, co),
+                            cols,
+                            (k, 1),
+                        );
+                    }
+                }
+                if let (Some(dx), Some(gradient)) = (dx_tiles.next(), &input_gradient) {
+                    let dxt = &mut dxt[..images * len_in];
+                    match gradient {
+                        InputGradient::Winograd(adjoint) => {
+                            let shape = g.winograd_shape(true);
+                            winograd::convolve(dout_t, shape, adjoint, dxt, threads);
+                        }
+                        InputGradient::Patches(weight) => {
+                            // A pointwise convolution's patch gradients are the input gradient.
+                            let target = match g.pointwise() {
+                                true => &mut *dxt,
+                                false => &mut dcols[..rows * k],
+                            };
+                            product(
+                                target,
+                                (false, threads),
+                                (rows, k, co),
+                                dout_t,
+                                (co, 1),
+                                weight,
+                                (k, 1),
+                            );
+                            if !g.pointwise() {
+                                dxt.fill(0.0);
+                                let dcols = &dcols[..rows * k];
+                                let images =
+                                    dcols.chunks_exact(p * k).zip(dxt.chunks_exact_mut(len_in));
+                                for (c, d) in images {
+                                    col2im(c, g, d);
+                                }
+                            }
                         }
                     }
                     for (s, d) in dxt.chunks_exact(len_in).zip(dx.chunks_exact_mut(len_in)) {

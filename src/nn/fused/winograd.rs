@@ -97,10 +97,17 @@ impl Shape {
         (self.h.div_ceil(2), self.w.div_ceil(2))
     }
 
-    /// Values of one image padded for [`transform_input`].
-    fn padded_len(&self) -> usize {
+    /// Rows and columns of one image padded for [`transform_input`]: a pixel of zeros above
+    /// and left, one or two below and right (an odd side's extra tile).
+    fn padded_sides(&self) -> (usize, usize) {
         let (th, tw) = self.tiles();
-        (2 * th + 2) * (2 * tw + 2) * self.c_in
+        (2 * th + 2, 2 * tw + 2)
+    }
+
+    /// Values of one padded image.
+    fn padded_len(&self) -> usize {
+        let (hp, wp) = self.padded_sides();
+        hp * wp * self.c_in
     }
 
     fn per_image(&self) -> usize {
@@ -122,17 +129,7 @@ impl Shape {
 /// threads (the caller runs on one group only).
 pub(super) fn convolve(x: &[f32], s: Shape, u: &[f32], out: &mut [f32], threads: bool) {
     let (ci, co) = (s.c_in, s.c_out);
-    let total = x.len() / (s.h * s.w * ci).max(1) * s.per_image();
-    let round = s.round();
-    let mut v = scratch::take(16 * round * ci);
-    let mut m = scratch::take(16 * round * co);
-    let mut edge = scratch::take(4 * co);
-    let mut padded = scratch::take(s.padded_len());
-    for first in (0..total).step_by(round) {
-        let tiles = round.min(total - first);
-        let v = &mut v[..16 * tiles * ci];
-        transform_input(x, s, first, v, &mut padded);
-        let m = &mut m[..16 * tiles * co];
+    by_rounds(x, s, |first, tiles, v, m, edge| {
         for ((m, v), u) in m
             .chunks_exact_mut(tiles * co)
             .zip(v.chunks_exact(tiles * ci))
@@ -140,11 +137,8 @@ pub(super) fn convolve(x: &[f32], s: Shape, u: &[f32], out: &mut [f32], threads:
         {
             product(m, (false, threads), (tiles, co, ci), v, (ci, 1), u, (co, 1));
         }
-        transform_output(m, s, first, out, &mut edge);
-    }
-    for buffer in [v, m, edge, padded] {
-        scratch::give(buffer);
-    }
+        transform_output(m, s, first, out, edge);
+    });
 }
 
 /// `du` (`[16, c_in, c_out]`) += the gradient, with respect to the transformed filter, of the
@@ -160,6 +154,27 @@ pub(super) fn accumulate_filter_gradient(
     threads: bool,
 ) {
     let (ci, co) = (s.c_in, s.c_out);
+    by_rounds(x, s, |first, tiles, v, m, edge| {
+        transform_output_adjoint(dy, s, first, m, edge);
+        for ((du, v), m) in du
+            .chunks_exact_mut(ci * co)
+            .zip(v.chunks_exact(tiles * ci))
+            .zip(m.chunks_exact(tiles * co))
+        {
+            product(du, (true, threads), (ci, co, tiles), v, (1, ci), m, (co, 1));
+        }
+    });
+}
+
+/// The rounds of tiles of the images `x` ([`Shape::round`] at a time): each round's input
+/// transform `v` (`[16, tiles, c_in]`), then `each(first, tiles, v, m, edge)` with room `m` for
+/// `[16, tiles, c_out]` and `edge` for one tile's output pixels. The buffers are taken once.
+fn by_rounds(
+    x: &[f32],
+    s: Shape,
+    mut each: impl FnMut(usize, usize, &[f32], &mut [f32], &mut [f32]),
+) {
+    let (ci, co) = (s.c_in, s.c_out);
     let total = x.len() / (s.h * s.w * ci).max(1) * s.per_image();
     let round = s.round();
     let mut v = scratch::take(16 * round * ci);
@@ -170,15 +185,7 @@ pub(super) fn accumulate_filter_gradient(
         let tiles = round.min(total - first);
         let v = &mut v[..16 * tiles * ci];
         transform_input(x, s, first, v, &mut padded);
-        let m = &mut m[..16 * tiles * co];
-        transform_output_adjoint(dy, s, first, m, &mut edge);
-        for ((du, v), m) in du
-            .chunks_exact_mut(ci * co)
-            .zip(v.chunks_exact(tiles * ci))
-            .zip(m.chunks_exact(tiles * co))
-        {
-            product(du, (true, threads), (ci, co, tiles), v, (1, ci), m, (co, 1));
-        }
+        each(first, tiles, v, &mut m[..16 * tiles * co], &mut edge);
     }
     for buffer in [v, m, edge, padded] {
         scratch::give(buffer);
@@ -332,9 +339,8 @@ fn transform_input(x: &[f32], s: Shape, first: usize, v: &mut [f32], padded: &mu
     let tiles = v.len() / (16 * c).max(1);
     let mut planes: Vec<&mut [f32]> = v.chunks_exact_mut(tiles * c).collect();
     let image_len = s.h * s.w * c;
-    let (th, tw) = s.tiles();
-    let wp = 2 * tw + 2;
-    let padded = &mut padded[..(2 * th + 2) * wp * c];
+    let (_, wp) = s.padded_sides();
+    let padded = &mut padded[..s.padded_len()];
     let mut current = None;
     for t in 0..tiles {
         let (image, ty, tx) = locate(s, first + t);
@@ -347,11 +353,10 @@ fn transform_input(x: &[f32], s: Shape, first: usize, v: &mut [f32], padded: &mu
     }
 }
 
-/// One image (`[h, w, c]`) into `padded` (`[2·th + 2, 2·tw + 2, c]`) with a border of zeros:
-/// one pixel above and left, one or two below and right (an odd side's extra tile).
+/// One image (`[h, w, c]`) into `padded` ([`Shape::padded_sides`]) with a border of zeros.
 fn pad(image: &[f32], s: Shape, padded: &mut [f32]) {
     let c = s.c_in;
-    let wp = padded.len() / (2 * s.tiles().0 + 2) / c.max(1);
+    let (_, wp) = s.padded_sides();
     for (y, row) in padded.chunks_exact_mut(wp * c).enumerate() {
         match y.checked_sub(1).filter(|&iy| iy < s.h) {
             Some(iy) => {
@@ -591,6 +596,16 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
 
+    /// `len` values uniform in [−1, 1).
+    fn draw(rng: &mut StdRng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// ⟨a, b⟩ in f64.
+    fn dot(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum()
+    }
+
     /// The direct convolution, channels-last, padding 1, in f64.
     fn direct(x: &[f32], s: Shape, weight: &[f32]) -> Vec<f64> {
         let n = x.len() / (s.h * s.w * s.c_in);
@@ -634,12 +649,8 @@ mod tests {
             (1, 2, 9, 33, 5),
         ] {
             let s = Shape { h, w, c_in, c_out };
-            let x: Vec<f32> = (0..n * h * w * c_in)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
-            let weight: Vec<f32> = (0..c_out * 9 * c_in)
-                .map(|_| rng.random_range(-1.0..1.0))
-                .collect();
+            let x = draw(&mut rng, n * h * w * c_in);
+            let weight = draw(&mut rng, c_out * 9 * c_in);
             let mut out = vec![f32::NAN; n * h * w * c_out];
             convolve(&x, s, &filter(&weight, c_out, c_in), &mut out, false);
             for (a, b) in out.iter().zip(direct(&x, s, &weight)) {
@@ -657,13 +668,10 @@ mod tests {
     fn the_filter_gradient_is_the_adjoint_in_the_weights() {
         let mut rng = StdRng::seed_from_u64(5);
         for (n, h, w, c_in, c_out) in [(3, 7, 5, 18, 3), (2, 4, 4, 3, 20)] {
-            let mut draw = |len: usize| -> Vec<f32> {
-                (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
-            };
             let (x, weight, dy) = (
-                draw(n * h * w * c_in),
-                draw(c_out * 9 * c_in),
-                draw(n * h * w * c_out),
+                draw(&mut rng, n * h * w * c_in),
+                draw(&mut rng, c_out * 9 * c_in),
+                draw(&mut rng, n * h * w * c_out),
             );
             let s = Shape { h, w, c_in, c_out };
             let mut y = vec![0.0; dy.len()];
@@ -671,12 +679,6 @@ mod tests {
             let mut du = vec![0.0; 16 * c_in * c_out];
             accumulate_filter_gradient(&x, &dy, s, &mut du, false);
             let dw = filter_gradient(&du, c_out, c_in);
-            let dot = |a: &[f32], b: &[f32]| {
-                a.iter()
-                    .zip(b)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum::<f64>()
-            };
             let (lhs, rhs) = (dot(&y, &dy), dot(&weight, &dw));
             assert!(
                 (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
@@ -691,12 +693,10 @@ mod tests {
     fn the_adjoint_filter_gives_the_input_gradient() {
         let mut rng = StdRng::seed_from_u64(4);
         let (n, h, w, c_in, c_out) = (2, 5, 6, 7, 3);
-        let mut draw =
-            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
         let (x, weight, dy) = (
-            draw(n * h * w * c_in),
-            draw(c_out * 9 * c_in),
-            draw(n * h * w * c_out),
+            draw(&mut rng, n * h * w * c_in),
+            draw(&mut rng, c_out * 9 * c_in),
+            draw(&mut rng, n * h * w * c_out),
         );
         let forward = Shape { h, w, c_in, c_out };
         let mut y = vec![0.0; dy.len()];
@@ -710,12 +710,6 @@ mod tests {
         let mut dx = vec![0.0; x.len()];
         let adjoint = adjoint_filter(&filter(&weight, c_out, c_in), c_out, c_in);
         convolve(&dy, back, &adjoint, &mut dx, false);
-        let dot = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum::<f64>()
-        };
         let (lhs, rhs) = (dot(&y, &dy), dot(&x, &dx));
         assert!(
             (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
@@ -729,9 +723,7 @@ mod tests {
     fn every_simd_level_transforms_alike() {
         let mut rng = StdRng::seed_from_u64(6);
         let c = 2 * LANES + 3;
-        let mut draw =
-            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
-        let (rows, m) = (draw(16 * c), draw(16 * c));
+        let (rows, m) = (draw(&mut rng, 16 * c), draw(&mut rng, 16 * c));
         let run = |level: Simd| {
             let d: [&[f32]; 4] = std::array::from_fn(|i| &rows[i * 4 * c..][..4 * c]);
             let src: [&[f32]; 16] = std::array::from_fn(|e| &m[e * c..][..c]);
