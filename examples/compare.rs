@@ -2,13 +2,14 @@
 //!
 //! ```sh
 //! cargo run --release --example compare -- [--dataset NAME] [--steps N] [--seeds K] [--out DIR] [--quick]
-//!     [--samples N] [--flows rf,vp,ve,pfgmpp] [--points N]
+//!     [--samples N] [--flows rf,vp,ve,pfgmpp] [--points N] [--distill]
 //! ```
 //!
 //! For each flow it trains the default Integration Flow model (OT anchors) and the baseline
 //! (the same network with anchor policy `off`: a plain x̂_0 denoiser) with the same steps and
 //! seed, then measures every sampler: IF one step, anchor iteration (2, 4, 8) and re-noising
-//! (2, 4, 8); baseline Euler (1, 2, 4, 8, 16, 100), Heun (8), RK4 (8) and DOPRI5. Writes
+//! (2, 4, 8); with `--distill` the distillation recipe too (its one-step student in the same
+//! steps: one call, re-noising 2, 4, 8); baseline Euler (1, 2, 4, 8, 16, 100), Heun (8), RK4 (8) and DOPRI5. Writes
 //! `DIR/table.md`, `DIR/results.json`, `DIR/<flow>_if_nfe1.npy` (one-step samples of seed 0),
 //! `DIR/<flow>_sw2_vs_nfe.png` (quality against NFE) and `DIR/scatter_grid.png` (samples).
 //! Each finished job (one model, flow and seed) is saved in `DIR/jobs/` as it completes: the
@@ -48,6 +49,10 @@ struct Args {
     /// A small, fast run (300 steps, 2048 points, 1000 samples).
     #[arg(long)]
     quick: bool,
+    /// Also run the distillation recipe (the `mnist` default) in the same steps: rows
+    /// `distill-1` (one call) and `distill-renoise-k`.
+    #[arg(long)]
+    distill: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.points = args.points.unwrap_or(config.points);
     config.samples = args.samples.unwrap_or(config.samples);
     config.flows = args.flows.clone();
+    config.distill = args.distill;
     std::fs::create_dir_all(&args.out)?;
     // Finished jobs are kept here: a stopped run, started again, picks up where it was.
     config.job_dir = Some(args.out.join("jobs"));
@@ -131,10 +137,16 @@ fn write_figures(
             "baseline-euler-16",
             "baseline-euler-100",
         ]);
+        let distilled = curve(&[
+            "distill-1",
+            "distill-renoise-2",
+            "distill-renoise-4",
+            "distill-renoise-8",
+        ]);
         let heun = curve(&["baseline-heun-8"]);
         let rk4 = curve(&["baseline-rk4-8"]);
         let dopri = curve(&["baseline-dopri5-1e-5-1e-5"]);
-        let series = [
+        let mut series = vec![
             Series {
                 name: "IF re-noise",
                 points: &renoise,
@@ -166,6 +178,13 @@ fn write_figures(
                 colour: PALETTE[5],
             },
         ];
+        if !distilled.is_empty() {
+            series.push(Series {
+                name: "distilled",
+                points: &distilled,
+                colour: PALETTE[6],
+            });
+        }
         line_chart_png(
             out.join(format!("{flow}_sw2_vs_nfe.png")),
             &format!(

@@ -50,7 +50,8 @@ use integration_flow::sample::{
     RenoiseSchedule,
 };
 use integration_flow::train::{
-    AnchorPolicy, CheckpointInfo, ConsistencyConfig, OtSpace, TrainConfig, Trainer,
+    AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, LrDecay, OtSpace, TrainConfig,
+    Trainer,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -140,6 +141,17 @@ struct Args {
     /// Distill: the share of each student batch trained at t_max.
     #[arg(long, default_value_t = DistillConfig::default().student_t_max_fraction)]
     student_t_max_fraction: f64,
+    /// Distill: the student's distance: l2 (squared L2), pseudo-huber (on the whole image,
+    /// iCT's c), pseudo-huber-pixel (per value) or l1; the teacher's by default.
+    #[arg(long)]
+    student_distance: Option<String>,
+    /// Distill: the student's learning rate after the warm-up: constant, or cosine (to
+    /// --student-lr-floor times the peak at its last step).
+    #[arg(long, default_value = "constant")]
+    student_lr_decay: String,
+    /// Distill: the last step's learning rate over the peak, with --student-lr-decay cosine.
+    #[arg(long, default_value_t = 0.0)]
+    student_lr_floor: f64,
     /// Seed of weights, training and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -428,6 +440,31 @@ fn train_distilled<B: AutodiffBackend>(
             )
         }
     };
+    let student_distance = match args.student_distance.as_deref() {
+        None => None,
+        Some("l2") => Some(Distance::SquaredL2),
+        Some("pseudo-huber") => Some(Distance::PseudoHuber { c: None }),
+        Some("pseudo-huber-pixel") => Some(Distance::PseudoHuberElementwise { c: None }),
+        Some("l1") => Some(Distance::L1),
+        Some(other) => {
+            return Err(format!(
+                "unknown --student-distance {other:?}: use l2, pseudo-huber, pseudo-huber-pixel \
+                 or l1"
+            )
+            .into())
+        }
+    };
+    let student_lr_decay = match args.student_lr_decay.as_str() {
+        "constant" => LrDecay::Constant,
+        "cosine" => LrDecay::Cosine {
+            floor: args.student_lr_floor,
+        },
+        other => {
+            return Err(
+                format!("unknown --student-lr-decay {other:?}: use constant or cosine").into(),
+            )
+        }
+    };
     let distill = DistillConfig {
         method,
         teacher_share: args.teacher_share,
@@ -438,6 +475,8 @@ fn train_distilled<B: AutodiffBackend>(
         student_steps: args
             .student_steps
             .unwrap_or(DistillConfig::default().student_steps),
+        student_distance,
+        student_lr_decay,
         ..Default::default()
     };
     let mut run = Distillation::new(&args.out, model, data.clone(), config, distill)?

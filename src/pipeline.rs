@@ -39,7 +39,9 @@ use crate::error::{invalid_config, require_finite, Error, Result};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use crate::sample::{encoded_pairs, ode_pairs, OdeSolver};
-use crate::train::{checkpoint_path, ConsistencyConfig, ObjectiveConfig, TrainConfig, Trainer};
+use crate::train::{
+    checkpoint_path, ConsistencyConfig, Distance, LrDecay, ObjectiveConfig, TrainConfig, Trainer,
+};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
@@ -48,6 +50,13 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Student steps timed to plan a decaying learning rate's length.
+const PACE_STEPS: usize = 8;
+
+/// The share of the time left that the planned student steps should take: the pace of a few
+/// steps is a little optimistic (checkpoints, the machine's load).
+const PACE_MARGIN: f64 = 0.95;
 
 /// How the student learns from the teacher.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -98,6 +107,13 @@ pub struct DistillConfig {
     pub student_t_max_fraction: f64,
     /// The student stops after this many steps even if time is left.
     pub student_steps: usize,
+    /// The student's distance; `None` keeps the teacher's.
+    pub student_distance: Option<Distance>,
+    /// How the student's learning rate falls over its steps. A decay needs a known number of
+    /// steps: where `student_steps` is left at its cap, the pipeline fixes the student's steps
+    /// when it starts, from the teacher's step rate and the budget left (recorded in
+    /// `pipeline.json`, so a resumed run keeps them).
+    pub student_lr_decay: LrDecay,
 }
 
 impl Default for DistillConfig {
@@ -111,6 +127,8 @@ impl Default for DistillConfig {
             student_lr: 3e-4,
             student_t_max_fraction: 1.0,
             student_steps: 1_000_000,
+            student_distance: None,
+            student_lr_decay: LrDecay::Constant,
         }
     }
 }
@@ -137,6 +155,11 @@ impl DistillConfig {
                 return Err(invalid_config(NAME, field, "must be at least 1"));
             }
         }
+        if let Some(distance) = &self.student_distance {
+            distance.check(NAME, "student_distance.c")?;
+        }
+        self.student_lr_decay
+            .check(NAME, "student_lr_decay.floor")?;
         require_finite(NAME, "student_lr", self.student_lr)?;
         if self.student_lr <= 0.0 {
             return Err(invalid_config(NAME, "student_lr", "must be positive"));
@@ -391,6 +414,13 @@ where
             }
             Stage::Student => {
                 let mut student = self.student()?;
+                let decays = match self.config.student_lr_decay {
+                    LrDecay::Constant => false,
+                    LrDecay::Cosine { .. } => true,
+                };
+                if decays && student.step() == 0 {
+                    self.fix_student_steps(&mut student, budget, &mut state)?;
+                }
                 let left = budget - state.spent();
                 self.train("student", &mut student, left, &mut state, 2)?;
                 if student.step() == 0 {
@@ -418,6 +448,41 @@ where
         }
         self.save(&state)?;
         Ok(None)
+    }
+
+    /// A decaying learning rate needs the student's length in advance: a few of its warm-up
+    /// steps are timed (their rate does not depend on the length), and the steps the rest of
+    /// the budget buys at that pace, a little under, become its length (at most
+    /// `student_steps`). The length lives in the student's checkpoint from then on, so a
+    /// resumed run keeps it.
+    fn fix_student_steps(
+        &mut self,
+        student: &mut Trainer<B, N>,
+        budget: f64,
+        state: &mut PipelineState,
+    ) -> Result<()> {
+        // The first step pays for allocations; the next ones show the pace.
+        let timed = student
+            .config()
+            .optimizer
+            .warmup_steps
+            .saturating_sub(1)
+            .clamp(1, PACE_STEPS);
+        let started = Instant::now();
+        student.train_steps(1)?;
+        let paced = Instant::now();
+        student.train_steps(timed)?;
+        let per_step = paced.elapsed().as_secs_f64() / timed as f64;
+        state.seconds[2] += started.elapsed().as_secs_f64();
+        let left = (budget - state.spent()).max(0.0);
+        let more = (PACE_MARGIN * left / per_step.max(1e-9)).floor() as usize;
+        let steps = (student.step() + more).clamp(student.step().max(1), self.config.student_steps);
+        student.set_steps(steps)?;
+        (self.log)(&format!(
+            "student: {:.3} s a step, {steps} steps planned for the learning rate's decay",
+            per_step
+        ));
+        self.save(state)
     }
 
     /// Trains `trainer` for `left` seconds, adds the time to stage `slot` (recorded even if
@@ -613,6 +678,10 @@ where
             config.optimizer.lr = self.config.student_lr;
             config.t_max_fraction = self.config.student_t_max_fraction;
             config.steps = self.config.student_steps;
+            config.optimizer.decay = self.config.student_lr_decay;
+            if let Some(distance) = self.config.student_distance {
+                config.distance = distance;
+            }
             Ok((self.model.with_net(net), config))
         };
         // The coupling checks that there is one latent per example.
@@ -661,6 +730,12 @@ mod tests {
         let config = DistillConfig::from_json(r#"{"pairs": 500, "teacher_share": 0.4}"#).unwrap();
         assert_eq!((config.pairs, config.teacher_share), (500, 0.4));
         assert_eq!(config.pair_steps, DistillConfig::default().pair_steps);
+        let config = DistillConfig::from_json(
+            r#"{"student_distance": {"kind": "l1"}, "student_lr_decay": {"kind": "cosine", "floor": 0.1}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.student_distance, Some(Distance::L1));
+        assert_eq!(config.student_lr_decay, LrDecay::Cosine { floor: 0.1 });
         for (json, field) in [
             (r#"{"teacher_share": 1.0}"#, "teacher_share"),
             (r#"{"pairs": 0}"#, "pairs"),
@@ -670,6 +745,14 @@ mod tests {
                 "student_t_max_fraction",
             ),
             (r#"{"pair_stepz": 3}"#, "pair_stepz"),
+            (
+                r#"{"student_lr_decay": {"kind": "cosine", "floor": 1.5}}"#,
+                "student_lr_decay.floor",
+            ),
+            (
+                r#"{"student_distance": {"kind": "pseudo_huber", "c": -1.0}}"#,
+                "student_distance.c",
+            ),
         ] {
             let err = DistillConfig::from_json(json).unwrap_err();
             assert!(err.to_string().contains(field), "{json}: {err}");

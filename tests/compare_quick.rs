@@ -82,3 +82,37 @@ fn unknown_flow_names_are_refused() {
     let err = run_compare::<CpuAutodiff>(&config, |_| {}).unwrap_err();
     assert!(err.to_string().contains("flowy"), "{err}");
 }
+
+#[test]
+fn the_distilled_student_joins_the_comparison_at_the_same_steps() {
+    let jobs = std::env::temp_dir().join(format!("if-compare-distill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&jobs);
+    let mut config = CompareConfig::quick(Toy::Checkerboard);
+    config.flows = vec!["rf".into()];
+    config.distill = true;
+    config.job_dir = Some(jobs.clone());
+    let results = run_compare::<CpuAutodiff>(&config, |_| {}).unwrap().results;
+    for (method, nfe) in [
+        ("distill-1", 1),
+        ("distill-renoise-2", 2),
+        ("distill-renoise-4", 4),
+        ("distill-renoise-8", 8),
+    ] {
+        assert_eq!(results.row("rf", method).unwrap().nfe, nfe, "{method}");
+    }
+    // The student's one call against the denoiser's (the blurred mean of the data).
+    let student = results.row("rf", "distill-1").unwrap().sw2[0];
+    let denoiser = results.row("rf", "baseline-euler-1").unwrap().sw2[0];
+    assert!(
+        student < 0.5 * denoiser,
+        "distilled one step {student}, the denoiser's one call {denoiser}"
+    );
+    // Three saved jobs; the pipeline's own files are gone.
+    let names: Vec<String> = std::fs::read_dir(&jobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n.ends_with(".json")), "{names:?}");
+    let _ = std::fs::remove_dir_all(&jobs);
+}

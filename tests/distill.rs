@@ -188,3 +188,52 @@ fn the_pipeline_distils_from_encoded_pairs() {
     common::assert_student_halves_teachers_sw2(&dir, &student, &data);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The learning rate of the last logged step of a run's metrics log.
+fn last_lr(dir: &std::path::Path) -> f64 {
+    let log = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let line = log.lines().rev().find(|l| l.contains("\"lr\"")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    value["lr"].as_f64().unwrap()
+}
+
+#[test]
+fn a_decaying_students_length_is_fixed_from_its_pace_and_the_budget() {
+    use integration_flow::pipeline::{DistillConfig, Distillation};
+    use integration_flow::train::LrDecay;
+    let data = Toy::Moons.sample(2048, 4).unwrap();
+    let mut teacher = config(200, 2e-3);
+    teacher.log_every = 1;
+    let recipe = |student_steps| DistillConfig {
+        pairs: 1024,
+        pair_steps: 3,
+        pair_batch: 1024,
+        student_steps,
+        student_lr: 1e-3,
+        student_lr_decay: LrDecay::Cosine { floor: 0.1 },
+        ..Default::default()
+    };
+    // A budget that outlasts the cap: the student trains the cap and ends at the floor.
+    let dir = common::scratch("distill", "decay_capped");
+    let mut run =
+        Distillation::new(&dir, model(), data.clone(), teacher.clone(), recipe(250)).unwrap();
+    let student = run.run_for(std::time::Duration::from_secs(3600)).unwrap();
+    assert_eq!((student.step(), student.config().steps), (250, 250));
+    assert!((last_lr(&dir) - 1e-4).abs() < 1e-9, "{}", last_lr(&dir));
+    let teacher_dir = dir.join("teacher");
+
+    // A budget the cap outlasts: the planned length is what the time left buys, and the run
+    // stops by then.
+    let timed = common::scratch("distill", "decay_timed");
+    let mut run = Distillation::new(&timed, model(), data, teacher, recipe(1_000_000))
+        .unwrap()
+        .with_teacher(&teacher_dir);
+    let student = run.run_for(std::time::Duration::from_secs(4)).unwrap();
+    let planned = student.config().steps;
+    assert!(planned < 1_000_000 && planned > 8, "planned {planned}");
+    assert!(student.step() <= planned, "{} > {planned}", student.step());
+    assert!(last_lr(&timed) < 1e-3, "the rate fell: {}", last_lr(&timed));
+    for dir in [dir, timed] {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -7,6 +7,7 @@
 //! side by side ([`jobs`]); ablations of the recipe live in [`ablation`].
 
 pub mod ablation;
+mod distilled;
 pub mod jobs;
 
 pub use ablation::{ablation_table, run_ablation, AblationRow, Variant};
@@ -65,6 +66,11 @@ pub struct CompareConfig {
     /// folder after changing the code.)
     #[serde(default)]
     pub job_dir: Option<PathBuf>,
+    /// Also run the distillation recipe (the `mnist` default: a denoiser, its ODE's pairs, a
+    /// one-step student from its weights) as a third model, in the same `steps` of work;
+    /// its rows are `distill-1` (one call) and `distill-renoise-k`.
+    #[serde(default)]
+    pub distill: bool,
 }
 
 impl CompareConfig {
@@ -81,6 +87,7 @@ impl CompareConfig {
             renoise: RenoiseSchedule::default(),
             flows: Vec::new(),
             job_dir: None,
+            distill: false,
         }
     }
 
@@ -97,6 +104,7 @@ impl CompareConfig {
             renoise: RenoiseSchedule::default(),
             flows: Vec::new(),
             job_dir: None,
+            distill: false,
         }
     }
 }
@@ -106,7 +114,7 @@ impl CompareConfig {
 pub struct CompareRow {
     /// The flow's name.
     pub flow: String,
-    /// `if-anchor-k`, `if-renoise-k` or `baseline-<solver>`.
+    /// `if-anchor-k`, `if-renoise-k`, `baseline-<solver>`, `distill-1` or `distill-renoise-k`.
     pub method: String,
     /// Network evaluations per sample.
     pub nfe: usize,
@@ -233,22 +241,45 @@ impl Method {
         methods
     }
 
-    fn name(&self) -> String {
-        match self {
-            Method::AnchorIteration(k) => format!("if-anchor-{k}"),
-            Method::Renoise(k) => format!("if-renoise-{k}"),
-            Method::Ode(solver) => format!("baseline-{}", solver.label()),
+    /// Whether the method samples `model`: the IF samplers the IF model, the ODE solvers the
+    /// denoiser, one call and re-noising the distilled student (it has no anchor to iterate).
+    fn runs_on(&self, model: Model) -> bool {
+        match (self, model) {
+            (Method::AnchorIteration(_) | Method::Renoise(_), Model::IntegrationFlow) => true,
+            (Method::Ode(_), Model::Baseline) => true,
+            (Method::AnchorIteration(k), Model::Distilled) => *k == 1,
+            (Method::Renoise(_), Model::Distilled) => true,
+            (Method::AnchorIteration(_) | Method::Renoise(_), Model::Baseline)
+            | (Method::Ode(_), Model::IntegrationFlow | Model::Distilled) => false,
+        }
+    }
+
+    fn name(&self, model: Model) -> String {
+        match (self, model) {
+            (Method::AnchorIteration(k), Model::Distilled) => format!("distill-{k}"),
+            (Method::Renoise(k), Model::Distilled) => format!("distill-renoise-{k}"),
+            (Method::AnchorIteration(k), Model::IntegrationFlow | Model::Baseline) => {
+                format!("if-anchor-{k}")
+            }
+            (Method::Renoise(k), Model::IntegrationFlow | Model::Baseline) => {
+                format!("if-renoise-{k}")
+            }
+            (Method::Ode(solver), Model::IntegrationFlow | Model::Baseline | Model::Distilled) => {
+                format!("baseline-{}", solver.label())
+            }
         }
     }
 }
 
-/// Which of the two models a job trains.
+/// Which model a job trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Model {
     /// Integration Flow with OT anchors, sampled by its own samplers.
     IntegrationFlow,
     /// The anchor-free denoiser, sampled by the ODE solvers.
     Baseline,
+    /// The distillation recipe's one-step student ([`distilled`]).
+    Distilled,
 }
 
 /// The methods whose seed-0 samples are kept for figures.
@@ -311,8 +342,10 @@ pub fn run_compare<B: AutodiffBackend>(
     let mut jobs = Vec::new();
     for seed in 0..config.seeds {
         for flow in &flows {
-            for model in [Model::IntegrationFlow, Model::Baseline] {
-                jobs.push((seed, flow.clone(), model));
+            for model in [Model::IntegrationFlow, Model::Baseline, Model::Distilled] {
+                if model != Model::Distilled || config.distill {
+                    jobs.push((seed, flow.clone(), model));
+                }
             }
         }
     }
@@ -360,6 +393,7 @@ pub fn run_compare<B: AutodiffBackend>(
         match model {
             Model::IntegrationFlow => diagnostics.straightness_if.push(job.straightness),
             Model::Baseline => diagnostics.straightness_baseline.push(job.straightness),
+            Model::Distilled => {}
         }
         if let Some(prior) = job.prior_sw2 {
             out.results
@@ -428,6 +462,7 @@ impl JobKey {
         let model = match self.model {
             Model::IntegrationFlow => "if",
             Model::Baseline => "baseline",
+            Model::Distilled => "distill",
         };
         dir.join(format!("seed{}_{}_{model}.json", self.seed, self.flow))
     }
@@ -502,19 +537,41 @@ fn compare_job<B: AutodiffBackend>(
     let reference = config.dataset.sample(count, 1_000 + seed)?;
     let pair_ref = &reference.values()[..2 * pairwise];
     let name = flow.name();
-    let (policy, label) = match model {
-        Model::IntegrationFlow => (AnchorPolicy::Ot, "IF"),
-        Model::Baseline => (AnchorPolicy::Off, "baseline"),
-    };
     let started = Instant::now();
-    let (trained, _, _) = train::<B>(
-        flow,
-        &data,
-        &with_policy(policy),
-        Parameterization::Integral,
-        config.steps,
-        seed,
-    )?;
+    let (trained, label) = match model {
+        Model::IntegrationFlow | Model::Baseline => {
+            let (policy, label) = match model {
+                Model::IntegrationFlow => (AnchorPolicy::Ot, "IF"),
+                Model::Baseline | Model::Distilled => (AnchorPolicy::Off, "baseline"),
+            };
+            let (trained, _, _) = train::<B>(
+                flow,
+                &data,
+                &with_policy(policy),
+                Parameterization::Integral,
+                config.steps,
+                seed,
+            )?;
+            (trained, label)
+        }
+        Model::Distilled => {
+            // The pipeline's checkpoints, next to the saved jobs (or in the temporary folder).
+            let dir = config
+                .job_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("integration_flow_compare"))
+                .join(format!("distill_seed{seed}_{name}_{}", std::process::id()));
+            let student = distilled::distil::<B>(
+                flow,
+                &data,
+                &TrainConfig::default(),
+                config.steps,
+                seed,
+                &dir,
+            )?;
+            (student, "distilled")
+        }
+    };
     progress(&format!(
         "{name} {label}, seed {seed}: trained {} steps in {:.0} s",
         config.steps,
@@ -544,9 +601,7 @@ fn compare_job<B: AutodiffBackend>(
             seed,
         )?);
     }
-    let methods = Method::all()
-        .into_iter()
-        .filter(|m| matches!(m, Method::Ode(_)) == (model == Model::Baseline));
+    let methods = Method::all().into_iter().filter(|m| m.runs_on(model));
     for method in methods {
         // The re-noising times depend only on the method: computed once, not per batch.
         let times = match &method {
@@ -566,7 +621,7 @@ fn compare_job<B: AutodiffBackend>(
         let metric = |value: Result<f64>| if finite { value } else { Ok(f64::NAN) };
         let row = CompareRow {
             flow: name.to_string(),
-            method: method.name(),
+            method: method.name(model),
             nfe,
             sw2: vec![metric(sliced_wasserstein2(
                 &samples,

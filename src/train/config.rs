@@ -69,6 +69,36 @@ pub enum Distance {
     L1,
 }
 
+impl Distance {
+    /// Checks the constant `c` where one is given; `field` names it in the error.
+    pub(crate) fn check(&self, config: &'static str, field: &'static str) -> Result<()> {
+        match *self {
+            Distance::PseudoHuber { c: Some(c) }
+            | Distance::PseudoHuberElementwise { c: Some(c) } => {
+                require_finite(config, field, c)?;
+                if c <= 0.0 {
+                    return Err(invalid_config(config, field, "must be positive"));
+                }
+                Ok(())
+            }
+            Distance::SquaredL2
+            | Distance::L1
+            | Distance::PseudoHuber { c: None }
+            | Distance::PseudoHuberElementwise { c: None } => Ok(()),
+        }
+    }
+}
+
+impl LrDecay {
+    /// Checks the floor; `field` names it in the error.
+    pub(crate) fn check(&self, config: &'static str, field: &'static str) -> Result<()> {
+        match *self {
+            LrDecay::Constant => Ok(()),
+            LrDecay::Cosine { floor } => unit_interval(config, field, floor),
+        }
+    }
+}
+
 /// The loss weight λ(t).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,6 +141,24 @@ pub struct OptimizerConfig {
     pub warmup_steps: usize,
     /// Clip the gradient to this global L2 norm (`None`: no clipping).
     pub grad_clip: Option<f64>,
+    /// How the rate falls after the warm-up (constant by default).
+    pub decay: LrDecay,
+}
+
+/// How the learning rate falls after its warm-up, over the run's `steps`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LrDecay {
+    /// The peak rate until the end.
+    #[default]
+    Constant,
+    /// Half a cosine from the peak at the end of the warm-up to `floor`·peak at the last step:
+    /// a short fine-tuning run (the distillation student) ends on small steps instead of the
+    /// peak rate's noise.
+    Cosine {
+        /// The last step's rate as a fraction of the peak, in [0, 1].
+        floor: f64,
+    },
 }
 
 impl Default for OptimizerConfig {
@@ -124,6 +172,7 @@ impl Default for OptimizerConfig {
             weight_decay: 0.0,
             warmup_steps: 100,
             grad_clip: Some(1.0),
+            decay: LrDecay::Constant,
         }
     }
 }
@@ -299,19 +348,7 @@ impl TrainConfig {
                 unit_interval(NAME, "weighting.to", to)?;
             }
         }
-        match self.distance {
-            Distance::PseudoHuber { c: Some(c) }
-            | Distance::PseudoHuberElementwise { c: Some(c) } => {
-                require_finite(NAME, "distance.c", c)?;
-                if c <= 0.0 {
-                    return Err(invalid_config(NAME, "distance.c", "must be positive"));
-                }
-            }
-            Distance::SquaredL2
-            | Distance::L1
-            | Distance::PseudoHuber { c: None }
-            | Distance::PseudoHuberElementwise { c: None } => {}
-        }
+        self.distance.check(NAME, "distance.c")?;
         self.time.validate()?;
         unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;
         let o = &self.optimizer;
@@ -350,6 +387,7 @@ impl TrainConfig {
                 "must be ≥ 0",
             ));
         }
+        o.decay.check(NAME, "optimizer.decay.floor")?;
         if let Some(clip) = o.grad_clip {
             if !(clip.is_finite() && clip > 0.0) {
                 return Err(invalid_config(

@@ -27,8 +27,8 @@ pub use crate::coupling::{
 };
 pub use checkpoint::{checkpoint_path, CheckpointInfo, CHECKPOINT_FILE};
 pub use config::{
-    Distance, DivergencePolicy, EmaConfig, LossWeight, OptimizerConfig, OptimizerKind, TrainConfig,
-    Weighting,
+    Distance, DivergencePolicy, EmaConfig, LossWeight, LrDecay, OptimizerConfig, OptimizerKind,
+    TrainConfig, Weighting,
 };
 pub use objective::{ConsistencyConfig, ConsistencyTarget, ObjectiveConfig};
 pub use trainer::{StepStats, Trainer};

@@ -1,7 +1,7 @@
 //! The optimizer (Adam or AdamW), its learning-rate schedule and gradient clipping.
 
 use super::checkpoint::RecordBytes;
-use super::config::{OptimizerConfig, OptimizerKind};
+use super::config::{LrDecay, OptimizerConfig, OptimizerKind};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
@@ -78,14 +78,23 @@ impl<B: AutodiffBackend, N: AutodiffModule<B>> Optim<B, N> {
     }
 }
 
-/// The learning rate at `step`: the peak rate after a linear warm-up from 0.
-pub(super) fn lr_at(config: &OptimizerConfig, step: usize) -> f64 {
-    let warmup = if config.warmup_steps == 0 {
-        1.0
-    } else {
-        ((step + 1) as f64 / config.warmup_steps as f64).min(1.0)
-    };
-    config.lr * warmup
+/// The learning rate at `step` of a run of `steps`: a linear warm-up from 0 to the peak, then
+/// the peak or its decay ([`LrDecay`]).
+pub(super) fn lr_at(config: &OptimizerConfig, step: usize, steps: usize) -> f64 {
+    let warmup = config.warmup_steps;
+    if step < warmup {
+        return config.lr * (step + 1) as f64 / warmup as f64;
+    }
+    match config.decay {
+        LrDecay::Constant => config.lr,
+        LrDecay::Cosine { floor } => {
+            // 0 at the first step after the warm-up, 1 at the run's last step.
+            let span = steps.saturating_sub(warmup + 1).max(1) as f64;
+            let progress = ((step - warmup) as f64 / span).min(1.0);
+            let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+            config.lr * (floor + (1.0 - floor) * cosine)
+        }
+    }
 }
 
 /// The global L2 norm of the gradients, and the gradients scaled down to `max_norm` if above.
@@ -138,4 +147,36 @@ pub(super) fn clip_global_norm<B: AutodiffBackend, N: AutodiffModule<B>>(
         }
     }
     (grads, norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_warms_up_then_holds_or_falls_by_half_a_cosine() {
+        let constant = OptimizerConfig {
+            lr: 1e-3,
+            warmup_steps: 10,
+            ..Default::default()
+        };
+        assert!((lr_at(&constant, 0, 100) - 1e-4).abs() < 1e-15);
+        assert_eq!(lr_at(&constant, 9, 100), 1e-3);
+        assert_eq!(lr_at(&constant, 99, 100), 1e-3);
+        let cosine = OptimizerConfig {
+            decay: LrDecay::Cosine { floor: 0.1 },
+            ..constant
+        };
+        // The warm-up is the same; the peak right after it, the floor at the last step.
+        assert_eq!(lr_at(&cosine, 4, 100), lr_at(&constant, 4, 100));
+        assert!((lr_at(&cosine, 10, 100) - 1e-3).abs() < 1e-15);
+        assert!((lr_at(&cosine, 99, 100) - 1e-4).abs() < 1e-15);
+        // Halfway between the two, the middle of the range; falling all the way.
+        let middle = lr_at(&cosine, 10 + 89 / 2, 100);
+        assert!((middle - 0.55e-3).abs() < 2e-5, "{middle}");
+        let rates: Vec<f64> = (10..100).map(|s| lr_at(&cosine, s, 100)).collect();
+        assert!(rates.windows(2).all(|w| w[1] < w[0]));
+        // Steps past the run's end (a resumed run given more) stay at the floor.
+        assert!((lr_at(&cosine, 150, 100) - 1e-4).abs() < 1e-15);
+    }
 }

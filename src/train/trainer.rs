@@ -387,7 +387,7 @@ where
 
     /// The learning rate at `step`.
     pub(super) fn lr_at(&self, step: usize) -> f64 {
-        lr_at(&self.config.optimizer, step)
+        lr_at(&self.config.optimizer, step, self.config.steps)
     }
 
     /// Moves to the next batch (and epoch); returns the finished epoch's anchor drift.
