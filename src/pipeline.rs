@@ -110,9 +110,9 @@ pub struct DistillConfig {
     /// The student's distance; `None` keeps the teacher's.
     pub student_distance: Option<Distance>,
     /// How the student's learning rate falls over its steps. A decay needs a known number of
-    /// steps: where `student_steps` is left at its cap, the pipeline fixes the student's steps
-    /// when it starts, from the teacher's step rate and the budget left (recorded in
-    /// `pipeline.json`, so a resumed run keeps them).
+    /// steps: the pipeline times a few of the student's first steps and fixes its length from
+    /// that pace and the budget left, at most `student_steps` (recorded in the student's
+    /// checkpoint, so a resumed run keeps it).
     pub student_lr_decay: LrDecay,
 }
 
@@ -461,13 +461,20 @@ where
         budget: f64,
         state: &mut PipelineState,
     ) -> Result<()> {
-        // The first step pays for allocations; the next ones show the pace.
+        let cap = self.config.student_steps;
+        // The first step pays for allocations; the next ones show the pace. All of them stay
+        // inside the warm-up where it has room, and inside the cap.
         let timed = student
             .config()
             .optimizer
             .warmup_steps
             .saturating_sub(1)
-            .clamp(1, PACE_STEPS);
+            .clamp(1, PACE_STEPS)
+            .min(cap.saturating_sub(1));
+        if timed == 0 {
+            // A one-step student: nothing to plan.
+            return student.set_steps(cap);
+        }
         let started = Instant::now();
         student.train_steps(1)?;
         let paced = Instant::now();
@@ -476,7 +483,8 @@ where
         state.seconds[2] += started.elapsed().as_secs_f64();
         let left = (budget - state.spent()).max(0.0);
         let more = (PACE_MARGIN * left / per_step.max(1e-9)).floor() as usize;
-        let steps = (student.step() + more).clamp(student.step().max(1), self.config.student_steps);
+        // `student.step()` (1 + timed) is within the cap.
+        let steps = (student.step() + more).min(cap);
         student.set_steps(steps)?;
         (self.log)(&format!(
             "student: {:.3} s a step, {steps} steps planned for the learning rate's decay",

@@ -222,6 +222,15 @@ fn a_decaying_students_length_is_fixed_from_its_pace_and_the_budget() {
     assert!((last_lr(&dir) - 1e-4).abs() < 1e-9, "{}", last_lr(&dir));
     let teacher_dir = dir.join("teacher");
 
+    // A cap shorter than the timed steps: the student trains the cap, no more.
+    let short = common::scratch("distill", "decay_short");
+    let mut run = Distillation::new(&short, model(), data.clone(), teacher.clone(), recipe(4))
+        .unwrap()
+        .with_teacher(&teacher_dir);
+    let student = run.run_for(std::time::Duration::from_secs(3600)).unwrap();
+    assert_eq!((student.step(), student.config().steps), (4, 4));
+    let _ = std::fs::remove_dir_all(&short);
+
     // A budget the cap outlasts: the planned length is what the time left buys, and the run
     // stops by then.
     let timed = common::scratch("distill", "decay_timed");
