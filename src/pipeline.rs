@@ -174,6 +174,11 @@ impl DistillConfig {
         Ok(())
     }
 
+    /// Network calls per pair of the pairs' solve (Heun: `2·pair_steps − 1`).
+    pub fn pair_nfe(&self) -> usize {
+        2 * self.pair_steps - 1
+    }
+
     /// The solver that makes the pairs.
     pub fn pair_solver(&self) -> OdeSolver {
         OdeSolver::Heun {
@@ -569,7 +574,7 @@ where
             DistillMethod::Encoded => self.data.len().div_ceil(self.config.pair_batch),
             DistillMethod::Consistency(_) => 0,
         };
-        let calls = (2 * self.config.pair_steps - 1) * solves;
+        let calls = self.config.pair_nfe() * solves;
         let pairs = call * calls as f64;
         let student = budget - teacher - pairs;
         if student < 0.1 * budget {

@@ -3,15 +3,13 @@
 //! share of the steps, its ODE maps one prior draw per training point to a sample (the pairs),
 //! and a student that starts from the teacher's weights learns the pairs for the steps left.
 
-use super::EmaModel;
+use super::{fresh_model, EmaModel};
 use crate::coupling::AnchorLaw;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::flow::{Parameterization, ProbabilityFlow};
-use crate::model::IntegrationFlowConfig;
-use crate::nn::MlpConfig;
 use crate::pipeline::{DistillConfig, Distillation};
-use crate::train::{AnchorPolicy, TrainConfig};
+use crate::train::TrainConfig;
 use burn::tensor::backend::AutodiffBackend;
 use std::path::Path;
 use std::sync::Arc;
@@ -45,33 +43,35 @@ pub(crate) fn distil<B: AutodiffBackend>(
     seed: u64,
     dir: &Path,
 ) -> Result<EmaModel<B>> {
-    let (_, sd) = data.mean_and_std();
-    let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
-    let model = IntegrationFlowConfig {
-        parameterization: Parameterization::Integral,
-        sigma_data: sd,
-        anchor_law: AnchorLaw::Zero,
-    }
-    .init(flow.clone(), net)?;
+    let model = fresh_model::<B>(
+        flow,
+        data,
+        Parameterization::Integral,
+        AnchorLaw::Zero,
+        seed,
+    )?;
     let defaults = DistillConfig::default();
     let pairs = data.len();
-    // Heun with s steps makes 2·s − 1 network calls.
-    let nfe = 2 * defaults.pair_steps - 1;
-    let (teacher_steps, student_steps) =
-        split_steps(steps, defaults.teacher_share, pairs, nfe, train.batch_size);
+    let (teacher_steps, student_steps) = split_steps(
+        steps,
+        defaults.teacher_share,
+        pairs,
+        defaults.pair_nfe(),
+        train.batch_size,
+    );
     if student_steps == 0 {
         return Err(Error::InvalidArgument {
             name: "steps",
             reason: format!("{steps} steps leave the distilled student none"),
         });
     }
-    let mut teacher = TrainConfig {
+    // The pipeline trains its teacher with the `off` coupling whatever `train` says.
+    let teacher = TrainConfig {
         seed,
         steps: teacher_steps,
         progress: false,
         ..train.clone()
     };
-    teacher.anchor.policy = AnchorPolicy::Off;
     let recipe = DistillConfig {
         pairs,
         student_steps,

@@ -177,6 +177,24 @@ pub(crate) type EmaModel<B> = IntegrationFlow<
     Mlp<<B as AutodiffBackend>::InnerBackend>,
 >;
 
+/// An untrained model of the default MLP for `data` (σ_data measured from it).
+pub(crate) fn fresh_model<B: AutodiffBackend>(
+    flow: &Arc<dyn ProbabilityFlow>,
+    data: &Dataset,
+    parameterization: Parameterization,
+    anchor_law: AnchorLaw,
+    seed: u64,
+) -> Result<IntegrationFlow<B, Mlp<B>>> {
+    let (_, sd) = data.mean_and_std();
+    let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
+    IntegrationFlowConfig {
+        parameterization,
+        sigma_data: sd,
+        anchor_law,
+    }
+    .init(flow.clone(), net)
+}
+
 /// Trains the default MLP on `data` with `train` (its seed and steps set here, no progress bar)
 /// and returns the EMA model, the last step's loss and the last epoch's anchor drift.
 pub(crate) fn train<B: AutodiffBackend>(
@@ -187,14 +205,8 @@ pub(crate) fn train<B: AutodiffBackend>(
     steps: usize,
     seed: u64,
 ) -> Result<(EmaModel<B>, f64, f64)> {
-    let (_, sd) = data.mean_and_std();
-    let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
-    let model = IntegrationFlowConfig {
-        parameterization,
-        sigma_data: sd,
-        anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
-    }
-    .init(flow.clone(), net)?;
+    let anchor_law = AnchorLaw::Gaussian { scale: 1.0 };
+    let model = fresh_model::<B>(flow, data, parameterization, anchor_law, seed)?;
     let config = TrainConfig {
         seed,
         steps,
@@ -538,22 +550,21 @@ fn compare_job<B: AutodiffBackend>(
     let pair_ref = &reference.values()[..2 * pairwise];
     let name = flow.name();
     let started = Instant::now();
+    let plain = |policy| {
+        let recipe = with_policy(policy);
+        train::<B>(
+            flow,
+            &data,
+            &recipe,
+            Parameterization::Integral,
+            config.steps,
+            seed,
+        )
+        .map(|(trained, _, _)| trained)
+    };
     let (trained, label) = match model {
-        Model::IntegrationFlow | Model::Baseline => {
-            let (policy, label) = match model {
-                Model::IntegrationFlow => (AnchorPolicy::Ot, "IF"),
-                Model::Baseline | Model::Distilled => (AnchorPolicy::Off, "baseline"),
-            };
-            let (trained, _, _) = train::<B>(
-                flow,
-                &data,
-                &with_policy(policy),
-                Parameterization::Integral,
-                config.steps,
-                seed,
-            )?;
-            (trained, label)
-        }
+        Model::IntegrationFlow => (plain(AnchorPolicy::Ot)?, "IF"),
+        Model::Baseline => (plain(AnchorPolicy::Off)?, "baseline"),
         Model::Distilled => {
             // The pipeline's checkpoints, next to the saved jobs (or in the temporary folder).
             let dir = config
