@@ -9,7 +9,10 @@ mod mlp;
 mod norm;
 mod unet;
 
-use fused::{concat_channels, pixelwise, upsample_nearest};
+use fused::{
+    concat_channels, conv2d_in, normalise, pixelwise, relayout, shift_channels, upsample_nearest,
+    Layout,
+};
 
 pub use embedding::NoiseEmbedding;
 pub use fused::{

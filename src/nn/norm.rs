@@ -1,10 +1,11 @@
 //! Group normalisation as a module: the learned scale and shift of [`group_norm`].
 
-use super::{group_norm, group_norm_silu};
+use super::{normalise, Layout};
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
-/// GroupNorm over `[n, c, h, w]` with a learned per-channel scale and shift.
+/// GroupNorm over feature maps (`[n, c, h, w]` or channels-last) with a learned per-channel
+/// scale and shift.
 #[derive(Module, Debug)]
 pub(crate) struct GroupNorm<B: Backend> {
     gamma: Param<Tensor<B, 1>>,
@@ -24,13 +25,16 @@ impl<B: Backend> GroupNorm<B> {
         }
     }
 
-    pub(crate) fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        group_norm(x, self.gamma.val(), self.beta.val(), self.groups)
+    /// The normalised maps of `x`, in `x`'s `layout`.
+    pub(crate) fn forward(&self, x: Tensor<B, 4>, layout: Layout) -> Tensor<B, 4> {
+        let params = (self.gamma.val(), self.beta.val());
+        normalise(x, params, self.groups, false, layout)
     }
 
-    /// `silu(self.forward(x))`, fused on the CPU backend.
-    pub(crate) fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        group_norm_silu(x, self.gamma.val(), self.beta.val(), self.groups)
+    /// `silu(self.forward(x, layout))`, fused on the CPU backend.
+    pub(crate) fn forward_silu(&self, x: Tensor<B, 4>, layout: Layout) -> Tensor<B, 4> {
+        let params = (self.gamma.val(), self.beta.val());
+        normalise(x, params, self.groups, true, layout)
     }
 }
 
@@ -47,7 +51,7 @@ mod tests {
         let x = Tensor::<Cpu, 4>::random([3, 8, 5, 4], Distribution::Normal(1.0, 2.0), &device);
         let ours = GroupNorm::<Cpu>::new(4, 8, &device);
         let theirs = GroupNormConfig::new(4, 8).init::<Cpu>(&device);
-        ours.forward(x.clone())
+        ours.forward(x.clone(), Layout::ChannelsFirst)
             .into_data()
             .assert_approx_eq::<f32>(&theirs.forward(x).into_data(), Tolerance::default());
     }

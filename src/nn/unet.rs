@@ -9,7 +9,10 @@ use super::embedding::{embed, NoiseEmbedding};
 use super::init::{self, conv};
 use super::norm::GroupNorm;
 use super::IntegrationNet;
-use super::{concat_channels, conv2d, pixelwise, scaled_softmax, silu, upsample_nearest};
+use super::{
+    concat_channels, conv2d_in, pixelwise, relayout, scaled_softmax, shift_channels, silu,
+    upsample_nearest, Layout,
+};
 use crate::error::{invalid_config, Result};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
@@ -337,13 +340,17 @@ struct ResBlock<B: Backend> {
 }
 
 impl<B: Backend> ResBlock<B> {
-    fn forward(&self, x: Tensor<B, 4>, emb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = conv2d(&self.conv1, self.norm1.forward_silu(x.clone()));
-        let [n, c] = [h.dims()[0], h.dims()[1]];
-        let h = h + self.embedding.forward(emb).reshape([n, c, 1, 1]);
-        let h = conv2d(&self.conv2, self.norm2.forward_silu(h));
+    /// `x` and the output in `layout`.
+    fn forward(&self, x: Tensor<B, 4>, emb: Tensor<B, 2>, layout: Layout) -> Tensor<B, 4> {
+        let h = conv2d_in(
+            &self.conv1,
+            self.norm1.forward_silu(x.clone(), layout),
+            layout,
+        );
+        let h = shift_channels(h, self.embedding.forward(emb), layout);
+        let h = conv2d_in(&self.conv2, self.norm2.forward_silu(h, layout), layout);
         match &self.shortcut {
-            Some(shortcut) => conv2d(shortcut, x) + h,
+            Some(shortcut) => conv2d_in(shortcut, x, layout) + h,
             None => x + h,
         }
     }
@@ -361,12 +368,20 @@ struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Channels-first throughout: `[n, c, pixels]` is the feature map's memory order, so the
-    /// projections and the two attention products read it (or transposed views of it) in place,
-    /// with no transposed copy of the activations or of their gradients.
-    fn forward(&self, x: Tensor<B, 4>, tokens: Option<&Tensor<B, 3>>) -> Tensor<B, 4> {
-        let [n, c, h, w] = x.dims();
-        let qkv = pixelwise(&self.qkv, self.norm.forward(x.clone())).reshape([n, 3 * c, h * w]);
+    /// Channels-first inside: with `[n, c, pixels]` in memory, the projections and the two
+    /// attention products read the maps (or transposed views of them) in place, with no
+    /// transposed copy of the activations or of their gradients. Channels-last maps (`layout`)
+    /// are transposed once on the way in (after the norm) and once on the way out.
+    fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        tokens: Option<&Tensor<B, 3>>,
+        layout: Layout,
+    ) -> Tensor<B, 4> {
+        let normed = self.norm.forward(x.clone(), layout);
+        let normed = relayout(normed, layout, Layout::ChannelsFirst);
+        let [n, c, h, w] = normed.dims();
+        let qkv = pixelwise(&self.qkv, normed).reshape([n, 3 * c, h * w]);
         let (heads, d) = (self.heads, c / self.heads);
         let split = |t: Tensor<B, 3>| {
             let len = t.dims()[2];
@@ -385,7 +400,7 @@ impl<B: Backend> Attention<B> {
         let scale = 1.0 / (d as f64).sqrt();
         let weights = scaled_softmax(q.swap_dims(2, 3).matmul(k), scale);
         let out = v.matmul(weights.swap_dims(2, 3)).reshape([n, c, h, w]);
-        x + pixelwise(&self.proj, out)
+        x + relayout(pixelwise(&self.proj, out), Layout::ChannelsFirst, layout)
     }
 }
 
@@ -458,26 +473,29 @@ impl<B: Backend> UNet<B> {
     }
 }
 
-/// Space-to-depth: `[n, c, h, w]` → `[n, c·p², h/p, w/p]`.
-fn fold<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 4> {
-    if p == 1 {
-        return x;
-    }
+/// Space-to-depth: images `[n, c, h, w]` → feature maps of `c·p²` channels (channel
+/// `(c, py, px)`) at `h/p × w/p`, in `layout`.
+fn fold<B: Backend>(x: Tensor<B, 4>, p: usize, layout: Layout) -> Tensor<B, 4> {
     let [n, c, h, w] = x.dims();
-    x.reshape([n, c, h / p, p, w / p, p])
-        .permute([0, 1, 3, 5, 2, 4])
-        .reshape([n, c * p * p, h / p, w / p])
+    let x = x.reshape([n, c, h / p, p, w / p, p]);
+    let (permutation, folded) = match layout {
+        Layout::ChannelsFirst => ([0, 1, 3, 5, 2, 4], [n, c * p * p, h / p, w / p]),
+        Layout::ChannelsLast => ([0, 2, 4, 1, 3, 5], [n, h / p, w / p, c * p * p]),
+    };
+    x.permute(permutation).reshape(folded)
 }
 
-/// Depth-to-space, the inverse of [`fold`].
-fn unfold<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 4> {
-    if p == 1 {
-        return x;
-    }
-    let [n, cpp, h, w] = x.dims();
+/// Depth-to-space, the inverse of [`fold`]: images `[n, c, h, w]` from feature maps in
+/// `layout`.
+fn unfold<B: Backend>(x: Tensor<B, 4>, p: usize, layout: Layout) -> Tensor<B, 4> {
+    let [n, cpp, h, w] = layout.nchw(x.dims());
     let c = cpp / (p * p);
-    x.reshape([n, c, p, p, h, w])
-        .permute([0, 1, 4, 2, 5, 3])
+    let (unfolded, permutation) = match layout {
+        Layout::ChannelsFirst => ([n, c, p, p, h, w], [0, 1, 4, 2, 5, 3]),
+        Layout::ChannelsLast => ([n, h, w, c, p, p], [0, 3, 1, 4, 2, 5]),
+    };
+    x.reshape(unfolded)
+        .permute(permutation)
         .reshape([n, c, h * p, w * p])
 }
 
@@ -486,16 +504,17 @@ fn run_block<B: Backend>(
     x: Tensor<B, 4>,
     emb: &Tensor<B, 2>,
     tokens: Option<&Tensor<B, 3>>,
+    layout: Layout,
 ) -> Tensor<B, 4> {
     match stage {
         Stage::Block(block) => {
-            let h = block.residual.forward(x, emb.clone());
+            let h = block.residual.forward(x, emb.clone(), layout);
             match &block.attention {
-                Some(a) => a.forward(h, tokens),
+                Some(a) => a.forward(h, tokens, layout),
                 None => h,
             }
         }
-        Stage::Down(conv) | Stage::Up(conv) => conv2d(conv, x),
+        Stage::Down(conv) | Stage::Up(conv) => conv2d_in(conv, x, layout),
     }
 }
 
@@ -519,41 +538,51 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
         ));
         let emb = silu(emb);
         let p = self.patch;
+        // Channels-last feature maps where the fused kernels run (no transposes around each
+        // convolution), channels-first elsewhere; the same function either way.
+        let layout = Layout::for_backend::<B>();
         let (input, tokens) = match &self.context {
-            None => (Tensor::cat(vec![fold(x, p), fold(anchor, p)], 1), None),
-            Some(context) => (fold(x, p), Some(context.forward(anchor))),
+            None => {
+                let (x, anchor) = (fold(x, p, layout), fold(anchor, p, layout));
+                (concat_channels(x, anchor, layout), None)
+            }
+            Some(context) => (fold(x, p, layout), Some(context.forward(anchor))),
         };
         let tokens = tokens.as_ref();
-        let mut h = conv2d(&self.stem, input);
+        let mut h = conv2d_in(&self.stem, input, layout);
         let mut skips = vec![h.clone()];
         for stage in &self.down {
-            h = run_block(stage, h, &emb, tokens);
+            h = run_block(stage, h, &emb, tokens, layout);
             skips.push(h.clone());
         }
         for stage in &self.middle {
-            h = run_block(stage, h, &emb, tokens);
+            h = run_block(stage, h, &emb, tokens, layout);
         }
         for stage in &self.up {
-            h = match stage {
-                Stage::Up(conv) => {
-                    let [_, _, sh, sw] =
-                        skips
+            h =
+                match stage {
+                    Stage::Up(conv) => {
+                        let [_, _, sh, sw] = skips
                             .last()
-                            .map(|s| s.dims())
+                            .map(|s| layout.nchw(s.dims()))
                             .unwrap_or([n, c, height / p, width / p]);
-                    conv2d(conv, upsample_nearest(h, sh, sw))
-                }
-                block => {
-                    let input = match skips.pop() {
-                        Some(skip) => concat_channels(h, skip),
-                        None => h,
-                    };
-                    run_block(block, input, &emb, tokens)
-                }
-            };
+                        conv2d_in(conv, upsample_nearest(h, sh, sw, layout), layout)
+                    }
+                    block => {
+                        let input = match skips.pop() {
+                            Some(skip) => concat_channels(h, skip, layout),
+                            None => h,
+                        };
+                        run_block(block, input, &emb, tokens, layout)
+                    }
+                };
         }
-        let out = conv2d(&self.out_conv, self.out_norm.forward_silu(h));
-        unfold(out, p).reshape([n, c * height * width])
+        let out = conv2d_in(
+            &self.out_conv,
+            self.out_norm.forward_silu(h, layout),
+            layout,
+        );
+        unfold(out, p, layout).reshape([n, c * height * width])
     }
 }
 
@@ -576,7 +605,7 @@ mod tests {
         let [n, c, h, w] = x.dims();
         let seq = a
             .norm
-            .forward(x.clone())
+            .forward(x.clone(), Layout::ChannelsFirst)
             .reshape([n, c, h * w])
             .swap_dims(1, 2);
         let qkv = a.qkv.forward(seq);
@@ -618,7 +647,7 @@ mod tests {
                 .require_grad();
             let tokens =
                 context.map(|d| Tensor::<Ad, 3>::random([3, 4, d], Distribution::Default, &device));
-            let ours = attention.forward(x.clone(), tokens.as_ref());
+            let ours = attention.forward(x.clone(), tokens.as_ref(), Layout::ChannelsFirst);
             let theirs = pixels_first(&attention, x.clone(), tokens.as_ref());
             let tolerance = Tolerance::rel_abs(1e-4, 1e-5);
             ours.to_data()

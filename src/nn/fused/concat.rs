@@ -4,24 +4,31 @@
 //! burn's `Tensor::cat` gives each input its gradient as a slice of the output's gradient: a
 //! strided view, which flex then adds to the input's other gradient (every skip is also the
 //! next stage's input) element by element through its strided iterator. Here the backward step
-//! copies each input's channels out per image (one contiguous run each), so that every later
-//! operation sees plain buffers. Other backends take `Tensor::cat`.
+//! copies each input's channels out per image (channels-first: one contiguous run each) or per
+//! pixel (channels-last), so that every later operation sees plain buffers. Other backends take
+//! `Tensor::cat`.
 
+use super::layout::Layout;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-/// `Tensor::cat(vec![a, b], 1)` for `[n, c_a, h, w]` and `[n, c_b, h, w]`.
-pub(crate) fn concat_channels<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
+/// `a` and `b` joined along the channels, both in `layout` with the same batch and pixels
+/// (`Tensor::cat(vec![a, b], 1)` for channels-first maps, along dimension 3 for channels-last).
+pub(crate) fn concat_channels<B: Backend>(
+    a: Tensor<B, 4>,
+    b: Tensor<B, 4>,
+    layout: Layout,
+) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
     let (a, b) = if super::fused_kernels() {
-        match flex::concat(a, b) {
+        match flex::concat(a, b, layout) {
             Ok(y) => return y,
             Err(ab) => ab,
         }
     } else {
         (a, b)
     };
-    Tensor::cat(vec![a, b], 1)
+    Tensor::cat(vec![a, b], layout.channel_dim())
 }
 
 /// The kernels: per image, `a`'s run of values then `b`'s.
@@ -29,9 +36,9 @@ pub(crate) fn concat_channels<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> T
 mod kernels {
     use rayon::prelude::*;
 
-    /// Images per rayon task: about 64K values.
-    fn per_task(image: usize) -> usize {
-        ((1 << 16) / image.max(1)).max(1)
+    /// Runs per rayon task: about 64K values.
+    fn per_task(run: usize) -> usize {
+        ((1 << 16) / run.max(1)).max(1)
     }
 
     pub(super) fn join(a: &[f32], b: &[f32], (len_a, len_b): (usize, usize)) -> Vec<f32> {
@@ -73,6 +80,7 @@ mod kernels {
 mod flex {
     use super::super::flex_ops::{cast, record, values, FlexAutodiff};
     use super::kernels;
+    use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops};
@@ -88,15 +96,17 @@ mod flex {
     pub(super) fn concat<B: Backend>(
         a: Tensor<B, 4>,
         b: Tensor<B, 4>,
+        layout: Layout,
     ) -> Result<Tensor<B, 4>, Pair<B>> {
-        let ([n, ca, h, w], [nb, cb, hb, wb]) = (a.dims(), b.dims());
+        let ([n, ca, h, w], [nb, cb, hb, wb]) = (layout.nchw(a.dims()), layout.nchw(b.dims()));
         let empty = ca == 0 || cb == 0 || h * w == 0;
         if [a.dtype(), b.dtype()] != [DType::F32; 2] || (n, h, w) != (nb, hb, wb) || empty {
             return Err((a, b));
         }
         let shape = Shape {
             channels: [ca, cb],
-            dims: [n, ca + cb, h, w],
+            nchw: [n, ca + cb, h, w],
+            layout,
         };
         let a = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(a) {
             Ok(a) => {
@@ -120,30 +130,35 @@ mod flex {
         Ok(cast(y).unwrap_or_else(|_| unreachable!()))
     }
 
-    /// The shapes of one concatenation: the two inputs' channels and the output's dimensions.
+    /// The shapes of one concatenation: the two inputs' channels, the output's `[n, c, h, w]`
+    /// and the layout of all three.
     #[derive(Clone, Copy, Debug)]
     struct Shape {
         channels: [usize; 2],
-        dims: [usize; 4],
+        nchw: [usize; 4],
+        layout: Layout,
     }
 
     impl Shape {
-        /// Values per image of each input.
+        /// Values per run (an image channels-first, a pixel channels-last) of each input.
         fn lens(&self) -> (usize, usize) {
-            let pixels = self.dims[2] * self.dims[3];
-            (self.channels[0] * pixels, self.channels[1] * pixels)
+            let run = match self.layout {
+                Layout::ChannelsFirst => self.nchw[2] * self.nchw[3],
+                Layout::ChannelsLast => 1,
+            };
+            (self.channels[0] * run, self.channels[1] * run)
         }
 
         /// The dimensions of input `i`.
         fn input(&self, i: usize) -> [usize; 4] {
-            let [n, _, h, w] = self.dims;
-            [n, self.channels[i], h, w]
+            let [n, _, h, w] = self.nchw;
+            self.layout.dims([n, self.channels[i], h, w])
         }
     }
 
     fn forward(a: &FlexTensor, b: &FlexTensor, s: &Shape) -> FlexTensor {
         let out = kernels::join(&values(a), &values(b), s.lens());
-        FlexTensor::from_data(TensorData::new(out, s.dims))
+        FlexTensor::from_data(TensorData::new(out, s.layout.dims(s.nchw)))
     }
 
     #[derive(Debug)]
@@ -178,6 +193,7 @@ mod flex {
 
 #[cfg(all(test, feature = "flex"))]
 mod tests {
+    use super::super::layout::relayout;
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::{Distribution, Tolerance};
@@ -194,7 +210,7 @@ mod tests {
             let b = Tensor::<Ad, 4>::random([n, cb, w, h], Distribution::Default, &device)
                 .require_grad();
             let probe = Tensor::<Ad, 4>::random([n, ca + cb, h, w], Distribution::Default, &device);
-            let ours = concat_channels(a.clone(), b.clone().swap_dims(2, 3));
+            let ours = concat_channels(a.clone(), b.clone().swap_dims(2, 3), Layout::ChannelsFirst);
             let theirs = Tensor::cat(vec![a.clone(), b.clone().swap_dims(2, 3)], 1);
             assert_eq!(ours.to_data(), theirs.to_data());
             let g_ours = (ours * probe.clone()).sum().backward();
@@ -209,6 +225,46 @@ mod tests {
                     (None, None) => assert_eq!(t.dims()[1], 0),
                     _ => panic!("a gradient on one side only"),
                 }
+            }
+        }
+    }
+
+    /// Channels-last maps joined along their last dimension, against `Tensor::cat` there.
+    #[test]
+    fn joins_channels_last_maps_and_splits_the_gradient() {
+        let device = Default::default();
+        let last = Layout::ChannelsLast;
+        for (n, ca, cb, h, w) in [(3, 2, 5, 4, 3), (70, 64, 32, 7, 7)] {
+            let a = Tensor::<Ad, 4>::random([n, h, w, ca], Distribution::Default, &device)
+                .require_grad();
+            // A strided input (a channels-first map seen channels-last) on one side.
+            let b = Tensor::<Ad, 4>::random([n, cb, h, w], Distribution::Default, &device)
+                .require_grad();
+            // (one view per graph: a backward pass consumes the steps it runs)
+            let b_last = || b.clone().permute([0, 2, 3, 1]);
+            let probe = Tensor::<Ad, 4>::random([n, h, w, ca + cb], Distribution::Default, &device);
+            let ours = concat_channels(a.clone(), b_last(), last);
+            let theirs = Tensor::cat(vec![a.clone(), b_last()], 3);
+            assert_eq!(ours.to_data(), theirs.to_data());
+            // The same maps as a channels-first concatenation, transposed.
+            let first = Layout::ChannelsFirst;
+            // (on the inference backend, off the graph whose gradients are compared below)
+            let via_first = concat_channels(
+                relayout(a.clone().inner(), last, first),
+                b.clone().inner(),
+                first,
+            );
+            assert_eq!(relayout(via_first, first, last).to_data(), ours.to_data());
+            let g_ours = (ours * probe.clone()).sum().backward();
+            let g_theirs = (theirs * probe).sum().backward();
+            for t in [&a, &b] {
+                t.grad(&g_ours)
+                    .expect("grad")
+                    .into_data()
+                    .assert_approx_eq::<f32>(
+                        &t.grad(&g_theirs).expect("grad").into_data(),
+                        Tolerance::rel_abs(1e-6, 1e-7),
+                    );
             }
         }
     }

@@ -22,6 +22,7 @@
 //! each with its buffers allocated once. Other backends, grouped or dilated convolutions and
 //! padding other than explicit or valid take burn's `Conv2d::forward`.
 
+use super::layout::{relayout, Layout};
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
@@ -50,20 +51,37 @@ use burn::tensor::Tensor;
 /// # }
 /// ```
 pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    conv2d_in(layer, x, Layout::ChannelsFirst)
+}
+
+/// [`conv2d`] of feature maps in `layout`: `x` `[n, c_in, h, w]` or `[n, h, w, c_in]`, the
+/// output in the same layout. Channels-last maps need no transposes on flex; elsewhere they
+/// are permuted around burn's convolution.
+pub(crate) fn conv2d_in<B: Backend>(
+    layer: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    layout: Layout,
+) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
     let x = match (&layer.bias, flex::explicit_padding(&layer.padding)) {
         (Some(bias), Some(padding))
             if super::fused_kernels() && layer.groups == 1 && layer.dilation == [1, 1] =>
         {
             let (weight, bias) = (layer.weight.val(), bias.val());
-            match flex::convolve(x, weight, bias, layer.stride, padding) {
+            match flex::convolve(x, weight, bias, layer.stride, padding, layout) {
                 Ok(y) => return y,
                 Err(x) => x,
             }
         }
         _ => x,
     };
-    layer.forward(x)
+    match layout {
+        Layout::ChannelsFirst => layer.forward(x),
+        Layout::ChannelsLast => {
+            let y = layer.forward(relayout(x, layout, Layout::ChannelsFirst));
+            relayout(y, Layout::ChannelsFirst, layout)
+        }
+    }
 }
 
 /// A linear layer applied at every pixel of `x` (`[n, c_in, h, w]` → `[n, c_out, h, w]`): a 1×1
@@ -77,7 +95,8 @@ pub(crate) fn pixelwise<B: Backend>(layer: &Linear<B>, x: Tensor<B, 4>) -> Tenso
     #[cfg(feature = "flex")]
     let x = match &bias {
         Some(bias) if super::fused_kernels() => {
-            match flex::convolve(x, weight.clone(), bias.clone(), [1, 1], [0; 4]) {
+            let layout = Layout::ChannelsFirst;
+            match flex::convolve(x, weight.clone(), bias.clone(), [1, 1], [0; 4], layout) {
                 Ok(y) => return y,
                 Err(x) => x,
             }
@@ -92,6 +111,7 @@ pub(crate) fn pixelwise<B: Backend>(layer: &Linear<B>, x: Tensor<B, 4>) -> Tenso
 #[cfg(feature = "flex")]
 mod kernels {
     use super::super::flex_ops::{product, sum};
+    use super::super::layout::Layout;
     use super::super::scratch;
     use super::super::transpose::transpose;
     use super::super::winograd;
@@ -356,19 +376,76 @@ mod kernels {
         &cols[..images * len_cols]
     }
 
-    /// The convolution of NCHW `x` with `weights` plus `bias`:
-    /// `(out, xt)`, `out` NCHW `[n, c_out, ho, wo]` and `xt` the input channels-last (what the
-    /// backward step reads).
+    /// `bias` added to every pixel of channels-last maps (`[pixels, c]`).
+    fn add_to_rows(maps: &mut [f32], bias: &[f32]) {
+        for row in maps.chunks_exact_mut(bias.len().max(1)) {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        }
+    }
+
+    /// `sums[c] += Σ_pixels maps[pixel, c]` over channels-last maps.
+    fn add_row_sums(maps: &[f32], sums: &mut [f32]) {
+        for row in maps.chunks_exact(sums.len().max(1)) {
+            sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+    }
+
+    /// `len` values per group for `groups` groups of `buffer` (empty groups where `buffer` is
+    /// empty), for a parallel zip with other per-group chunks.
+    fn group_chunks(buffer: &mut [f32], len: usize, groups: usize) -> Vec<&mut [f32]> {
+        let mut chunks: Vec<&mut [f32]> = buffer.chunks_mut(len.max(1)).collect();
+        chunks.resize_with(groups, Default::default);
+        chunks
+    }
+
+    /// The products of one tile of `images` channels-last images `xt` into their channels-last
+    /// result (no bias). `cols`: room for the tile's patches where they are needed.
+    fn convolve_tile(
+        g: &Geometry,
+        weights: &Weights,
+        xt: &[f32],
+        result: &mut [f32],
+        cols: &mut [f32],
+        threads: bool,
+    ) {
+        match weights {
+            Weights::Winograd(filter) => {
+                winograd::convolve(xt, g.winograd_shape(false), filter, result, threads);
+            }
+            Weights::Patches(weight) => {
+                let rows = result.len() / g.c_out;
+                let cols = patches(g, xt, cols);
+                let k = g.k();
+                product(
+                    result,
+                    (false, threads),
+                    (rows, g.c_out, k),
+                    cols,
+                    (k, 1),
+                    weight,
+                    (1, k),
+                );
+            }
+        }
+    }
+
+    /// The convolution of `x` with `weights` plus `bias`, `x` and the output in `layout`
+    /// (`[n, c_in, h, w]` → `[n, c_out, ho, wo]` channels-first, `[n, h, w, c_in]` →
+    /// `[n, ho, wo, c_out]` channels-last): `(out, xt)`, `xt` the channels-first input's
+    /// channels-last copy, which the backward step reads (empty for a channels-last input: the
+    /// backward step reads that itself).
     pub(super) fn forward(
         x: &[f32],
         weights: &Weights,
         bias: &[f32],
         g: &Geometry,
+        layout: Layout,
     ) -> (Vec<f32>, Vec<f32>) {
         let (tile, per_group, groups) = g.plan();
         let (len_in, len_out) = (g.c_in * g.pixels_in(), g.c_out * g.pixels_out());
+        let copies = layout == Layout::ChannelsFirst;
         let mut out = vec![0.0f32; g.n * len_out];
-        let mut xt = vec![0.0f32; g.n * len_in];
+        let mut xt = vec![0.0f32; if copies { g.n * len_in } else { 0 }];
         if g.n == 0 {
             return (out, xt);
         }
@@ -376,40 +453,29 @@ mod kernels {
         let run = |x: &[f32], xt: &mut [f32], out: &mut [f32]| {
             let im2col = !g.pointwise() && matches!(weights, Weights::Patches(_));
             let mut cols = scratch::take(if im2col { tile * p * k } else { 0 });
-            let mut result = scratch::take(tile * p * g.c_out);
-            for ((x, xt), out) in x
-                .chunks(tile * len_in)
-                .zip(xt.chunks_mut(tile * len_in))
-                .zip(out.chunks_mut(tile * len_out))
-            {
-                let images = x.len() / len_in;
-                channels_last(x, images, g.c_in, g.pixels_in(), xt);
-                let result = &mut result[..images * p * g.c_out];
-                match weights {
-                    Weights::Winograd(filter) => {
-                        winograd::convolve(xt, g.winograd_shape(false), filter, result, threads);
+            let mut result = scratch::take(if copies { tile * p * g.c_out } else { 0 });
+            let mut xt_tiles = xt.chunks_mut(tile * len_in);
+            for (x, out) in x.chunks(tile * len_in).zip(out.chunks_mut(tile * len_out)) {
+                match layout {
+                    Layout::ChannelsLast => {
+                        convolve_tile(g, weights, x, out, &mut cols, threads);
+                        add_to_rows(out, bias);
                     }
-                    Weights::Patches(weight) => {
-                        let shape = (images * p, g.c_out, k);
-                        let cols = patches(g, xt, &mut cols);
-                        product(
-                            result,
-                            (false, threads),
-                            shape,
-                            cols,
-                            (k, 1),
-                            weight,
-                            (1, k),
-                        );
-                    }
-                }
-                for (r, o) in result
-                    .chunks_exact(p * g.c_out)
-                    .zip(out.chunks_exact_mut(len_out))
-                {
-                    transpose(r, p, g.c_out, o);
-                    for (plane, b) in o.chunks_exact_mut(p).zip(bias) {
-                        plane.iter_mut().for_each(|v| *v += b);
+                    Layout::ChannelsFirst => {
+                        let images = x.len() / len_in;
+                        let xt = xt_tiles.next().unwrap_or_default();
+                        channels_last(x, images, g.c_in, g.pixels_in(), xt);
+                        let result = &mut result[..images * p * g.c_out];
+                        convolve_tile(g, weights, xt, result, &mut cols, threads);
+                        for (r, o) in result
+                            .chunks_exact(p * g.c_out)
+                            .zip(out.chunks_exact_mut(len_out))
+                        {
+                            transpose(r, p, g.c_out, o);
+                            for (plane, b) in o.chunks_exact_mut(p).zip(bias) {
+                                plane.iter_mut().for_each(|v| *v += b);
+                            }
+                        }
                     }
                 }
             }
@@ -417,25 +483,74 @@ mod kernels {
             scratch::give(result);
         };
         out.par_chunks_mut(per_group * len_out)
-            .zip(xt.par_chunks_mut(per_group * len_in))
+            .zip(group_chunks(&mut xt, per_group * len_in, groups))
             .zip(x.par_chunks(per_group * len_in))
             .for_each(|((out, xt), x)| run(x, xt, out));
         (out, xt)
     }
 
-    /// The gradients of [`forward`] for the incoming gradient `dout` (NCHW), given the input
-    /// channels-last (`xt`, from [`forward`]): `(dx, dweight, dbias)`, `dx` NCHW and `dweight` in
-    /// burn's `[c_out, c_in, kh, kw]`, each empty where not wanted.
+    /// The input gradient of one tile, channels-last, into `dxt` from the tile's channels-last
+    /// output gradient `dout_t`. `dcols`: room for the patches' gradients where they are needed.
+    fn input_gradient_tile(
+        g: &Geometry,
+        gradient: &InputGradient<'_>,
+        dout_t: &[f32],
+        dxt: &mut [f32],
+        dcols: &mut [f32],
+        threads: bool,
+    ) {
+        let (k, co) = (g.k(), g.c_out);
+        let rows = dout_t.len() / co;
+        match gradient {
+            InputGradient::Winograd(adjoint) => {
+                winograd::convolve(dout_t, g.winograd_shape(true), adjoint, dxt, threads);
+            }
+            InputGradient::Patches(weight) => {
+                // A pointwise convolution's patch gradients are the input gradient.
+                let target = match g.pointwise() {
+                    true => &mut *dxt,
+                    false => &mut dcols[..rows * k],
+                };
+                product(
+                    target,
+                    (false, threads),
+                    (rows, k, co),
+                    dout_t,
+                    (co, 1),
+                    weight,
+                    (k, 1),
+                );
+                if !g.pointwise() {
+                    dxt.fill(0.0);
+                    let len_in = g.c_in * g.pixels_in();
+                    let dcols = &dcols[..rows * k];
+                    let images = dcols
+                        .chunks_exact(g.pixels_out() * k)
+                        .zip(dxt.chunks_exact_mut(len_in));
+                    for (c, d) in images {
+                        col2im(c, g, d);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gradients of [`forward`] for the incoming gradient `dout` (in `layout`), given the
+    /// input channels-last (`xt`: [`forward`]'s copy, or the channels-last input itself):
+    /// `(dx, dweight, dbias)`, `dx` in `layout` and `dweight` in burn's `[c_out, c_in, kh, kw]`,
+    /// each empty where not wanted.
     pub(super) fn backward(
         xt: &[f32],
         weights: &Weights,
         dout: &[f32],
         g: &Geometry,
         (want_dx, want_dw): (bool, bool),
+        layout: Layout,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (tile, per_group, groups) = g.plan();
         let (len_in, len_out) = (g.c_in * g.pixels_in(), g.c_out * g.pixels_out());
         let (k, p, co) = (g.k(), g.pixels_out(), g.c_out);
+        let copies = layout == Layout::ChannelsFirst;
         let mut dx = vec![0.0f32; if want_dx { g.n * len_in } else { 0 }];
         let threads = groups == 1;
         // The input gradient of a 3×3 "same" convolution is one too, of the output gradient.
@@ -466,21 +581,30 @@ mod kernels {
             } else {
                 0
             });
-            let mut dxt = scratch::take(if want_dx { tile * len_in } else { 0 });
-            let mut dout_t = scratch::take(tile * len_out);
+            let mut dxt = scratch::take(if want_dx && copies { tile * len_in } else { 0 });
+            let mut dout_t = scratch::take(if copies { tile * len_out } else { 0 });
             let mut dw = vec![0.0f32; dw_len];
             let mut db = vec![0.0f32; co];
             let mut dx_tiles = dx.chunks_mut(tile * len_in);
             for (xt, dout) in xt.chunks(tile * len_in).zip(dout.chunks(tile * len_out)) {
                 let images = dout.len() / len_out;
                 let rows = images * p;
-                for image in dout.chunks_exact(len_out) {
-                    for (s, plane) in db.iter_mut().zip(image.chunks_exact(p)) {
-                        *s += sum(plane);
+                // The tile's output gradient channels-last, and its share of the bias gradient.
+                let dout_t: &[f32] = match layout {
+                    Layout::ChannelsLast => {
+                        add_row_sums(dout, &mut db);
+                        dout
                     }
-                }
-                channels_last(dout, images, co, p, &mut dout_t);
-                let dout_t = &dout_t[..rows * co];
+                    Layout::ChannelsFirst => {
+                        for image in dout.chunks_exact(len_out) {
+                            for (s, plane) in db.iter_mut().zip(image.chunks_exact(p)) {
+                                *s += sum(plane);
+                            }
+                        }
+                        channels_last(dout, images, co, p, &mut dout_t);
+                        &dout_t[..rows * co]
+                    }
+                };
                 match (want_dw, weights) {
                     (false, _) => {}
                     (true, Weights::Winograd(_)) => {
@@ -502,40 +626,18 @@ mod kernels {
                     }
                 }
                 if let (Some(dx), Some(gradient)) = (dx_tiles.next(), &input_gradient) {
-                    let dxt = &mut dxt[..images * len_in];
-                    match gradient {
-                        InputGradient::Winograd(adjoint) => {
-                            let shape = g.winograd_shape(true);
-                            winograd::convolve(dout_t, shape, adjoint, dxt, threads);
+                    match layout {
+                        Layout::ChannelsLast => {
+                            input_gradient_tile(g, gradient, dout_t, dx, &mut dcols, threads);
                         }
-                        InputGradient::Patches(weight) => {
-                            // A pointwise convolution's patch gradients are the input gradient.
-                            let target = match g.pointwise() {
-                                true => &mut *dxt,
-                                false => &mut dcols[..rows * k],
-                            };
-                            product(
-                                target,
-                                (false, threads),
-                                (rows, k, co),
-                                dout_t,
-                                (co, 1),
-                                weight,
-                                (k, 1),
-                            );
-                            if !g.pointwise() {
-                                dxt.fill(0.0);
-                                let dcols = &dcols[..rows * k];
-                                let images =
-                                    dcols.chunks_exact(p * k).zip(dxt.chunks_exact_mut(len_in));
-                                for (c, d) in images {
-                                    col2im(c, g, d);
-                                }
+                        Layout::ChannelsFirst => {
+                            let dxt = &mut dxt[..images * len_in];
+                            input_gradient_tile(g, gradient, dout_t, dxt, &mut dcols, threads);
+                            for (s, d) in dxt.chunks_exact(len_in).zip(dx.chunks_exact_mut(len_in))
+                            {
+                                transpose(s, g.pixels_in(), g.c_in, d);
                             }
                         }
-                    }
-                    for (s, d) in dxt.chunks_exact(len_in).zip(dx.chunks_exact_mut(len_in)) {
-                        transpose(s, g.pixels_in(), g.c_in, d);
                     }
                 }
             }
@@ -544,12 +646,10 @@ mod kernels {
             }
             (dw, db)
         };
-        let mut dx_groups: Vec<&mut [f32]> = dx.chunks_mut(per_group * len_in).collect();
-        dx_groups.resize_with(groups, Default::default);
         let partials: Vec<(Vec<f32>, Vec<f32>)> = xt
             .par_chunks(per_group * len_in)
             .zip(dout.par_chunks(per_group * len_out))
-            .zip(dx_groups.into_par_iter())
+            .zip(group_chunks(&mut dx, per_group * len_in, groups))
             .map(|((xt, dout), dx)| run(xt, dout, dx))
             .collect();
         let mut dw = vec![0.0f32; dw_len];
@@ -571,6 +671,7 @@ mod kernels {
 mod flex {
     use super::super::flex_ops::{on_flex, record, values, FlexAutodiff};
     use super::kernels::{self, Geometry, Weights};
+    use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops};
@@ -579,6 +680,7 @@ mod flex {
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
+    use std::borrow::Cow;
 
     /// `(top, left, bottom, right)`, or `None` for `Same` (which depends on the input size and
     /// takes burn's path).
@@ -591,41 +693,52 @@ mod flex {
     }
 
     /// The fast op where it applies (f32, shapes that make a convolution); `x` back otherwise.
+    /// `x` and the output are in `layout`.
     pub(super) fn convolve<B: Backend>(
         x: Tensor<B, 4>,
         weight: Tensor<B, 4>,
         bias: Tensor<B, 1>,
         stride: [usize; 2],
         padding: [usize; 4],
+        layout: Layout,
     ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
         let f32s = [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
-        let Some(g) = Geometry::new(x.dims(), weight.dims(), stride, padding) else {
+        let Some(g) = Geometry::new(layout.nchw(x.dims()), weight.dims(), stride, padding) else {
             return Err(x);
         };
         if !f32s || bias.dims() != [g.c_out] {
             return Err(x);
         }
-        let autodiff = |x, w, b| autodiff(x, w, b, g);
+        let autodiff = |x, w, b| autodiff(x, w, b, g, layout);
         on_flex((x, weight, bias), autodiff, |x, w, b| {
             let weights = kernels::Weights::new(&values(&w), &g);
-            output(
-                kernels::forward(&values(&x), &weights, &values(&b), &g).0,
-                &g,
-            )
+            let (y, _) = kernels::forward(&values(&x), &weights, &values(&b), &g, layout);
+            output(y, &g, layout)
         })
     }
 
-    fn output(values: Vec<f32>, g: &Geometry) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, [g.n, g.c_out, g.ho, g.wo]))
+    fn output(values: Vec<f32>, g: &Geometry, layout: Layout) -> FlexTensor {
+        let dims = layout.dims([g.n, g.c_out, g.ho, g.wo]);
+        FlexTensor::from_data(TensorData::new(values, dims))
     }
 
-    /// What the backward step keeps: the input channels-last, the weights in the form the
-    /// products read, the shapes.
+    /// The input as the backward step reads it: channels-last.
+    #[derive(Clone, Debug)]
+    enum Input {
+        /// A channels-first input's channels-last copy.
+        Copy(Vec<f32>),
+        /// A channels-last input itself (shared, not copied).
+        Shared(FlexTensor),
+    }
+
+    /// What the backward step keeps: the input, the weights in the form the products read, the
+    /// shapes and the layout.
     #[derive(Clone, Debug)]
     struct Saved {
-        xt: Vec<f32>,
+        input: Input,
         weights: Weights,
         geometry: Geometry,
+        layout: Layout,
     }
 
     #[derive(Debug)]
@@ -636,14 +749,19 @@ mod flex {
 
         fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let Saved {
-                xt,
+                input,
                 weights,
                 geometry: g,
+                layout,
             } = ops.state;
             let [x_node, w_node, b_node] = ops.parents;
             let grad = grads.consume::<Flex>(&ops.node);
             let wants = (x_node.is_some(), w_node.is_some());
-            let (dx, dw, db) = kernels::backward(&xt, &weights, &values(&grad), &g, wants);
+            let xt = match &input {
+                Input::Copy(xt) => Cow::Borrowed(xt.as_slice()),
+                Input::Shared(x) => values(x),
+            };
+            let (dx, dw, db) = kernels::backward(&xt, &weights, &values(&grad), &g, wants, layout);
             if let Some(node) = b_node {
                 let db = FlexTensor::from_data(TensorData::new(db, [g.c_out]));
                 grads.register::<Flex>(node.id, db);
@@ -653,7 +771,8 @@ mod flex {
                 grads.register::<Flex>(node.id, dw);
             }
             if let Some(node) = x_node {
-                let dx = FlexTensor::from_data(TensorData::new(dx, [g.n, g.c_in, g.h, g.w]));
+                let dims = layout.dims([g.n, g.c_in, g.h, g.w]);
+                let dx = FlexTensor::from_data(TensorData::new(dx, dims));
                 grads.register::<Flex>(node.id, dx);
             }
         }
@@ -664,6 +783,7 @@ mod flex {
         weight: Tensor<FlexAutodiff, 4>,
         bias: Tensor<FlexAutodiff, 1>,
         g: Geometry,
+        layout: Layout,
     ) -> Tensor<FlexAutodiff, 4> {
         let (x, w, b) = (
             x.into_primitive().tensor(),
@@ -671,12 +791,22 @@ mod flex {
             bias.into_primitive().tensor(),
         );
         let weights = kernels::Weights::new(&values(&w.primitive), &g);
-        let (y, xt) = kernels::forward(&values(&x.primitive), &weights, &values(&b.primitive), &g);
-        let y = output(y, &g);
+        let (y, xt) = kernels::forward(
+            &values(&x.primitive),
+            &weights,
+            &values(&b.primitive),
+            &g,
+            layout,
+        );
+        let y = output(y, &g, layout);
         let state = || Saved {
-            xt,
+            input: match layout {
+                Layout::ChannelsFirst => Input::Copy(xt),
+                Layout::ChannelsLast => Input::Shared(x.primitive.clone()),
+            },
             weights,
             geometry: g,
+            layout,
         };
         record(Conv2dBackward, [&x, &w, &b], state, y)
     }
@@ -742,13 +872,16 @@ mod tests {
 
     /// The fast op's output and its three gradients, and burn's, for one case: a random
     /// probe as the incoming gradient.
-    fn both(case: &Case, seed: u64) -> [(TensorData, TensorData); 4] {
+    /// Channels-last inputs go in transposed and their outputs come back transposed.
+    fn both(case: &Case, seed: u64, layout: Layout) -> [(TensorData, TensorData); 4] {
         let device = Default::default();
         <Ad as burn::tensor::backend::Backend>::seed(&device, seed);
         let conv = layer::<Ad>(case, &device);
         let x =
             Tensor::<Ad, 4>::random(case.0, Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let fast = conv2d(&conv, x.clone());
+        let first = Layout::ChannelsFirst;
+        let fast = conv2d_in(&conv, relayout(x.clone(), first, layout), layout);
+        let fast = relayout(fast, layout, first);
         let plain = conv.forward(x.clone());
         let probe = Tensor::<Ad, 4>::random(plain.dims(), Distribution::Default, &device);
         let g_fast = (fast.clone() * probe.clone()).sum().backward();
@@ -776,11 +909,14 @@ mod tests {
     fn matches_burns_convolution_and_its_gradients_on_random_shapes() {
         // Sums of up to a few thousand order-1 terms in another order.
         let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
+        let layouts = [Layout::ChannelsFirst, Layout::ChannelsLast];
         for (i, case) in cases().iter().enumerate() {
-            for (what, (fast, plain)) in ["output", "dx", "dweight", "dbias"]
-                .iter()
-                .zip(both(case, i as u64))
-            {
+            for (what, (fast, plain)) in layouts.iter().flat_map(|&layout| {
+                ["output", "dx", "dweight", "dbias"]
+                    .map(|what| format!("{what} ({layout:?})"))
+                    .into_iter()
+                    .zip(both(case, i as u64, layout))
+            }) {
                 assert_eq!(fast.shape, plain.shape, "{what} of {case:?}");
                 let (f, p) = (
                     fast.to_vec::<f32>().expect("f32"),
@@ -866,6 +1002,9 @@ mod tests {
 #[cfg(all(test, feature = "flex"))]
 mod winograd_against_patches {
     use super::kernels::{self, Geometry, Weights};
+    use super::Layout;
+
+    const CF: Layout = Layout::ChannelsFirst;
 
     /// `(x, weight, dout)` for a geometry, deterministic and of order one.
     fn inputs(g: &Geometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -902,10 +1041,10 @@ mod winograd_against_patches {
             let winograd = Weights::new(&w, &g);
             assert!(matches!(winograd, Weights::Winograd(_)));
             let patches = Weights::patches(&w, &g);
-            let (y_w, xt) = kernels::forward(&x, &winograd, &bias, &g);
-            let (y_p, _) = kernels::forward(&x, &patches, &bias, &g);
-            let (dx_w, dw_w, db_w) = kernels::backward(&xt, &winograd, &dout, &g, (true, true));
-            let (dx_p, dw_p, db_p) = kernels::backward(&xt, &patches, &dout, &g, (true, true));
+            let (y_w, xt) = kernels::forward(&x, &winograd, &bias, &g, CF);
+            let (y_p, _) = kernels::forward(&x, &patches, &bias, &g, CF);
+            let (dx_w, dw_w, db_w) = kernels::backward(&xt, &winograd, &dout, &g, (true, true), CF);
+            let (dx_p, dw_p, db_p) = kernels::backward(&xt, &patches, &dout, &g, (true, true), CF);
             for (what, a, b) in [
                 ("output", y_w, y_p),
                 ("dx", dx_w, dx_p),
@@ -939,13 +1078,13 @@ mod winograd_against_patches {
             for round in 0..40 {
                 let (form, best) = (&forms[round % 2], &mut best[round % 2]);
                 let clock = std::time::Instant::now();
-                let (_, xt) = kernels::forward(&x, form, &bias, &g);
+                let (_, xt) = kernels::forward(&x, form, &bias, &g, CF);
                 best[0] = best[0].min(clock.elapsed().as_secs_f64());
                 let clock = std::time::Instant::now();
-                kernels::backward(&xt, form, &dout, &g, (true, false));
+                kernels::backward(&xt, form, &dout, &g, (true, false), CF);
                 best[1] = best[1].min(clock.elapsed().as_secs_f64());
                 let clock = std::time::Instant::now();
-                kernels::backward(&xt, form, &dout, &g, (false, true));
+                kernels::backward(&xt, form, &dout, &g, (false, true), CF);
                 best[2] = best[2].min(clock.elapsed().as_secs_f64());
             }
             let ms = |b: [f64; 3]| format!("{:.2} {:.2} {:.2}", b[0] * 1e3, b[1] * 1e3, b[2] * 1e3);

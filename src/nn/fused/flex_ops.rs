@@ -64,6 +64,12 @@ pub(crate) fn on_flex<B: Backend, const D: usize, const W: usize, const O: usize
     Ok(cast(y).unwrap_or_else(|_| unreachable!()))
 }
 
+/// Whether `B` is `Flex` or `Autodiff<Flex>`, the backends the fused kernels run on.
+pub(crate) fn is_flex<B: Backend>() -> bool {
+    let b = std::any::TypeId::of::<B>();
+    b == std::any::TypeId::of::<Flex>() || b == std::any::TypeId::of::<FlexAutodiff>()
+}
+
 /// An autodiff tensor's primitive: the flex tensor and its node in the graph.
 pub(crate) type Tracked = burn::tensor::ops::FloatTensor<FlexAutodiff>;
 

@@ -8,6 +8,7 @@
 //! backward step one more, with the scale and shift gradients summed per image and then over
 //! images in order. Other backends take burn's composition.
 
+use super::layout::{relayout, Layout};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -41,7 +42,7 @@ pub fn group_norm<B: Backend>(
     beta: Tensor<B, 1>,
     groups: usize,
 ) -> Tensor<B, 4> {
-    normalise(x, gamma, beta, groups, false)
+    normalise(x, (gamma, beta), groups, false, Layout::ChannelsFirst)
 }
 
 /// `silu(group_norm(x, gamma, beta, groups))`, the pre-activation of a residual block, as one op
@@ -55,17 +56,21 @@ pub fn group_norm_silu<B: Backend>(
     beta: Tensor<B, 1>,
     groups: usize,
 ) -> Tensor<B, 4> {
-    normalise(x, gamma, beta, groups, true)
+    normalise(x, (gamma, beta), groups, true, Layout::ChannelsFirst)
 }
 
-fn normalise<B: Backend>(
+/// [`group_norm`] (`activate` false) or [`group_norm_silu`] (true) of feature maps in `layout`.
+///
+/// # Panics
+/// As [`group_norm`].
+pub(crate) fn normalise<B: Backend>(
     x: Tensor<B, 4>,
-    gamma: Tensor<B, 1>,
-    beta: Tensor<B, 1>,
+    (gamma, beta): (Tensor<B, 1>, Tensor<B, 1>),
     groups: usize,
     activate: bool,
+    layout: Layout,
 ) -> Tensor<B, 4> {
-    let c = x.dims()[1];
+    let c = x.dims()[layout.channel_dim()];
     assert!(
         groups > 0 && c.is_multiple_of(groups) && gamma.dims() == [c] && beta.dims() == [c],
         "group_norm: {groups} groups of {c} channels with a scale of {:?} and a shift of {:?}",
@@ -74,19 +79,17 @@ fn normalise<B: Backend>(
     );
     #[cfg(feature = "flex")]
     let x = if super::fused_kernels() {
-        match flex::normalise(x, gamma.clone(), beta.clone(), groups, activate) {
+        match flex::normalise(x, gamma.clone(), beta.clone(), groups, activate, layout) {
             Ok(y) => return y,
             Err(x) => x,
         }
     } else {
         x
     };
+    let x = relayout(x, layout, Layout::ChannelsFirst);
     let y = composed(x, gamma, beta, groups);
-    if activate {
-        super::silu(y)
-    } else {
-        y
-    }
+    let y = if activate { super::silu(y) } else { y };
+    relayout(y, Layout::ChannelsFirst, layout)
 }
 
 /// burn's composition. The scale and shift are repeated over the batch (`[n, c, 1, 1]`,
@@ -241,12 +244,164 @@ mod kernels {
         }
         (dgamma, dbeta)
     }
+
+    /// Per channel, the value of its group: `per_group` copies of each of `groups`.
+    fn per_channel(groups: impl Iterator<Item = f32>, s: Shape) -> Vec<f32> {
+        groups
+            .flat_map(|v| std::iter::repeat_n(v, s.per_group))
+            .collect()
+    }
+
+    /// Per group, the sum of `per_channel`'s values over its channels.
+    fn group_sums(per_channel: &[f32], s: Shape) -> impl Iterator<Item = f32> + '_ {
+        per_channel
+            .chunks_exact(s.per_group)
+            .map(|c| c.iter().sum::<f32>())
+    }
+
+    /// Values of a block of rows that stays in L1 (the SiLU's pre-activations).
+    const BLOCK: usize = 1024;
+
+    /// `out[p, k] = x[p, k]·a[k] + b[k]` for the channels-last rows of `x`.
+    #[inline(always)]
+    fn affine(x: &[f32], (a, b): (&[f32], &[f32]), out: &mut [f32]) {
+        for (x, out) in x.chunks_exact(a.len()).zip(out.chunks_exact_mut(a.len())) {
+            for (((o, x), a), b) in out.iter_mut().zip(x).zip(a).zip(b) {
+                *o = x * a + b;
+            }
+        }
+    }
+
+    /// [`forward`] for one channels-last image (`[pixels, c]`): per channel sums over the
+    /// pixels, combined per group, so that every pass runs along the contiguous channels.
+    pub(super) fn forward_last(
+        x: &[f32],
+        (gamma, beta): (&[f32], &[f32]),
+        s: Shape,
+        activate: bool,
+        out: &mut [f32],
+    ) -> Vec<[f32; 2]> {
+        let (c, len) = (s.channels(), (s.per_group * s.pixels) as f32);
+        let mut sums = vec![0.0f32; c];
+        for row in x.chunks_exact(c) {
+            sums.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
+        let means: Vec<f32> = group_sums(&sums, s).map(|total| total / len).collect();
+        // The centred squares (two passes: no cancellation).
+        let centre = per_channel(means.iter().copied(), s);
+        sums.fill(0.0);
+        for row in x.chunks_exact(c) {
+            for ((a, v), m) in sums.iter_mut().zip(row).zip(&centre) {
+                *a += (v - m) * (v - m);
+            }
+        }
+        let stats: Vec<[f32; 2]> = means
+            .iter()
+            .zip(group_sums(&sums, s))
+            .map(|(&mean, squares)| [mean, 1.0 / (squares / len + EPSILON).sqrt()])
+            .collect();
+        // y = (x − mean)·r·γ + β = x·scale + shift.
+        let r = per_channel(stats.iter().map(|st| st[1]), s);
+        let scale: Vec<f32> = r.iter().zip(gamma).map(|(r, g)| r * g).collect();
+        let shift: Vec<f32> = (0..c).map(|k| beta[k] - centre[k] * scale[k]).collect();
+        if !activate {
+            affine(x, (&scale, &shift), out);
+            return stats;
+        }
+        let rows = (BLOCK / c).max(1);
+        let mut pre = [0.0f32; BLOCK];
+        for (x, out) in x.chunks(rows * c).zip(out.chunks_mut(rows * c)) {
+            let pre = &mut pre[..x.len().min(BLOCK)];
+            match pre.len() == x.len() {
+                true => {
+                    affine(x, (&scale, &shift), pre);
+                    forward_block(pre, out);
+                }
+                // A row longer than a block: no L1 staging.
+                false => {
+                    affine(x, (&scale, &shift), out);
+                    let staged = out.to_vec();
+                    forward_block(&staged, out);
+                }
+            }
+        }
+        stats
+    }
+
+    /// [`backward`] for one channels-last image (`[pixels, c]`).
+    pub(super) fn backward_last(
+        x: &[f32],
+        stats: &[[f32; 2]],
+        (gamma, beta): (&[f32], &[f32]),
+        s: Shape,
+        activate: bool,
+        grad: &mut [f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (c, len) = (s.channels(), (s.per_group * s.pixels) as f32);
+        let mean = per_channel(stats.iter().map(|st| st[0]), s);
+        let r = per_channel(stats.iter().map(|st| st[1]), s);
+        // Σ_p g and Σ_p g·x per channel (g: the gradient of the pre-activation).
+        let (mut sum_g, mut sum_gx) = (vec![0.0f32; c], vec![0.0f32; c]);
+        let accumulate = |x: &[f32], g: &[f32], sum_g: &mut [f32], sum_gx: &mut [f32]| {
+            for (x, g) in x.chunks_exact(c).zip(g.chunks_exact(c)) {
+                for (((sg, sgx), x), g) in sum_g.iter_mut().zip(sum_gx.iter_mut()).zip(x).zip(g) {
+                    *sg += g;
+                    *sgx += g * x;
+                }
+            }
+        };
+        if activate {
+            let scale: Vec<f32> = r.iter().zip(gamma).map(|(r, g)| r * g).collect();
+            let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
+            let rows = (BLOCK / c).max(1);
+            let mut pre = [0.0f32; BLOCK];
+            for (x, grad) in x.chunks(rows * c).zip(grad.chunks_mut(rows * c)) {
+                match x.len() <= BLOCK {
+                    true => {
+                        let pre = &mut pre[..x.len()];
+                        affine(x, (&scale, &shift), pre);
+                        backward_block(pre, grad);
+                    }
+                    false => {
+                        let mut staged = vec![0.0f32; x.len()];
+                        affine(x, (&scale, &shift), &mut staged);
+                        backward_block(&staged, grad);
+                    }
+                }
+                accumulate(x, grad, &mut sum_g, &mut sum_gx);
+            }
+        } else {
+            accumulate(x, grad, &mut sum_g, &mut sum_gx);
+        }
+        // dβ = Σ g; dγ = Σ g·normed = r·(Σ g·x − mean·Σ g).
+        let dbeta = sum_g;
+        let dgamma: Vec<f32> = (0..c)
+            .map(|k| r[k] * (sum_gx[k] - mean[k] * dbeta[k]))
+            .collect();
+        // dx = r·(g·γ − mean(g·γ) − normed·mean(g·γ·normed)) per group, which is
+        // g·a + x·b + e per channel.
+        let weigh = |d: &[f32]| -> Vec<f32> { d.iter().zip(gamma).map(|(d, g)| d * g).collect() };
+        let mean_d = per_channel(group_sums(&weigh(&dbeta), s).map(|v| v / len), s);
+        let mean_dot = per_channel(group_sums(&weigh(&dgamma), s).map(|v| v / len), s);
+        let a: Vec<f32> = (0..c).map(|k| r[k] * gamma[k]).collect();
+        let b: Vec<f32> = (0..c).map(|k| -r[k] * r[k] * mean_dot[k]).collect();
+        let e: Vec<f32> = (0..c)
+            .map(|k| r[k] * (r[k] * mean[k] * mean_dot[k] - mean_d[k]))
+            .collect();
+        for (x, g) in x.chunks_exact(c).zip(grad.chunks_exact_mut(c)) {
+            for ((((g, x), a), b), e) in g.iter_mut().zip(x).zip(&a).zip(&b).zip(&e) {
+                *g = *g * a + x * b + e;
+            }
+        }
+        (dgamma, dbeta)
+    }
 }
 
 #[cfg(feature = "flex")]
 mod flex {
     use super::super::flex_ops::{on_flex, record, update_values, values, FlexAutodiff};
     use super::kernels::{self, Shape};
+    use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops};
@@ -263,8 +418,10 @@ mod flex {
         beta: Tensor<B, 1>,
         groups: usize,
         activate: bool,
+        layout: Layout,
     ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-        let [n, c, h, w] = x.dims();
+        let dims = x.dims();
+        let [_, c, h, w] = layout.nchw(dims);
         let f32s = [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
         let fits = groups > 0 && c > 0 && c.is_multiple_of(groups) && h * w > 0;
         if !f32s || !fits || gamma.dims() != [c] || beta.dims() != [c] {
@@ -275,12 +432,24 @@ mod flex {
             per_group: c / groups,
             pixels: h * w,
         };
-        let dims = [n, c, h, w];
-        let autodiff = |x, gamma, beta| autodiff(x, gamma, beta, s, activate, dims);
+        let op = Op {
+            shape: s,
+            activate,
+            layout,
+        };
+        let autodiff = |x, gamma, beta| autodiff(x, gamma, beta, op, dims);
         on_flex((x, gamma, beta), autodiff, |x, gamma, beta| {
-            let (_, y) = forward(&x, &gamma, &beta, s, activate);
+            let (_, y) = forward(&x, &gamma, &beta, op);
             FlexTensor::from_data(TensorData::new(y, dims))
         })
+    }
+
+    /// One normalisation: the shapes, whether the SiLU follows, the layout of the maps.
+    #[derive(Clone, Copy, Debug)]
+    struct Op {
+        shape: Shape,
+        activate: bool,
+        layout: Layout,
     }
 
     /// `(stats, out)` over all images, one rayon task per image: per image and group, the
@@ -289,15 +458,18 @@ mod flex {
         x: &FlexTensor,
         gamma: &FlexTensor,
         beta: &FlexTensor,
-        s: Shape,
-        activate: bool,
+        op: Op,
     ) -> (Vec<[f32; 2]>, Vec<f32>) {
         let (x, gamma, beta) = (values(x), values(gamma), values(beta));
+        let (s, activate) = (op.shape, op.activate);
         let mut out = vec![0.0f32; x.len()];
         let stats: Vec<Vec<[f32; 2]>> = x
             .par_chunks(s.image())
             .zip(out.par_chunks_mut(s.image()))
-            .map(|(x, out)| kernels::forward(x, (&gamma, &beta), s, activate, out))
+            .map(|(x, out)| match op.layout {
+                Layout::ChannelsFirst => kernels::forward(x, (&gamma, &beta), s, activate, out),
+                Layout::ChannelsLast => kernels::forward_last(x, (&gamma, &beta), s, activate, out),
+            })
             .collect();
         (stats.concat(), out)
     }
@@ -309,8 +481,7 @@ mod flex {
         stats: Vec<[f32; 2]>,
         gamma: FlexTensor,
         beta: FlexTensor,
-        shape: Shape,
-        activate: bool,
+        op: Op,
     }
 
     #[derive(Debug)]
@@ -321,7 +492,11 @@ mod flex {
 
         fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
             let state = ops.state;
-            let s = state.shape;
+            let Op {
+                shape: s,
+                activate,
+                layout,
+            } = state.op;
             let [x_node, gamma_node, beta_node] = ops.parents;
             let (gamma, beta) = (values(&state.gamma), values(&state.beta));
             let x = values(&state.x);
@@ -333,7 +508,15 @@ mod flex {
                     .zip(x.par_chunks(s.image()))
                     .zip(state.stats.par_chunks(s.groups))
                     .map(|((grad, x), stats)| {
-                        kernels::backward(x, stats, (&gamma, &beta), s, state.activate, grad)
+                        let params = (&*gamma, &*beta);
+                        match layout {
+                            Layout::ChannelsFirst => {
+                                kernels::backward(x, stats, params, s, activate, grad)
+                            }
+                            Layout::ChannelsLast => {
+                                kernels::backward_last(x, stats, params, s, activate, grad)
+                            }
+                        }
                     })
                     .collect();
             });
@@ -360,8 +543,7 @@ mod flex {
         x: Tensor<FlexAutodiff, 4>,
         gamma: Tensor<FlexAutodiff, 1>,
         beta: Tensor<FlexAutodiff, 1>,
-        shape: Shape,
-        activate: bool,
+        op: Op,
         dims: [usize; 4],
     ) -> Tensor<FlexAutodiff, 4> {
         let (x, gamma, beta) = (
@@ -369,21 +551,14 @@ mod flex {
             gamma.into_primitive().tensor(),
             beta.into_primitive().tensor(),
         );
-        let (stats, y) = forward(
-            &x.primitive,
-            &gamma.primitive,
-            &beta.primitive,
-            shape,
-            activate,
-        );
+        let (stats, y) = forward(&x.primitive, &gamma.primitive, &beta.primitive, op);
         let y = FlexTensor::from_data(TensorData::new(y, dims));
         let state = || Saved {
             x: x.primitive.clone(),
             stats,
             gamma: gamma.primitive.clone(),
             beta: beta.primitive.clone(),
-            shape,
-            activate,
+            op,
         };
         record(GroupNormBackward, [&x, &gamma, &beta], state, y)
     }
@@ -399,8 +574,9 @@ mod tests {
 
     type Ad = Autodiff<Flex>;
 
-    /// Outputs and all three gradients against burn's composition (with and without the SiLU),
-    /// on random shapes including the UNet's, with non-trivial scale and shift.
+    /// Outputs and all three gradients against burn's composition (with and without the SiLU,
+    /// channels-first and channels-last), on random shapes including the UNet's, with
+    /// non-trivial scale and shift.
     #[test]
     fn matches_the_composition_and_its_gradients() {
         let mut rng = StdRng::seed_from_u64(4);
@@ -417,10 +593,18 @@ mod tests {
                 (dims, groups)
             })
             .collect();
-        cases.extend([([6, 32, 14, 14], 8), ([5, 64, 4, 4], 8)]);
+        // A channels-last pixel longer than the kernels' L1 block too.
+        cases.extend([
+            ([6, 32, 14, 14], 8),
+            ([5, 64, 4, 4], 8),
+            ([2, 1040, 2, 1], 8),
+        ]);
         let device = Default::default();
         for (i, (dims, groups)) in cases.into_iter().enumerate() {
-            for activate in [false, true] {
+            let variants = [false, true].into_iter().flat_map(|activate| {
+                [Layout::ChannelsFirst, Layout::ChannelsLast].map(|layout| (activate, layout))
+            });
+            for (activate, layout) in variants {
                 Ad::seed(&device, i as u64);
                 let c = dims[1];
                 let x = Tensor::<Ad, 4>::random(dims, Distribution::Normal(1.0, 3.0), &device)
@@ -430,7 +614,11 @@ mod tests {
                 let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &device)
                     .require_grad();
                 let probe = Tensor::<Ad, 4>::random(dims, Distribution::Default, &device);
-                let fused = normalise(x.clone(), gamma.clone(), beta.clone(), groups, activate);
+                let params = (gamma.clone(), beta.clone());
+                // Channels-last maps go in transposed and come out transposed back.
+                let input = relayout(x.clone(), Layout::ChannelsFirst, layout);
+                let fused = normalise(input, params, groups, activate, layout);
+                let fused = relayout(fused, layout, Layout::ChannelsFirst);
                 let plain = composed(x.clone(), gamma.clone(), beta.clone(), groups);
                 let plain = if activate {
                     crate::nn::silu(plain)
@@ -438,7 +626,7 @@ mod tests {
                     plain
                 };
                 let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
-                let case = format!("{dims:?}, {groups} groups, silu {activate}");
+                let case = format!("{dims:?}, {groups} groups, silu {activate}, {layout:?}");
                 fused
                     .clone()
                     .into_data()

@@ -11,9 +11,11 @@ mod exp;
 #[cfg(feature = "flex")]
 mod flex_ops;
 mod group_norm;
+mod layout;
 mod linear_silu;
 #[cfg(feature = "flex")]
 mod scratch;
+mod shift;
 mod silu;
 mod softmax;
 #[cfg(feature = "flex")]
@@ -24,9 +26,12 @@ mod winograd;
 
 pub(crate) use concat::concat_channels;
 pub use conv2d::conv2d;
-pub(crate) use conv2d::pixelwise;
+pub(crate) use conv2d::{conv2d_in, pixelwise};
+pub(crate) use group_norm::normalise;
 pub use group_norm::{group_norm, group_norm_silu};
+pub(crate) use layout::{relayout, Layout};
 pub use linear_silu::linear_silu;
+pub(crate) use shift::shift_channels;
 pub use silu::silu;
 pub use softmax::scaled_softmax;
 pub(crate) use upsample::upsample_nearest;

@@ -5,22 +5,29 @@
 //! the backward step a reshape of a strided view followed by sums over the expanded
 //! dimensions. Here each is one pass over the planes. Other backends take the composition.
 
+use super::layout::{relayout, Layout};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-/// Each pixel of `x` (`[n, c, h_in, w_in]`) repeated 2×2, then cropped to `[h, w]` (at most
-/// twice the input's sides).
-pub(crate) fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, h: usize, w: usize) -> Tensor<B, 4> {
+/// Each pixel of `x` (`[n, c, h_in, w_in]`, or `[n, h_in, w_in, c]` channels-last) repeated
+/// 2×2, then cropped to `[h, w]` (at most twice the input's sides); the output in `x`'s layout.
+pub(crate) fn upsample_nearest<B: Backend>(
+    x: Tensor<B, 4>,
+    h: usize,
+    w: usize,
+    layout: Layout,
+) -> Tensor<B, 4> {
     #[cfg(feature = "flex")]
     let x = if super::fused_kernels() {
-        match flex::upsample(x, [h, w]) {
+        match flex::upsample(x, [h, w], layout) {
             Ok(y) => return y,
             Err(x) => x,
         }
     } else {
         x
     };
-    composed(x, h, w)
+    let x = relayout(x, layout, Layout::ChannelsFirst);
+    relayout(composed(x, h, w), Layout::ChannelsFirst, layout)
 }
 
 fn composed<B: Backend>(x: Tensor<B, 4>, h: usize, w: usize) -> Tensor<B, 4> {
@@ -36,10 +43,54 @@ fn composed<B: Backend>(x: Tensor<B, 4>, h: usize, w: usize) -> Tensor<B, 4> {
     }
 }
 
-/// The kernels over planes: `[h_in, w_in]` to `[h, w]` and back.
+/// The kernels over planes (`[h_in, w_in]` to `[h, w]` and back), or over channels-last images
+/// (`[h_in, w_in, c]` to `[h, w, c]`: each pixel's channels copied whole).
 #[cfg(feature = "flex")]
 mod kernels {
     use rayon::prelude::*;
+
+    pub(super) fn forward_last(
+        x: &[f32],
+        [hi, wi]: [usize; 2],
+        [h, w]: [usize; 2],
+        c: usize,
+    ) -> Vec<f32> {
+        let images = x.len() / (hi * wi * c).max(1);
+        let mut out = vec![0.0f32; images * h * w * c];
+        out.par_chunks_mut(h * w * c)
+            .zip(x.par_chunks(hi * wi * c))
+            .for_each(|(out, x)| {
+                for (y, row) in out.chunks_exact_mut(w * c).enumerate() {
+                    let src = &x[(y / 2) * wi * c..][..wi * c];
+                    for (col, pixel) in row.chunks_exact_mut(c).enumerate() {
+                        pixel.copy_from_slice(&src[(col / 2) * c..][..c]);
+                    }
+                }
+            });
+        out
+    }
+
+    pub(super) fn backward_last(
+        grad: &[f32],
+        [hi, wi]: [usize; 2],
+        [h, w]: [usize; 2],
+        c: usize,
+    ) -> Vec<f32> {
+        let images = grad.len() / (h * w * c).max(1);
+        let mut out = vec![0.0f32; images * hi * wi * c];
+        out.par_chunks_mut(hi * wi * c)
+            .zip(grad.par_chunks(h * w * c))
+            .for_each(|(out, grad)| {
+                for (y, row) in grad.chunks_exact(w * c).enumerate() {
+                    let dst = &mut out[(y / 2) * wi * c..][..wi * c];
+                    for (col, pixel) in row.chunks_exact(c).enumerate() {
+                        let d = &mut dst[(col / 2) * c..][..c];
+                        d.iter_mut().zip(pixel).for_each(|(d, v)| *d += v);
+                    }
+                }
+            });
+        out
+    }
 
     pub(super) fn forward(x: &[f32], [hi, wi]: [usize; 2], [h, w]: [usize; 2]) -> Vec<f32> {
         let planes = x.len() / (hi * wi).max(1);
@@ -78,6 +129,7 @@ mod kernels {
 mod flex {
     use super::super::flex_ops::{cast, record, values, FlexAutodiff};
     use super::kernels;
+    use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{unary, Backward, Ops};
@@ -86,21 +138,22 @@ mod flex {
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
 
-    /// `[n, c]`, the input sides and the output sides.
-    type Sizes = ([usize; 2], [usize; 2], [usize; 2]);
+    /// `[n, c]`, the input sides, the output sides and the layout.
+    type Sizes = ([usize; 2], [usize; 2], [usize; 2], Layout);
 
     /// The op for `f32` on `Flex`/`Autodiff<Flex>` and a crop within the doubled size; the input
     /// back otherwise.
     pub(super) fn upsample<B: Backend>(
         x: Tensor<B, 4>,
         out: [usize; 2],
+        layout: Layout,
     ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-        let [n, c, hi, wi] = x.dims();
+        let [n, c, hi, wi] = layout.nchw(x.dims());
         let fits = out[0] <= 2 * hi && out[1] <= 2 * wi && out[0] > 0 && out[1] > 0;
-        if x.dtype() != DType::F32 || !fits || hi * wi == 0 {
+        if x.dtype() != DType::F32 || !fits || hi * wi * c == 0 {
             return Err(x);
         }
-        let sizes = ([n, c], [hi, wi], out);
+        let sizes = ([n, c], [hi, wi], out, layout);
         let x = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(x) {
             Ok(x) => return Ok(cast(autodiff(x, sizes)).unwrap_or_else(|_| unreachable!())),
             Err(x) => x,
@@ -111,9 +164,12 @@ mod flex {
         Ok(cast(y).unwrap_or_else(|_| unreachable!()))
     }
 
-    fn forward(x: &FlexTensor, ([n, c], input, out): Sizes) -> FlexTensor {
-        let y = kernels::forward(&values(x), input, out);
-        FlexTensor::from_data(TensorData::new(y, [n, c, out[0], out[1]]))
+    fn forward(x: &FlexTensor, ([n, c], input, out, layout): Sizes) -> FlexTensor {
+        let y = match layout {
+            Layout::ChannelsFirst => kernels::forward(&values(x), input, out),
+            Layout::ChannelsLast => kernels::forward_last(&values(x), input, out, c),
+        };
+        FlexTensor::from_data(TensorData::new(y, layout.dims([n, c, out[0], out[1]])))
     }
 
     #[derive(Debug)]
@@ -123,10 +179,13 @@ mod flex {
         type State = Sizes;
 
         fn backward(self, ops: Ops<Sizes, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let ([n, c], input, out) = ops.state;
+            let ([n, c], input, out, layout) = ops.state;
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                let dx = kernels::backward(&values(&grad), input, out);
-                FlexTensor::from_data(TensorData::new(dx, [n, c, input[0], input[1]]))
+                let dx = match layout {
+                    Layout::ChannelsFirst => kernels::backward(&values(&grad), input, out),
+                    Layout::ChannelsLast => kernels::backward_last(&values(&grad), input, out, c),
+                };
+                FlexTensor::from_data(TensorData::new(dx, layout.dims([n, c, input[0], input[1]])))
             });
         }
     }
@@ -153,8 +212,37 @@ mod tests {
             let x = Tensor::<Ad, 4>::random([3, 2, hi, wi], Distribution::Default, &device)
                 .require_grad();
             let probe = Tensor::<Ad, 4>::random([3, 2, h, w], Distribution::Default, &device);
-            let ours = upsample_nearest(x.clone(), h, w);
+            let ours = upsample_nearest(x.clone(), h, w, Layout::ChannelsFirst);
             let theirs = composed(x.clone(), h, w);
+            assert_eq!(ours.to_data(), theirs.to_data());
+            let g_ours = (ours * probe.clone()).sum().backward();
+            let g_theirs = (theirs * probe).sum().backward();
+            x.grad(&g_ours)
+                .expect("grad")
+                .into_data()
+                .assert_approx_eq::<f32>(
+                    &x.grad(&g_theirs).expect("grad").into_data(),
+                    Tolerance::rel_abs(1e-6, 1e-6),
+                );
+        }
+    }
+
+    /// Channels-last maps against the channels-first op on the transposed maps.
+    #[test]
+    fn channels_last_matches_the_transposed_channels_first_op() {
+        use super::super::layout::relayout;
+        let device = Default::default();
+        let (first, last) = (Layout::ChannelsFirst, Layout::ChannelsLast);
+        for ([hi, wi], [h, w], c) in [([4, 4], [7, 7], 3), ([3, 5], [6, 10], 16)] {
+            let x = Tensor::<Ad, 4>::random([2, hi, wi, c], Distribution::Default, &device)
+                .require_grad();
+            let probe = Tensor::<Ad, 4>::random([2, h, w, c], Distribution::Default, &device);
+            let ours = upsample_nearest(x.clone(), h, w, last);
+            let theirs = relayout(
+                composed(relayout(x.clone(), last, first), h, w),
+                first,
+                last,
+            );
             assert_eq!(ours.to_data(), theirs.to_data());
             let g_ours = (ours * probe.clone()).sum().backward();
             let g_theirs = (theirs * probe).sum().backward();
