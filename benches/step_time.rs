@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Prints `<model> batch=<b> threads=<t> device=cpu median_ms=<m>` (threads: rayon's pool, set
-//! with `RAYON_NUM_THREADS`).
+//! with `RAYON_NUM_THREADS`). The steps run on one of the pool's threads, as the crate's
+//! `Trainer` runs them (`backend::on_pool`); `ON_MAIN=1` runs them on the main thread instead.
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
@@ -133,7 +134,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => "cpu",
     };
     let ms = match device_name {
-        "cpu" => time_model::<CpuAutodiff>(&model, batch, steps, warmup, Default::default())?,
+        // From the main thread, as the crate's trainer ran its steps before 2026-12-04.
+        "cpu" if std::env::var_os("ON_MAIN").is_some() => {
+            time_model::<CpuAutodiff>(&model, batch, steps, warmup, Default::default())?
+        }
+        // On one of rayon's threads, as `Trainer` runs its steps (`backend::on_pool`).
+        "cpu" => integration_flow::backend::on_pool(|| {
+            time_model::<CpuAutodiff>(&model, batch, steps, warmup, Default::default())
+                .map_err(|e| e.to_string())
+        })?,
         #[cfg(feature = "cuda")]
         "cuda" if !integration_flow::backend::cuda_driver_available() => {
             return Err("--device cuda: no NVIDIA driver (libcuda.so.1) on this machine".into())

@@ -27,12 +27,13 @@ where
     /// One optimizer step on the next batch. A non-finite loss or gradient is handled by
     /// [`TrainConfig::on_divergence`](super::TrainConfig::on_divergence): an error naming the
     /// step, a skipped step (returned with `skipped` set), or a rollback to the last checkpoint
-    /// (the returned step is then the first one after it).
+    /// (the returned step is then the first one after it). The step runs on one of rayon's
+    /// threads ([`crate::backend::on_pool`]).
     pub fn train_step(&mut self) -> Result<StepStats> {
-        match self.try_step() {
+        crate::backend::on_pool(|| match self.try_step() {
             Err(Error::Diverged { step, reason }) => self.on_divergence(step, reason),
             other => other,
-        }
+        })
     }
 
     fn on_divergence(&mut self, step: usize, reason: String) -> Result<StepStats> {

@@ -284,7 +284,12 @@ where
         self.run(remaining, Instant::now().checked_add(budget))
     }
 
+    /// The training loop, on one of rayon's threads ([`crate::backend::on_pool`]).
     fn run(&mut self, count: usize, deadline: Option<Instant>) -> Result<Option<StepStats>> {
+        crate::backend::on_pool(|| self.run_here(count, deadline))
+    }
+
+    fn run_here(&mut self, count: usize, deadline: Option<Instant>) -> Result<Option<StepStats>> {
         if self.config.flush_denormals {
             crate::backend::flush_denormals();
         }

@@ -23,6 +23,17 @@ use super::transpose::transpose;
 /// products' results (16 values per tile and channel each) stay within a core's L2 cache.
 const TILE_VALUES: usize = 8192;
 
+/// Values added after each plane of a round's transformed tiles (one cache line): planes of a
+/// power-of-two size (128 tiles × 32 channels: 16 KiB) started at addresses that fall in the
+/// same L1 cache set and alias every 4 KiB, so the 16 stores of a tile's transform (and the 16
+/// loads of its output transform) evicted each other.
+const PLANE_PAD: usize = 16;
+
+/// Values from the start of one plane of `tiles` tiles of `c` channels to the next.
+fn plane_stride(tiles: usize, c: usize) -> usize {
+    tiles * c + PLANE_PAD
+}
+
 /// Rows of gemm's widest kernel: a round's tile count is a multiple of it, so that the
 /// products do not end in narrower kernels (which took an eighth of the time otherwise).
 const KERNEL_ROWS: usize = 64;
@@ -130,14 +141,16 @@ impl Shape {
 pub(super) fn convolve(x: &[f32], s: Shape, u: &[f32], out: &mut [f32], threads: bool) {
     let (ci, co) = (s.c_in, s.c_out);
     by_rounds(x, s, |first, tiles, v, m, edge| {
+        let (sv, sm) = (plane_stride(tiles, ci), plane_stride(tiles, co));
         for ((m, v), u) in m
-            .chunks_exact_mut(tiles * co)
-            .zip(v.chunks_exact(tiles * ci))
+            .chunks_mut(sm)
+            .zip(v.chunks(sv))
             .zip(u.chunks_exact(ci * co))
         {
+            let (m, v) = (&mut m[..tiles * co], &v[..tiles * ci]);
             product(m, (false, threads), (tiles, co, ci), v, (ci, 1), u, (co, 1));
         }
-        transform_output(m, s, first, out, edge);
+        transform_output(m, s, (first, tiles), out, edge);
     });
 }
 
@@ -155,20 +168,23 @@ pub(super) fn accumulate_filter_gradient(
 ) {
     let (ci, co) = (s.c_in, s.c_out);
     by_rounds(x, s, |first, tiles, v, m, edge| {
-        transform_output_adjoint(dy, s, first, m, edge);
+        transform_output_adjoint(dy, s, (first, tiles), m, edge);
+        let (sv, sm) = (plane_stride(tiles, ci), plane_stride(tiles, co));
         for ((du, v), m) in du
             .chunks_exact_mut(ci * co)
-            .zip(v.chunks_exact(tiles * ci))
-            .zip(m.chunks_exact(tiles * co))
+            .zip(v.chunks(sv))
+            .zip(m.chunks(sm))
         {
+            let (v, m) = (&v[..tiles * ci], &m[..tiles * co]);
             product(du, (true, threads), (ci, co, tiles), v, (1, ci), m, (co, 1));
         }
     });
 }
 
 /// The rounds of tiles of the images `x` ([`Shape::round`] at a time): each round's input
-/// transform `v` (`[16, tiles, c_in]`), then `each(first, tiles, v, m, edge)` with room `m` for
-/// `[16, tiles, c_out]` and `edge` for one tile's output pixels. The buffers are taken once.
+/// transform `v` (`[16, tiles, c_in]`, the planes [`plane_stride`] apart), then
+/// `each(first, tiles, v, m, edge)` with room `m` for `[16, tiles, c_out]` (planes as `v`'s)
+/// and `edge` for one tile's output pixels. The buffers are taken once.
 fn by_rounds(
     x: &[f32],
     s: Shape,
@@ -177,15 +193,16 @@ fn by_rounds(
     let (ci, co) = (s.c_in, s.c_out);
     let total = x.len() / (s.h * s.w * ci).max(1) * s.per_image();
     let round = s.round();
-    let mut v = scratch::take(16 * round * ci);
-    let mut m = scratch::take(16 * round * co);
+    let mut v = scratch::take(16 * plane_stride(round, ci));
+    let mut m = scratch::take(16 * plane_stride(round, co));
     let mut edge = scratch::take(4 * co);
     let mut padded = scratch::take(s.padded_len());
     for first in (0..total).step_by(round) {
         let tiles = round.min(total - first);
-        let v = &mut v[..16 * tiles * ci];
-        transform_input(x, s, first, v, &mut padded);
-        each(first, tiles, v, &mut m[..16 * tiles * co], &mut edge);
+        let v = &mut v[..16 * plane_stride(tiles, ci)];
+        transform_input(x, s, (first, tiles), v, &mut padded);
+        let m = &mut m[..16 * plane_stride(tiles, co)];
+        each(first, tiles, v, m, &mut edge);
     }
     for buffer in [v, m, edge, padded] {
         scratch::give(buffer);
@@ -234,75 +251,153 @@ pub(super) fn filter_gradient(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32>
     dw
 }
 
-/// The adjoint of [`transform_output`]: per tile from `first` on, `dM = A·dY·Aᵀ` of its 2×2
-/// pixels of `dy` (channels-last `[images, h, w, c_out]`, zero beyond an odd side), into `m`
-/// (`[16, tiles, c_out]`). `edge`: room for a tile's pixels (`4·c_out` values at least).
-fn transform_output_adjoint(dy: &[f32], s: Shape, first: usize, m: &mut [f32], edge: &mut [f32]) {
+/// The adjoint of [`transform_output`]: per tile of `first..first + tiles`, `dM = A·dY·Aᵀ` of
+/// its 2×2 pixels of `dy` (channels-last `[images, h, w, c_out]`, zero beyond an odd side),
+/// into `m` (`[16, tiles, c_out]`, planes [`plane_stride`] apart). `edge`: room for a tile's
+/// pixels (`4·c_out` values at least).
+fn transform_output_adjoint(
+    dy: &[f32],
+    s: Shape,
+    (first, tiles): (usize, usize),
+    m: &mut [f32],
+    edge: &mut [f32],
+) {
     let c = s.c_out;
-    let tiles = m.len() / (16 * c).max(1);
-    let mut planes: Vec<&mut [f32]> = m.chunks_exact_mut(tiles * c).collect();
-    let image_len = s.h * s.w * c;
-    for t in 0..tiles {
-        let (image, ty, tx) = locate(s, first + t);
+    let (stride, image_len) = (plane_stride(tiles, c), s.h * s.w * c);
+    let mut t = 0;
+    while t < tiles {
+        let (image, ty, tx, run, full) = run_at(s, first + t, tiles - t);
         let dy = &dy[image * image_len..][..image_len];
-        let (y, x) = (2 * ty, 2 * tx);
-        if y + 1 < s.h && x + 1 < s.w {
-            let top = &dy[(y * s.w + x) * c..][..2 * c];
-            let bottom = &dy[((y + 1) * s.w + x) * c..][..2 * c];
-            output_adjoint_tile(top, bottom, c, &mut planes, t * c);
-            continue;
+        let y = 2 * ty;
+        if full > 0 {
+            let pixels = &dy[(y * s.w + 2 * tx) * c..];
+            output_adjoint_run(pixels, s.w * c, full, c, m, (stride, t * c));
         }
-        // A tile that reaches past an odd side: its missing pixels are zero.
-        let edge = &mut edge[..4 * c];
-        edge.fill(0.0);
-        for a in 0..2 {
-            for b in 0..2 {
-                if y + a < s.h && x + b < s.w {
-                    edge[(a * 2 + b) * c..][..c]
-                        .copy_from_slice(&dy[((y + a) * s.w + x + b) * c..][..c]);
+        // Tiles that reach past an odd side: their missing pixels are zero.
+        for r in full..run {
+            let x = 2 * (tx + r);
+            let edge = &mut edge[..4 * c];
+            edge.fill(0.0);
+            for a in 0..2 {
+                for b in 0..2 {
+                    if y + a < s.h && x + b < s.w {
+                        edge[(a * 2 + b) * c..][..c]
+                            .copy_from_slice(&dy[((y + a) * s.w + x + b) * c..][..c]);
+                    }
                 }
             }
+            output_adjoint_run(edge, 2 * c, 1, c, m, (stride, (t + r) * c));
         }
-        let (top, bottom) = edge.split_at(2 * c);
-        output_adjoint_tile(top, bottom, c, &mut planes, t * c);
+        t += run;
     }
 }
 
-/// One tile's adjoint output transform over its channels.
-#[inline(always)]
-fn output_adjoint_tile_portable(
-    top: &[f32],
-    bottom: &[f32],
+/// The run of tiles from tile `t` (counted over the images of a call) along its tile row, at
+/// most `left` long: `(image, ty, tx, run, full)`, `full` the run's first tiles whose 2×2
+/// output pixels all lie inside the image.
+fn run_at(s: Shape, t: usize, left: usize) -> (usize, usize, usize, usize, usize) {
+    let (image, ty, tx) = locate(s, t);
+    let (_, tw) = s.tiles();
+    let run = (tw - tx).min(left);
+    let full = match 2 * ty + 1 < s.h {
+        true => (s.w / 2).min(tx + run).saturating_sub(tx),
+        false => 0,
+    };
+    (image, ty, tx, run, full)
+}
+
+/// `run` tiles side by side, their 2×2 pixels in `src` (rows `row` values apart, the next tile
+/// two pixels on), through the adjoint output transform into the planes of `m` (plane `e` at
+/// `e·stride`, the run's first tile at `at`).
+fn output_adjoint_run(
+    src: &[f32],
+    row: usize,
+    run: usize,
     c: usize,
-    planes: &mut [&mut [f32]],
-    at: usize,
+    m: &mut [f32],
+    (stride, at): (usize, usize),
+) {
+    if run == 0 || c == 0 {
+        return;
+    }
+    assert!(src.len() >= row + 2 * run * c, "output_adjoint_run: pixels");
+    assert!(
+        at + run * c <= stride && m.len() >= 15 * stride + at + run * c,
+        "output_adjoint_run: planes"
+    );
+    // SAFETY: the tiles' pixels `src + a·row + (2r + b)·c + k` (a, b < 2, r < run, k < c) lie
+    // within `src` and the planes' `m + e·stride + at + r·c + k` (e < 16) within `m` (asserted
+    // above); `m` is a distinct `&mut`.
+    unsafe { output_adjoint_tiles(src.as_ptr(), row, run, c, m.as_mut_ptr().add(at), stride) }
+}
+
+/// `run` tiles of the adjoint output transform over their channels.
+///
+/// # Safety
+/// For `r < run`, `k < c`: `src + a·row + (2r + b)·c + k` is readable (a, b < 2) and
+/// `dst + e·stride + r·c + k` writable (e < 16), and the two do not overlap.
+#[inline(always)]
+unsafe fn output_adjoint_tiles_portable(
+    src: *const f32,
+    row: usize,
+    run: usize,
+    c: usize,
+    dst: *mut f32,
+    stride: usize,
 ) {
     // Written out: the same loops through a helper taking a closure cost the whole step 2–7%
     // more CPU time.
     let whole = c / LANES * LANES;
-    for k in (0..whole).step_by(LANES) {
-        output_adjoint_block::<LANES>([top, bottom], c, k, planes, at);
-    }
-    for k in whole..c {
-        output_adjoint_block::<1>([top, bottom], c, k, planes, at);
+    for r in 0..run {
+        // SAFETY (all below): offsets within the caller's bounds.
+        let (src, dst) = unsafe { (src.add(2 * r * c), dst.add(r * c)) };
+        for k in (0..whole).step_by(LANES) {
+            unsafe { output_adjoint_block::<LANES>(src.add(k), row, c, dst.add(k), stride) };
+        }
+        for k in whole..c {
+            unsafe { output_adjoint_block::<1>(src.add(k), row, c, dst.add(k), stride) };
+        }
     }
 }
 
-/// Channels `k..k + N` of one tile's adjoint output transform, with
-/// `A = [1 0; 1 1; 1 −1; 0 −1]`.
+/// `N` values from `p` into a local array.
+///
+/// # Safety
+/// `p .. p + N` is readable.
 #[inline(always)]
-fn output_adjoint_block<const N: usize>(
-    rows: [&[f32]; 2],
+unsafe fn load<const N: usize>(p: *const f32) -> [f32; N] {
+    let mut v = [0.0f32; N];
+    // SAFETY: the caller guarantees `N` readable values; `v` is a distinct local.
+    unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), N) };
+    v
+}
+
+/// `v` to `p .. p + N`.
+///
+/// # Safety
+/// `p .. p + N` is writable.
+#[inline(always)]
+unsafe fn store<const N: usize>(p: *mut f32, v: &[f32; N]) {
+    // SAFETY: the caller guarantees `N` writable values; `v` is a distinct local.
+    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, N) };
+}
+
+/// Channels `0..N` from `src` of one tile's adjoint output transform, with
+/// `A = [1 0; 1 1; 1 −1; 0 −1]`.
+///
+/// # Safety
+/// As [`output_adjoint_tiles_portable`], for one tile and `N` channels.
+#[inline(always)]
+unsafe fn output_adjoint_block<const N: usize>(
+    src: *const f32,
+    row: usize,
     c: usize,
-    k: usize,
-    planes: &mut [&mut [f32]],
-    at: usize,
+    dst: *mut f32,
+    stride: usize,
 ) {
-    let mut y = [[[0.0f32; N]; 2]; 2];
-    for (ya, row) in y.iter_mut().zip(rows) {
-        ya[0].copy_from_slice(&row[k..][..N]);
-        ya[1].copy_from_slice(&row[c + k..][..N]);
-    }
+    // SAFETY (loads and stores): within the caller's bounds.
+    let y: [[[f32; N]; 2]; 2] =
+        std::array::from_fn(|a| std::array::from_fn(|b| unsafe { load(src.add(a * row + b * c)) }));
     // Along the rows: dY·Aᵀ, four values from each row's two.
     let mut z = [[[0.0f32; N]; 4]; 2];
     for (za, ya) in z.iter_mut().zip(&y) {
@@ -315,41 +410,48 @@ fn output_adjoint_block<const N: usize>(
         }
     }
     // Down the columns: A·(dY·Aᵀ).
-    for j in 0..4 {
+    for (j, (z0j, z1j)) in z[0].iter().zip(&z[1]).enumerate() {
         let mut d = [[0.0f32; N]; 4];
         for l in 0..N {
-            let (z0, z1) = (z[0][j][l], z[1][j][l]);
+            let (z0, z1) = (z0j[l], z1j[l]);
             d[0][l] = z0;
             d[1][l] = z0 + z1;
             d[2][l] = z0 - z1;
             d[3][l] = -z1;
         }
         for (i, d) in d.iter().enumerate() {
-            planes[i * 4 + j][at + k..][..N].copy_from_slice(d);
+            unsafe { store(dst.add((i * 4 + j) * stride), d) };
         }
     }
 }
 
-/// `V = Bᵀ·d·B` for every 4×4 tile `d` (rows and columns `2·ty − 1 ..= 2·ty + 2`, zero
-/// outside the image) from tile `first` on, into `v` (`[16, tiles, c]`), with
-/// `Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]`. `padded`: room for one image with its
-/// border of zeros (`(2·th + 2)·(2·tw + 2)·c` values), where the tiles are read from.
-fn transform_input(x: &[f32], s: Shape, first: usize, v: &mut [f32], padded: &mut [f32]) {
+/// `V = Bᵀ·d·B` for every 4×4 tile `d` of `first..first + tiles` (rows and columns
+/// `2·ty − 1 ..= 2·ty + 2`, zero outside the image), into `v` (`[16, tiles, c]`, planes
+/// [`plane_stride`] apart), with `Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]`. `padded`: room
+/// for one image with its border of zeros (`(2·th + 2)·(2·tw + 2)·c` values), where the tiles
+/// are read from.
+fn transform_input(
+    x: &[f32],
+    s: Shape,
+    (first, tiles): (usize, usize),
+    v: &mut [f32],
+    padded: &mut [f32],
+) {
     let c = s.c_in;
-    let tiles = v.len() / (16 * c).max(1);
-    let mut planes: Vec<&mut [f32]> = v.chunks_exact_mut(tiles * c).collect();
-    let image_len = s.h * s.w * c;
+    let (stride, image_len) = (plane_stride(tiles, c), s.h * s.w * c);
     let (_, wp) = s.padded_sides();
     let padded = &mut padded[..s.padded_len()];
     let mut current = None;
-    for t in 0..tiles {
-        let (image, ty, tx) = locate(s, first + t);
+    let mut t = 0;
+    while t < tiles {
+        let (image, ty, tx, run, _) = run_at(s, first + t, tiles - t);
         if current != Some(image) {
             pad(&x[image * image_len..][..image_len], s, padded);
             current = Some(image);
         }
-        let row = |i: usize| &padded[((2 * ty + i) * wp + 2 * tx) * c..][..4 * c];
-        input_tile([row(0), row(1), row(2), row(3)], c, &mut planes, t * c);
+        let src = &padded[(2 * ty * wp + 2 * tx) * c..];
+        input_run(src, wp * c, run, c, v, (stride, t * c));
+        t += run;
     }
 }
 
@@ -369,41 +471,83 @@ fn pad(image: &[f32], s: Shape, padded: &mut [f32]) {
     }
 }
 
+/// `run` tiles side by side, their 4×4 pixels in `src` (rows `row` values apart, the next tile
+/// two pixels on), through the input transform into the planes of `v` (plane `e` at
+/// `e·stride`, the run's first tile at `at`).
+fn input_run(
+    src: &[f32],
+    row: usize,
+    run: usize,
+    c: usize,
+    v: &mut [f32],
+    (stride, at): (usize, usize),
+) {
+    if run == 0 || c == 0 {
+        return;
+    }
+    assert!(
+        src.len() >= 3 * row + (2 * run + 2) * c,
+        "input_run: pixels"
+    );
+    assert!(
+        at + run * c <= stride && v.len() >= 15 * stride + at + run * c,
+        "input_run: planes"
+    );
+    // SAFETY: the tiles' pixels `src + i·row + (2r + j)·c + k` (i, j < 4, r < run, k < c) lie
+    // within `src` and the planes' `v + e·stride + at + r·c + k` (e < 16) within `v` (asserted
+    // above); `v` is a distinct `&mut`.
+    unsafe { input_tiles(src.as_ptr(), row, run, c, v.as_mut_ptr().add(at), stride) }
+}
+
 /// Channels transformed together: one AVX-512 register, two of AVX2. The values of a block are
 /// copied into local arrays first, so that the compiler knows the tile's rows and the 16
 /// destinations do not overlap and vectorises the arithmetic.
 const LANES: usize = 16;
 
-/// One tile's input transform over its channels: rows `d` of four pixels each, into
-/// `planes[e][at..at + c]`.
+/// `run` tiles of the input transform over their channels.
+///
+/// # Safety
+/// For `r < run`, `k < c`: `src + i·row + (2r + j)·c + k` is readable (i, j < 4) and
+/// `dst + e·stride + r·c + k` writable (e < 16), and the two do not overlap.
 #[inline(always)]
-fn input_tile_portable(d: [&[f32]; 4], c: usize, planes: &mut [&mut [f32]], at: usize) {
+unsafe fn input_tiles_portable(
+    src: *const f32,
+    row: usize,
+    run: usize,
+    c: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
     // Written out: the same loops through a helper taking a closure cost the whole step 2–7%
     // more CPU time.
     let whole = c / LANES * LANES;
-    for k in (0..whole).step_by(LANES) {
-        input_block::<LANES>(&d, c, k, planes, at);
-    }
-    for k in whole..c {
-        input_block::<1>(&d, c, k, planes, at);
+    for r in 0..run {
+        // SAFETY (all below): offsets within the caller's bounds.
+        let (src, dst) = unsafe { (src.add(2 * r * c), dst.add(r * c)) };
+        for k in (0..whole).step_by(LANES) {
+            unsafe { input_block::<LANES>(src.add(k), row, c, dst.add(k), stride) };
+        }
+        for k in whole..c {
+            unsafe { input_block::<1>(src.add(k), row, c, dst.add(k), stride) };
+        }
     }
 }
 
-/// Channels `k..k + N` of one tile's input transform.
+/// Channels `0..N` from `src` of one tile's input transform.
+///
+/// # Safety
+/// As [`input_tiles_portable`], for one tile and `N` channels.
 #[inline(always)]
-fn input_block<const N: usize>(
-    d: &[&[f32]; 4],
+unsafe fn input_block<const N: usize>(
+    src: *const f32,
+    row: usize,
     c: usize,
-    k: usize,
-    planes: &mut [&mut [f32]],
-    at: usize,
+    dst: *mut f32,
+    stride: usize,
 ) {
-    let mut x = [[[0.0f32; N]; 4]; 4];
-    for (xi, row) in x.iter_mut().zip(d) {
-        for (j, xij) in xi.iter_mut().enumerate() {
-            xij.copy_from_slice(&row[j * c + k..][..N]);
-        }
-    }
+    // SAFETY (loads and stores): within the caller's bounds.
+    let x: [[[f32; N]; 4]; 4] =
+        std::array::from_fn(|i| std::array::from_fn(|j| unsafe { load(src.add(i * row + j * c)) }));
     // Down the columns: Bᵀ·d.
     let mut b = [[[0.0f32; N]; 4]; 4];
     for j in 0..4 {
@@ -425,72 +569,118 @@ fn input_block<const N: usize>(
             v[3][l] = b[1][l] - b[3][l];
         }
         for (j, v) in v.iter().enumerate() {
-            planes[i * 4 + j][at + k..][..N].copy_from_slice(v);
+            unsafe { store(dst.add((i * 4 + j) * stride), v) };
         }
     }
 }
 
-/// `Y = Aᵀ·M·A` for every tile from `first` on, `Aᵀ = [1 1 1 0; 0 1 −1 −1]`, from `m`
-/// (`[16, tiles, c_out]`) into the tiles' pixels of `out` (channels-last
-/// `[images, h, w, c_out]`; a tile's pixels past an odd side are dropped). `edge`: room for a
-/// tile's pixels (`4·c_out` values).
-fn transform_output(m: &[f32], s: Shape, first: usize, out: &mut [f32], edge: &mut [f32]) {
+/// `Y = Aᵀ·M·A` for every tile of `first..first + tiles`, `Aᵀ = [1 1 1 0; 0 1 −1 −1]`, from `m`
+/// (`[16, tiles, c_out]`, planes [`plane_stride`] apart) into the tiles' pixels of `out`
+/// (channels-last `[images, h, w, c_out]`; a tile's pixels past an odd side are dropped).
+/// `edge`: room for a tile's pixels (`4·c_out` values).
+fn transform_output(
+    m: &[f32],
+    s: Shape,
+    (first, tiles): (usize, usize),
+    out: &mut [f32],
+    edge: &mut [f32],
+) {
     let c = s.c_out;
-    let tiles = m.len() / (16 * c).max(1);
-    let planes: Vec<&[f32]> = m.chunks_exact(tiles * c).collect();
-    let image_len = s.h * s.w * c;
-    for t in 0..tiles {
-        let (image, ty, tx) = locate(s, first + t);
+    let (stride, image_len) = (plane_stride(tiles, c), s.h * s.w * c);
+    let mut t = 0;
+    while t < tiles {
+        let (image, ty, tx, run, full) = run_at(s, first + t, tiles - t);
         let out = &mut out[image * image_len..][..image_len];
-        let src: [&[f32]; 16] = std::array::from_fn(|e| &planes[e][t * c..][..c]);
-        let (y, x) = (2 * ty, 2 * tx);
-        if y + 1 < s.h && x + 1 < s.w {
-            let (upper, lower) = out.split_at_mut(((y + 1) * s.w + x) * c);
-            let top = &mut upper[(y * s.w + x) * c..][..2 * c];
-            output_tile(src, c, top, &mut lower[..2 * c]);
-            continue;
+        let y = 2 * ty;
+        if full > 0 {
+            let pixels = &mut out[(y * s.w + 2 * tx) * c..];
+            output_run(m, (stride, t * c), full, c, pixels, s.w * c);
         }
-        let edge = &mut edge[..4 * c];
-        let (top, bottom) = edge.split_at_mut(2 * c);
-        output_tile(src, c, top, bottom);
-        for a in 0..2 {
-            for b in 0..2 {
-                if y + a < s.h && x + b < s.w {
-                    out[((y + a) * s.w + x + b) * c..][..c]
-                        .copy_from_slice(&edge[(a * 2 + b) * c..][..c]);
+        for r in full..run {
+            let x = 2 * (tx + r);
+            let edge = &mut edge[..4 * c];
+            output_run(m, (stride, (t + r) * c), 1, c, edge, 2 * c);
+            for a in 0..2 {
+                for b in 0..2 {
+                    if y + a < s.h && x + b < s.w {
+                        out[((y + a) * s.w + x + b) * c..][..c]
+                            .copy_from_slice(&edge[(a * 2 + b) * c..][..c]);
+                    }
                 }
             }
         }
+        t += run;
     }
 }
 
-/// One tile's output transform: its top two and bottom two pixels (`2·c` values each).
+/// `run` tiles from the planes of `m` (plane `e` at `e·stride`, the run's first tile at `at`)
+/// through the output transform into their 2×2 pixels in `dst` (rows `row` values apart, the
+/// next tile two pixels on).
+fn output_run(
+    m: &[f32],
+    (stride, at): (usize, usize),
+    run: usize,
+    c: usize,
+    dst: &mut [f32],
+    row: usize,
+) {
+    if run == 0 || c == 0 {
+        return;
+    }
+    assert!(
+        at + run * c <= stride && m.len() >= 15 * stride + at + run * c,
+        "output_run: planes"
+    );
+    assert!(dst.len() >= row + 2 * run * c, "output_run: pixels");
+    // SAFETY: the planes' `m + e·stride + at + r·c + k` (e < 16, r < run, k < c) lie within `m`
+    // and the pixels `dst + a·row + (2r + b)·c + k` (a, b < 2) within `dst` (asserted above);
+    // `dst` is a distinct `&mut`.
+    unsafe { output_tiles(m.as_ptr().add(at), stride, run, c, dst.as_mut_ptr(), row) }
+}
+
+/// `run` tiles of the output transform over their channels.
+///
+/// # Safety
+/// For `r < run`, `k < c`: `src + e·stride + r·c + k` is readable (e < 16) and
+/// `dst + a·row + (2r + b)·c + k` writable (a, b < 2), and the two do not overlap.
 #[inline(always)]
-fn output_tile_portable(m: [&[f32]; 16], c: usize, top: &mut [f32], bottom: &mut [f32]) {
+unsafe fn output_tiles_portable(
+    src: *const f32,
+    stride: usize,
+    run: usize,
+    c: usize,
+    dst: *mut f32,
+    row: usize,
+) {
     // Written out: the same loops through a helper taking a closure cost the whole step 2–7%
     // more CPU time.
     let whole = c / LANES * LANES;
-    for k in (0..whole).step_by(LANES) {
-        output_block::<LANES>(&m, c, k, top, bottom);
-    }
-    for k in whole..c {
-        output_block::<1>(&m, c, k, top, bottom);
+    for r in 0..run {
+        // SAFETY (all below): offsets within the caller's bounds.
+        let (src, dst) = unsafe { (src.add(r * c), dst.add(2 * r * c)) };
+        for k in (0..whole).step_by(LANES) {
+            unsafe { output_block::<LANES>(src.add(k), stride, c, dst.add(k), row) };
+        }
+        for k in whole..c {
+            unsafe { output_block::<1>(src.add(k), stride, c, dst.add(k), row) };
+        }
     }
 }
 
-/// Channels `k..k + N` of one tile's output transform.
+/// Channels `0..N` from `src` of one tile's output transform.
+///
+/// # Safety
+/// As [`output_tiles_portable`], for one tile and `N` channels.
 #[inline(always)]
-fn output_block<const N: usize>(
-    m: &[&[f32]; 16],
+unsafe fn output_block<const N: usize>(
+    src: *const f32,
+    stride: usize,
     c: usize,
-    k: usize,
-    top: &mut [f32],
-    bottom: &mut [f32],
+    dst: *mut f32,
+    row: usize,
 ) {
-    let mut x = [[0.0f32; N]; 16];
-    for (xe, plane) in x.iter_mut().zip(m) {
-        xe.copy_from_slice(&plane[k..][..N]);
-    }
+    // SAFETY (loads and stores): within the caller's bounds.
+    let x: [[f32; N]; 16] = std::array::from_fn(|e| unsafe { load(src.add(e * stride)) });
     // Aᵀ·M down the columns, then along the rows.
     let mut s = [[[0.0f32; N]; 4]; 2];
     for j in 0..4 {
@@ -507,9 +697,10 @@ fn output_block<const N: usize>(
             yi[1][l] = si[1][l] - si[2][l] - si[3][l];
         }
     }
-    for (row, yi) in [top, bottom].into_iter().zip(&y) {
-        row[k..][..N].copy_from_slice(&yi[0]);
-        row[c + k..][..N].copy_from_slice(&yi[1]);
+    for (a, ya) in y.iter().enumerate() {
+        for (b, v) in ya.iter().enumerate() {
+            unsafe { store(dst.add(a * row + b * c), v) };
+        }
     }
 }
 
@@ -537,57 +728,69 @@ fn simd() -> Simd {
     Simd::Baseline
 }
 
-/// One function of the transforms compiled for each [`Simd`] level, and its dispatch.
+/// One kernel of the transforms (an `unsafe fn` on raw pointers) compiled for each [`Simd`]
+/// level, and its dispatch, with the portable kernel's safety contract.
 macro_rules! dispatched {
     ($name:ident, $portable:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+        /// # Safety
+        /// As the portable kernel's.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx2")]
-        fn $avx512($($arg: $ty),*) {
-            $portable($($arg),*)
+        unsafe fn $avx512($($arg: $ty),*) {
+            // SAFETY: the caller keeps the portable kernel's contract.
+            unsafe { $portable($($arg),*) }
         }
 
+        /// # Safety
+        /// As the portable kernel's.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
-        fn $avx2($($arg: $ty),*) {
-            $portable($($arg),*)
+        unsafe fn $avx2($($arg: $ty),*) {
+            // SAFETY: the caller keeps the portable kernel's contract.
+            unsafe { $portable($($arg),*) }
         }
 
-        fn $name($($arg: $ty),*) {
+        /// # Safety
+        /// As the portable kernel's.
+        unsafe fn $name($($arg: $ty),*) {
             match simd() {
-                // SAFETY: the CPU has AVX-512F and AVX2 (checked at run time by `simd`).
+                // SAFETY: the CPU has AVX-512F and AVX2 (checked at run time by `simd`); the
+                // caller keeps the kernel's contract.
                 #[cfg(target_arch = "x86_64")]
                 Simd::Avx512 => unsafe { $avx512($($arg),*) },
-                // SAFETY: the CPU has AVX2 (checked at run time by `simd`).
+                // SAFETY: the CPU has AVX2 (checked at run time by `simd`); as above.
                 #[cfg(target_arch = "x86_64")]
                 Simd::Avx2 => unsafe { $avx2($($arg),*) },
+                // SAFETY: the caller keeps the kernel's contract.
                 #[cfg(not(target_arch = "x86_64"))]
-                Simd::Avx512 | Simd::Avx2 => $portable($($arg),*),
-                Simd::Baseline => $portable($($arg),*),
+                Simd::Avx512 | Simd::Avx2 => unsafe { $portable($($arg),*) },
+                // SAFETY: as above.
+                Simd::Baseline => unsafe { $portable($($arg),*) },
             }
         }
     };
 }
 
 dispatched!(
-    input_tile,
-    input_tile_portable,
-    input_tile_avx512,
-    input_tile_avx2,
-    (d: [&[f32]; 4], c: usize, planes: &mut [&mut [f32]], at: usize)
+    input_tiles,
+    input_tiles_portable,
+    input_tiles_avx512,
+    input_tiles_avx2,
+    (src: *const f32, row: usize, run: usize, c: usize, dst: *mut f32, stride: usize)
 );
 dispatched!(
-    output_tile,
-    output_tile_portable,
-    output_tile_avx512,
-    output_tile_avx2,
-    (m: [&[f32]; 16], c: usize, top: &mut [f32], bottom: &mut [f32])
+    output_tiles,
+    output_tiles_portable,
+    output_tiles_avx512,
+    output_tiles_avx2,
+    (src: *const f32, stride: usize, run: usize, c: usize, dst: *mut f32, row: usize)
 );
 dispatched!(
-    output_adjoint_tile,
-    output_adjoint_tile_portable,
-    output_adjoint_tile_avx512,
-    output_adjoint_tile_avx2,
-    (top: &[f32], bottom: &[f32], c: usize, planes: &mut [&mut [f32]], at: usize)
+    output_adjoint_tiles,
+    output_adjoint_tiles_portable,
+    output_adjoint_tiles_avx512,
+    output_adjoint_tiles_avx2,
+    (src: *const f32, row: usize, run: usize, c: usize, dst: *mut f32, stride: usize)
 );
 
 #[cfg(test)]
@@ -719,47 +922,47 @@ mod tests {
 
     /// Every compiled form of the transforms (the baseline's, AVX2's and AVX-512's where the
     /// CPU has them) gives the same values: another machine may take another path than this.
+    /// Runs of two tiles, with channels in whole vectors and a remainder.
     #[test]
     fn every_simd_level_transforms_alike() {
         let mut rng = StdRng::seed_from_u64(6);
-        let c = 2 * LANES + 3;
-        let (rows, m) = (draw(&mut rng, 16 * c), draw(&mut rng, 16 * c));
-        let run = |level: Simd| {
-            let d: [&[f32]; 4] = std::array::from_fn(|i| &rows[i * 4 * c..][..4 * c]);
-            let src: [&[f32]; 16] = std::array::from_fn(|e| &m[e * c..][..c]);
-            let (upper, lower) = (&rows[..2 * c], &rows[2 * c..4 * c]);
-            let (mut v, mut adjoint) = (vec![0.0f32; 16 * c], vec![0.0f32; 16 * c]);
-            let (mut top, mut bottom) = (vec![0.0f32; 2 * c], vec![0.0f32; 2 * c]);
-            {
-                let mut planes: Vec<&mut [f32]> = v.chunks_exact_mut(c).collect();
-                let mut adjoint_planes: Vec<&mut [f32]> = adjoint.chunks_exact_mut(c).collect();
-                let (planes, adjoint_planes) = (&mut planes[..], &mut adjoint_planes[..]);
-                match level {
-                    Simd::Baseline => {
-                        input_tile_portable(d, c, planes, 0);
-                        output_tile_portable(src, c, &mut top, &mut bottom);
-                        output_adjoint_tile_portable(upper, lower, c, adjoint_planes, 0);
-                    }
-                    // SAFETY (both arms): called only where the CPU has the level's features.
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx2 => unsafe {
-                        input_tile_avx2(d, c, planes, 0);
-                        output_tile_avx2(src, c, &mut top, &mut bottom);
-                        output_adjoint_tile_avx2(upper, lower, c, adjoint_planes, 0);
-                    },
-                    #[cfg(target_arch = "x86_64")]
-                    Simd::Avx512 => unsafe {
-                        input_tile_avx512(d, c, planes, 0);
-                        output_tile_avx512(src, c, &mut top, &mut bottom);
-                        output_adjoint_tile_avx512(upper, lower, c, adjoint_planes, 0);
-                    },
-                    #[cfg(not(target_arch = "x86_64"))]
-                    Simd::Avx2 | Simd::Avx512 => unreachable!("x86 levels elsewhere"),
-                }
+        let (c, run) = (2 * LANES + 3, 2);
+        // Pixels: four rows of `2·run + 2` pixels; planes: 16 of `run·c` values.
+        let (row, stride) = ((2 * run + 2) * c, run * c);
+        let (pixels, planes) = (draw(&mut rng, 4 * row), draw(&mut rng, 16 * stride));
+        let run_level = |level: Simd| {
+            let (mut v, mut adjoint) = (vec![0.0f32; 16 * stride], vec![0.0f32; 16 * stride]);
+            let mut out = vec![0.0f32; 2 * row];
+            let (src, m) = (pixels.as_ptr(), planes.as_ptr());
+            let (v_ptr, a_ptr, o_ptr) = (v.as_mut_ptr(), adjoint.as_mut_ptr(), out.as_mut_ptr());
+            // SAFETY (every arm): the buffers hold what each kernel reads and writes for a run
+            // of `run` tiles with these strides, and the x86 levels run only where the CPU has
+            // their features.
+            match level {
+                Simd::Baseline => unsafe {
+                    input_tiles_portable(src, row, run, c, v_ptr, stride);
+                    output_tiles_portable(m, stride, run, c, o_ptr, row);
+                    output_adjoint_tiles_portable(src, row, run, c, a_ptr, stride);
+                },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe {
+                    input_tiles_avx2(src, row, run, c, v_ptr, stride);
+                    output_tiles_avx2(m, stride, run, c, o_ptr, row);
+                    output_adjoint_tiles_avx2(src, row, run, c, a_ptr, stride);
+                },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe {
+                    input_tiles_avx512(src, row, run, c, v_ptr, stride);
+                    output_tiles_avx512(m, stride, run, c, o_ptr, row);
+                    output_adjoint_tiles_avx512(src, row, run, c, a_ptr, stride);
+                },
+                #[cfg(not(target_arch = "x86_64"))]
+                Simd::Avx2 | Simd::Avx512 => unreachable!("x86 levels elsewhere"),
             }
-            [v, top, bottom, adjoint]
+            [v, out, adjoint]
         };
-        let baseline = run(Simd::Baseline);
+        let baseline = run_level(Simd::Baseline);
+        assert!(baseline.iter().all(|b| b.iter().any(|&x| x != 0.0)));
         #[allow(unused_mut)]
         let mut levels = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -773,7 +976,7 @@ mod tests {
             }
         }
         for level in levels {
-            for (a, b) in baseline.iter().zip(&run(level)) {
+            for (a, b) in baseline.iter().zip(&run_level(level)) {
                 for (x, y) in a.iter().zip(b) {
                     assert!((x - y).abs() <= 1e-6 * (1.0 + x.abs()), "{x} vs {y}");
                 }
