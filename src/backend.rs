@@ -106,16 +106,21 @@ pub fn flush_denormals() -> bool {
     }
 }
 
-/// `f()` run on one of rayon's worker threads, its result returned; the calling thread waits.
-/// From a worker already, `f` runs in place.
+/// `f()` run on a worker of a rayon pool kept for the calling thread, its result returned;
+/// the calling thread waits. From a rayon worker already, `f` runs in place.
 ///
-/// The fused CPU kernels split each op over rayon's pool. Called from a thread outside the
-/// pool (a program's main thread), every op hands its work to the pool's threads and waits
-/// idle, while the serial work between ops (burn's autodiff graph, the optimizer, the kernels'
-/// weight transforms) runs with the pool's threads asleep, so that each op wakes them again.
-/// Run on a worker, the calling thread takes part in every op: the UNet training step at batch
-/// 64 took about 11% less time at two threads (docs/benchmarks.md). [`Trainer`] runs its steps
-/// this way; call it for other CPU-heavy work (sampling, evaluation) too.
+/// The fused CPU kernels split each op over rayon's threads. Called from a thread outside a
+/// pool (a program's main thread), every op hands its work to the pool and waits idle, while the
+/// serial work between ops (burn's autodiff graph, the optimizer, the kernels' weight
+/// transforms) runs with the pool's threads asleep, so that each op wakes them again. Run on a
+/// worker, the thread that runs `f` takes part in every op: the UNet training step at batch 64
+/// took about 11% less time at two threads (docs/benchmarks.md). [`Trainer`] runs its steps
+/// this way.
+///
+/// The pool is the calling thread's own (as many threads as rayon's global pool, made on first
+/// use): `f` holds burn's autodiff lock while it waits for its parallel work, and a worker of a
+/// shared pool could, while waiting, take up another thread's `f` and block on that lock for
+/// good.
 ///
 /// [`Trainer`]: crate::train::Trainer
 ///
@@ -127,8 +132,18 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    // From outside the pool, `join` runs as one job on a worker, its first closure in place.
-    rayon::join(f, || ()).0
+    thread_local! {
+        static POOL: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("integration-flow-{i}"))
+            .build()
+            .ok();
+    }
+    // Without a pool of its own (the threads could not be made), in place.
+    POOL.with(|pool| match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    })
 }
 
 /// Whether the NVIDIA driver library (`libcuda.so.1`) can be loaded: the CUDA backend loads it

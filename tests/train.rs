@@ -536,3 +536,58 @@ fn set_steps_extends_a_run_and_rejects_zero() {
     trainer.fit().unwrap();
     assert_eq!(trainer.step(), 5);
 }
+
+/// Trainers on several threads at once all finish (each trains on a rayon pool of its own
+/// thread: on one shared pool, a worker waiting inside one trainer's step could take up
+/// another's and block on burn's autodiff lock for good, as it once did in this file's tests).
+/// A stress check, not a certain reproduction of that interleaving; a small UNet, whose
+/// convolutions always split their work over rayon's threads.
+#[test]
+fn trainers_on_several_threads_at_once_finish() {
+    use integration_flow::nn::UNetConfig;
+    let (done, finished) = std::sync::mpsc::channel();
+    for seed in 0..4u64 {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let config = UNetConfig {
+                height: 8,
+                width: 8,
+                patch: 1,
+                base_channels: 8,
+                channel_mult: vec![1, 2],
+                attention_resolutions: vec![4],
+                heads: 2,
+                groups: 4,
+                ..Default::default()
+            };
+            let net = config
+                .init::<CpuAutodiff>(&Default::default(), seed)
+                .unwrap();
+            let model = IntegrationFlowConfig {
+                parameterization: Parameterization::Integral,
+                sigma_data: 0.5,
+                anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
+            }
+            .init(
+                Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+                net,
+            )
+            .unwrap();
+            let values = (0..256 * 64).map(|i| ((i * 7919 % 101) as f32 / 50.0) - 1.0);
+            let data = Dataset::new(values.collect(), 64).unwrap();
+            let mut trainer = Trainer::new(model, data, quiet(30, 32)).unwrap();
+            trainer.fit().unwrap();
+            done.send((seed, trainer.step())).unwrap();
+        });
+    }
+    drop(done);
+    let mut steps = Vec::new();
+    for _ in 0..4 {
+        // Four small trainings take seconds; a deadlock never ends.
+        let (seed, step) = finished
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .expect("every trainer finishes (none deadlocked)");
+        steps.push((seed, step));
+    }
+    assert!(steps.iter().all(|&(_, step)| step == 30), "{steps:?}");
+}
