@@ -34,6 +34,7 @@ pub(crate) fn concat_channels<B: Backend>(
 /// The kernels: per image, `a`'s run of values then `b`'s.
 #[cfg(feature = "flex")]
 mod kernels {
+    use super::super::flex_ops::par_vec_map;
     use rayon::prelude::*;
 
     /// Runs per rayon task: about 64K values.
@@ -43,18 +44,17 @@ mod kernels {
 
     pub(super) fn join(a: &[f32], b: &[f32], (len_a, len_b): (usize, usize)) -> Vec<f32> {
         let len = len_a + len_b;
-        let mut out = vec![0.0f32; a.len() + b.len()];
         let k = per_task(len);
-        out.par_chunks_mut(k * len)
-            .zip(a.par_chunks(k * len_a.max(1)))
-            .zip(b.par_chunks(k * len_b.max(1)))
-            .for_each(|((out, a), b)| {
-                for (i, image) in out.chunks_exact_mut(len).enumerate() {
-                    image[..len_a].copy_from_slice(&a[i * len_a..][..len_a]);
-                    image[len_a..].copy_from_slice(&b[i * len_b..][..len_b]);
-                }
-            });
-        out
+        let inputs = a
+            .par_chunks(k * len_a.max(1))
+            .zip(b.par_chunks(k * len_b.max(1)));
+        par_vec_map(a.len() + b.len(), k * len, inputs, |out, (a, b)| {
+            for (i, image) in out.chunks_exact_mut(len).enumerate() {
+                image[..len_a].copy_from_slice(&a[i * len_a..][..len_a]);
+                image[len_a..].copy_from_slice(&b[i * len_b..][..len_b]);
+            }
+        })
+        .0
     }
 
     /// The inverse of [`join`]: `(a's values, b's values)`.

@@ -110,7 +110,7 @@ pub(crate) fn pixelwise<B: Backend>(layer: &Linear<B>, x: Tensor<B, 4>) -> Tenso
 /// The kernels on plain slices: the im2col layout, the tiling and the three products.
 #[cfg(feature = "flex")]
 mod kernels {
-    use super::super::flex_ops::{product, sum};
+    use super::super::flex_ops::{par_vec_map, product, sum};
     use super::super::layout::Layout;
     use super::super::scratch;
     use super::super::transpose::transpose;
@@ -444,10 +444,9 @@ mod kernels {
         let (tile, per_group, groups) = g.plan();
         let (len_in, len_out) = (g.c_in * g.pixels_in(), g.c_out * g.pixels_out());
         let copies = layout == Layout::ChannelsFirst;
-        let mut out = vec![0.0f32; g.n * len_out];
         let mut xt = vec![0.0f32; if copies { g.n * len_in } else { 0 }];
         if g.n == 0 {
-            return (out, xt);
+            return (Vec::new(), xt);
         }
         let (k, p, threads) = (g.k(), g.pixels_out(), groups == 1);
         let run = |x: &[f32], xt: &mut [f32], out: &mut [f32]| {
@@ -482,10 +481,13 @@ mod kernels {
             scratch::give(cols);
             scratch::give(result);
         };
-        out.par_chunks_mut(per_group * len_out)
-            .zip(group_chunks(&mut xt, per_group * len_in, groups))
-            .zip(x.par_chunks(per_group * len_in))
-            .for_each(|((out, xt), x)| run(x, xt, out));
+        let inputs =
+            x.par_chunks(per_group * len_in)
+                .zip(group_chunks(&mut xt, per_group * len_in, groups));
+        let len = g.n * len_out;
+        let (out, _) = par_vec_map(len, per_group * len_out, inputs, |out, (x, xt)| {
+            run(x, xt, out)
+        });
         (out, xt)
     }
 
@@ -551,7 +553,6 @@ mod kernels {
         let (len_in, len_out) = (g.c_in * g.pixels_in(), g.c_out * g.pixels_out());
         let (k, p, co) = (g.k(), g.pixels_out(), g.c_out);
         let copies = layout == Layout::ChannelsFirst;
-        let mut dx = vec![0.0f32; if want_dx { g.n * len_in } else { 0 }];
         let threads = groups == 1;
         // The input gradient of a 3×3 "same" convolution is one too, of the output gradient.
         let input_gradient = want_dx.then(|| match weights {
@@ -646,16 +647,25 @@ mod kernels {
             }
             (dw, db)
         };
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = xt
+        let inputs = xt
             .par_chunks(per_group * len_in)
-            .zip(dout.par_chunks(per_group * len_out))
-            .zip(group_chunks(&mut dx, per_group * len_in, groups))
-            .map(|((xt, dout), dx)| run(xt, dout, dx))
-            .collect();
+            .zip(dout.par_chunks(per_group * len_out));
+        let len = if want_dx { g.n * len_in } else { 0 };
+        let (dx, partials) = par_vec_map(len, per_group * len_in, inputs, |dx, (xt, dout)| {
+            run(xt, dout, dx)
+        });
+        // The groups' shares summed in their order, element runs on rayon's threads.
         let mut dw = vec![0.0f32; dw_len];
         let mut db = vec![0.0f32; co];
-        for (pw, pb) in &partials {
-            dw.iter_mut().zip(pw).for_each(|(s, v)| *s += v);
+        const RUN: usize = 1 << 14;
+        dw.par_chunks_mut(RUN).enumerate().for_each(|(k, run)| {
+            for (pw, _) in &partials {
+                run.iter_mut()
+                    .zip(&pw[k * RUN..])
+                    .for_each(|(s, v)| *s += v);
+            }
+        });
+        for (_, pb) in &partials {
             db.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
         }
         let dw = match (want_dw, winograd) {

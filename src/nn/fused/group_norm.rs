@@ -399,7 +399,9 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{on_flex, record, update_values, values, FlexAutodiff};
+    use super::super::flex_ops::{
+        on_flex, par_vec_map, record, update_values, values, FlexAutodiff,
+    };
     use super::kernels::{self, Shape};
     use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -462,15 +464,11 @@ mod flex {
     ) -> (Vec<[f32; 2]>, Vec<f32>) {
         let (x, gamma, beta) = (values(x), values(gamma), values(beta));
         let (s, activate) = (op.shape, op.activate);
-        let mut out = vec![0.0f32; x.len()];
-        let stats: Vec<Vec<[f32; 2]>> = x
-            .par_chunks(s.image())
-            .zip(out.par_chunks_mut(s.image()))
-            .map(|(x, out)| match op.layout {
-                Layout::ChannelsFirst => kernels::forward(x, (&gamma, &beta), s, activate, out),
-                Layout::ChannelsLast => kernels::forward_last(x, (&gamma, &beta), s, activate, out),
-            })
-            .collect();
+        let images = x.par_chunks(s.image());
+        let (out, stats) = par_vec_map(x.len(), s.image(), images, |out, x| match op.layout {
+            Layout::ChannelsFirst => kernels::forward(x, (&gamma, &beta), s, activate, out),
+            Layout::ChannelsLast => kernels::forward_last(x, (&gamma, &beta), s, activate, out),
+        });
         (stats.concat(), out)
     }
 

@@ -89,7 +89,7 @@ pub(crate) fn relayout<B: Backend>(x: Tensor<B, 4>, from: Layout, to: Layout) ->
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, record, values, FlexAutodiff};
+    use super::super::flex_ops::{cast, par_vec_map, record, values, FlexAutodiff};
     use super::super::transpose::transpose;
     use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -142,13 +142,14 @@ mod flex {
             (Layout::ChannelsFirst, Layout::ChannelsFirst)
             | (Layout::ChannelsLast, Layout::ChannelsLast) => return x.to_vec(),
         };
-        let mut out = vec![0.0f32; x.len()];
-        if image > 0 {
-            out.par_chunks_mut(image)
-                .zip(x.par_chunks(image))
-                .for_each(|(dst, src)| transpose(src, rows, cols, dst));
+        if image == 0 {
+            return vec![0.0f32; x.len()];
         }
-        out
+        let images = x.par_chunks(image);
+        par_vec_map(x.len(), image, images, |dst, src| {
+            transpose(src, rows, cols, dst)
+        })
+        .0
     }
 
     fn forward(x: &FlexTensor, change: Change) -> FlexTensor {

@@ -47,6 +47,7 @@ fn composed<B: Backend>(x: Tensor<B, 4>, h: usize, w: usize) -> Tensor<B, 4> {
 /// (`[h_in, w_in, c]` to `[h, w, c]`: each pixel's channels copied whole).
 #[cfg(feature = "flex")]
 mod kernels {
+    use super::super::flex_ops::par_vec_map;
     use rayon::prelude::*;
 
     pub(super) fn forward_last(
@@ -56,18 +57,16 @@ mod kernels {
         c: usize,
     ) -> Vec<f32> {
         let images = x.len() / (hi * wi * c).max(1);
-        let mut out = vec![0.0f32; images * h * w * c];
-        out.par_chunks_mut(h * w * c)
-            .zip(x.par_chunks(hi * wi * c))
-            .for_each(|(out, x)| {
-                for (y, row) in out.chunks_exact_mut(w * c).enumerate() {
-                    let src = &x[(y / 2) * wi * c..][..wi * c];
-                    for (col, pixel) in row.chunks_exact_mut(c).enumerate() {
-                        pixel.copy_from_slice(&src[(col / 2) * c..][..c]);
-                    }
+        let inputs = x.par_chunks(hi * wi * c);
+        par_vec_map(images * h * w * c, h * w * c, inputs, |out, x| {
+            for (y, row) in out.chunks_exact_mut(w * c).enumerate() {
+                let src = &x[(y / 2) * wi * c..][..wi * c];
+                for (col, pixel) in row.chunks_exact_mut(c).enumerate() {
+                    pixel.copy_from_slice(&src[(col / 2) * c..][..c]);
                 }
-            });
-        out
+            }
+        })
+        .0
     }
 
     pub(super) fn backward_last(
@@ -77,19 +76,17 @@ mod kernels {
         c: usize,
     ) -> Vec<f32> {
         let images = grad.len() / (h * w * c).max(1);
-        let mut out = vec![0.0f32; images * hi * wi * c];
-        out.par_chunks_mut(hi * wi * c)
-            .zip(grad.par_chunks(h * w * c))
-            .for_each(|(out, grad)| {
-                for (y, row) in grad.chunks_exact(w * c).enumerate() {
-                    let dst = &mut out[(y / 2) * wi * c..][..wi * c];
-                    for (col, pixel) in row.chunks_exact(c).enumerate() {
-                        let d = &mut dst[(col / 2) * c..][..c];
-                        d.iter_mut().zip(pixel).for_each(|(d, v)| *d += v);
-                    }
+        let inputs = grad.par_chunks(h * w * c);
+        par_vec_map(images * hi * wi * c, hi * wi * c, inputs, |out, grad| {
+            for (y, row) in grad.chunks_exact(w * c).enumerate() {
+                let dst = &mut out[(y / 2) * wi * c..][..wi * c];
+                for (col, pixel) in row.chunks_exact(c).enumerate() {
+                    let d = &mut dst[(col / 2) * c..][..c];
+                    d.iter_mut().zip(pixel).for_each(|(d, v)| *d += v);
                 }
-            });
-        out
+            }
+        })
+        .0
     }
 
     pub(super) fn forward(x: &[f32], [hi, wi]: [usize; 2], [h, w]: [usize; 2]) -> Vec<f32> {

@@ -38,35 +38,53 @@ fn plane_stride(tiles: usize, c: usize) -> usize {
 /// products do not end in narrower kernels (which took an eighth of the time otherwise).
 const KERNEL_ROWS: usize = 64;
 
+/// Row `row` of `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]` applied to three vectors: `dst = G[row]·x`,
+/// over every element at once (a loop the compiler vectorises).
+fn g_row(dst: &mut [f32], [x0, x1, x2]: [&[f32]; 3], row: usize) {
+    let terms = dst.iter_mut().zip(x0).zip(x1).zip(x2);
+    match row {
+        0 => dst.copy_from_slice(x0),
+        1 => terms.for_each(|(((d, a), b), c)| *d = 0.5 * (a + b + c)),
+        2 => terms.for_each(|(((d, a), b), c)| *d = 0.5 * (a - b + c)),
+        _ => dst.copy_from_slice(x2),
+    }
+}
+
+/// Row `row` of `Gᵀ = [1 ½ ½ 0; 0 ½ −½ 0; 0 ½ ½ 1]` applied to four vectors: `dst = Gᵀ[row]·x`.
+fn gt_row(dst: &mut [f32], [x0, x1, x2, x3]: [&[f32]; 4], row: usize) {
+    let terms = dst.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3);
+    match row {
+        0 => terms.for_each(|((((d, a), b), c), _)| *d = a + 0.5 * (b + c)),
+        1 => terms.for_each(|((((d, _), b), c), _)| *d = 0.5 * (b - c)),
+        _ => terms.for_each(|((((d, _), b), c), e)| *d = 0.5 * (b + c) + e),
+    }
+}
+
 /// The kernels `[c_out, c_in, 3, 3]` (burn's order) transformed to `[16, c_in, c_out]`, the
-/// filter of the convolution: `U = G·g·Gᵀ` with `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]`.
+/// filter of the convolution: `U = G·g·Gᵀ` with `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]`. The taps
+/// are first transposed to `[c_in, 3, 3, c_out]`, so that every step runs over the output
+/// channels at once (element by element it was 2% of the UNet step, on one thread).
 pub(super) fn filter(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let per_e = c_out * c_in;
+    let mut taps = vec![0.0f32; 9 * per_e];
+    transpose(weight, c_out, 9 * c_in, &mut taps);
     let mut u = vec![0.0f32; 16 * per_e];
-    // G·x for a column x of three: four values.
-    let g = |x: [f32; 3]| {
-        [
-            x[0],
-            0.5 * (x[0] + x[1] + x[2]),
-            0.5 * (x[0] - x[1] + x[2]),
-            x[2],
-        ]
-    };
-    // Input channels outer, output channels inner: the 16 destinations are written in order.
-    for i in 0..c_in {
-        for o in 0..c_out {
-            let taps = &weight[(o * c_in + i) * 9..][..9];
-            let mut columns = [[0.0f32; 3]; 4];
-            for kx in 0..3 {
-                let column = g([taps[kx], taps[3 + kx], taps[6 + kx]]);
-                for (r, value) in column.into_iter().enumerate() {
-                    columns[r][kx] = value;
-                }
+    // Per input channel, `G·g` down the kernel's three columns: `[4, 3, c_out]`.
+    let mut columns = vec![0.0f32; 12 * c_out];
+    for (i, taps) in taps.chunks_exact(9 * c_out).enumerate() {
+        let tap = |t: usize| &taps[t * c_out..][..c_out];
+        for kx in 0..3 {
+            for r in 0..4 {
+                let dst = &mut columns[(r * 3 + kx) * c_out..][..c_out];
+                g_row(dst, [tap(kx), tap(3 + kx), tap(6 + kx)], r);
             }
-            for (r, row) in columns.into_iter().enumerate() {
-                for (s, value) in g(row).into_iter().enumerate() {
-                    u[(r * 4 + s) * per_e + i * c_out + o] = value;
-                }
+        }
+        // Then `(G·g)·Gᵀ` along each of its four rows.
+        for r in 0..4 {
+            let column = |kx: usize| &columns[(r * 3 + kx) * c_out..][..c_out];
+            for s in 0..4 {
+                let dst = &mut u[(r * 4 + s) * per_e + i * c_out..][..c_out];
+                g_row(dst, [column(0), column(1), column(2)], s);
             }
         }
     }
@@ -219,35 +237,33 @@ fn locate(s: Shape, t: usize) -> (usize, usize, usize) {
 }
 
 /// The kernels' gradient `[c_out, c_in, 3, 3]` (burn's order) from the transformed filter's
-/// `du` (`[16, c_in, c_out]`): the adjoint of [`filter`], `dg = Gᵀ·dU·G`.
+/// `du` (`[16, c_in, c_out]`): the adjoint of [`filter`], `dg = Gᵀ·dU·G`, over the output
+/// channels at once, then transposed back.
 pub(super) fn filter_gradient(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut dw = vec![0.0f32; c_out * c_in * 9];
     let per_e = c_out * c_in;
-    // Gᵀ·x for a column x of four: three values.
-    let gt = |x: [f32; 4]| {
-        [
-            x[0] + 0.5 * (x[1] + x[2]),
-            0.5 * (x[1] - x[2]),
-            0.5 * (x[1] + x[2]) + x[3],
-        ]
-    };
-    for i in 0..c_in {
-        for o in 0..c_out {
-            let at = |r: usize, s: usize| du[(r * 4 + s) * per_e + i * c_out + o];
-            // Down the columns first (for each column s), then along the rows.
-            let mut rows = [[0.0f32; 4]; 3];
-            for s in 0..4 {
-                let column = gt([at(0, s), at(1, s), at(2, s), at(3, s)]);
-                for (row, value) in rows.iter_mut().zip(column) {
-                    row[s] = value;
-                }
+    // `[c_in, 3, 3, c_out]`, transposed to burn's order at the end.
+    let mut taps = vec![0.0f32; 9 * per_e];
+    // Per input channel, `Gᵀ·dU` down the four columns: `[3, 4, c_out]`.
+    let mut rows = vec![0.0f32; 12 * c_out];
+    for (i, taps) in taps.chunks_exact_mut(9 * c_out).enumerate() {
+        let at = |r: usize, s: usize| &du[(r * 4 + s) * per_e + i * c_out..][..c_out];
+        for s in 0..4 {
+            for ky in 0..3 {
+                let dst = &mut rows[(ky * 4 + s) * c_out..][..c_out];
+                gt_row(dst, [at(0, s), at(1, s), at(2, s), at(3, s)], ky);
             }
-            let taps = &mut dw[(o * c_in + i) * 9..][..9];
-            for (ky, row) in rows.into_iter().enumerate() {
-                taps[ky * 3..][..3].copy_from_slice(&gt(row));
+        }
+        // Then `(Gᵀ·dU)·G` along each of its three rows.
+        for ky in 0..3 {
+            let row = |s: usize| &rows[(ky * 4 + s) * c_out..][..c_out];
+            for kx in 0..3 {
+                let dst = &mut taps[(ky * 3 + kx) * c_out..][..c_out];
+                gt_row(dst, [row(0), row(1), row(2), row(3)], kx);
             }
         }
     }
+    let mut dw = vec![0.0f32; 9 * per_e];
+    transpose(&taps, 9 * c_in, c_out, &mut dw);
     dw
 }
 
