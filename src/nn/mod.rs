@@ -10,8 +10,7 @@ mod norm;
 mod unet;
 
 use fused::{
-    concat_channels, conv2d_in, normalise, pixelwise, relayout, shift_channels, upsample_nearest,
-    Layout,
+    concat_channels, conv2d_in, normalise, self_attention, shift_channels, upsample_nearest, Layout,
 };
 
 pub use embedding::NoiseEmbedding;

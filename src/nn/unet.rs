@@ -10,8 +10,7 @@ use super::init::{self, conv};
 use super::norm::GroupNorm;
 use super::IntegrationNet;
 use super::{
-    concat_channels, conv2d_in, pixelwise, relayout, scaled_softmax, shift_channels, silu,
-    upsample_nearest, Layout,
+    concat_channels, conv2d_in, self_attention, shift_channels, silu, upsample_nearest, Layout,
 };
 use crate::error::{invalid_config, Result};
 use burn::module::{Module, Param};
@@ -368,10 +367,8 @@ struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Channels-first inside: with `[n, c, pixels]` in memory, the projections and the two
-    /// attention products read the maps (or transposed views of them) in place, with no
-    /// transposed copy of the activations or of their gradients. Channels-last maps (`layout`)
-    /// are transposed once on the way in (after the norm) and once on the way out.
+    /// `x` in `layout`; the attention itself is [`self_attention`] (one fused op for
+    /// channels-last maps on the CPU backend).
     fn forward(
         &self,
         x: Tensor<B, 4>,
@@ -379,28 +376,13 @@ impl<B: Backend> Attention<B> {
         layout: Layout,
     ) -> Tensor<B, 4> {
         let normed = self.norm.forward(x.clone(), layout);
-        let normed = relayout(normed, layout, Layout::ChannelsFirst);
-        let [n, c, h, w] = normed.dims();
-        let qkv = pixelwise(&self.qkv, normed).reshape([n, 3 * c, h * w]);
-        let (heads, d) = (self.heads, c / self.heads);
-        let split = |t: Tensor<B, 3>| {
-            let len = t.dims()[2];
-            t.reshape([n, heads, d, len])
+        // The anchor's keys and values, `[n, tokens, 2c]`.
+        let context = match (&self.context, tokens) {
+            (Some(context), Some(tokens)) => Some(context.forward(tokens.clone())),
+            _ => None,
         };
-        let q = split(qkv.clone().narrow(1, 0, c));
-        let mut k = split(qkv.clone().narrow(1, c, c));
-        let mut v = split(qkv.narrow(1, 2 * c, c));
-        if let (Some(context), Some(tokens)) = (&self.context, tokens) {
-            // The anchor's keys and values, `[n, tokens, 2c]`, as more columns.
-            let kv = context.forward(tokens.clone()).swap_dims(1, 2);
-            k = Tensor::cat(vec![k, split(kv.clone().narrow(1, 0, c))], 3);
-            v = Tensor::cat(vec![v, split(kv.narrow(1, c, c))], 3);
-        }
-        // scores[i, j] = q_i·k_j / √d over pixels i and keys j; out_i = Σ_j weights[i, j]·v_j.
-        let scale = 1.0 / (d as f64).sqrt();
-        let weights = scaled_softmax(q.swap_dims(2, 3).matmul(k), scale);
-        let out = v.matmul(weights.swap_dims(2, 3)).reshape([n, c, h, w]);
-        x + relayout(pixelwise(&self.proj, out), Layout::ChannelsFirst, layout)
+        let pair = (&self.qkv, &self.proj);
+        x + self_attention(normed, pair, self.heads, context, layout)
     }
 }
 

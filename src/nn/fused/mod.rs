@@ -5,6 +5,7 @@
 //! need no extra trait bound) and burn's own composition on every other backend. The kernels
 //! and their autodiff glue are internal; the ops are the public surface.
 
+mod attention;
 mod concat;
 mod conv2d;
 mod exp;
@@ -24,12 +25,13 @@ mod upsample;
 #[cfg(feature = "flex")]
 mod winograd;
 
+pub(crate) use attention::self_attention;
 pub(crate) use concat::concat_channels;
 pub use conv2d::conv2d;
-pub(crate) use conv2d::{conv2d_in, pixelwise};
+pub(crate) use conv2d::conv2d_in;
 pub(crate) use group_norm::normalise;
 pub use group_norm::{group_norm, group_norm_silu};
-pub(crate) use layout::{relayout, Layout};
+pub(crate) use layout::Layout;
 pub use linear_silu::linear_silu;
 pub(crate) use shift::shift_channels;
 pub use silu::silu;

@@ -39,13 +39,34 @@ pub fn scaled_softmax<B: Backend, const D: usize>(x: Tensor<B, D>, scale: f64) -
 
 /// The kernels on rows of `len` values.
 #[cfg(feature = "flex")]
-mod kernels {
+pub(super) mod kernels {
     use super::super::exp::exp;
     use rayon::prelude::*;
 
     /// Rows per rayon task: about 16K values.
     fn rows_per_task(len: usize) -> usize {
         ((1 << 14) / len.max(1)).max(1)
+    }
+
+    /// One row: `y = softmax(scale·x)`.
+    pub(in super::super) fn forward_row(x: &[f32], scale: f32, y: &mut [f32]) {
+        // The largest scaled score (the smallest score if the scale is negative).
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+        let mut sum = 0.0f32;
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = exp(x * scale - max);
+            sum += *y;
+        }
+        let inv = 1.0 / sum;
+        y.iter_mut().for_each(|y| *y *= inv);
+    }
+
+    /// One row: `g ← scale·y·(g − ⟨g, y⟩)`, the gradient with respect to the unscaled scores.
+    pub(in super::super) fn backward_row(y: &[f32], scale: f32, g: &mut [f32]) {
+        let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+        for (g, y) in g.iter_mut().zip(y) {
+            *g = scale * y * (*g - dot);
+        }
     }
 
     pub(super) fn forward(x: &[f32], len: usize, scale: f32) -> Vec<f32> {
@@ -55,15 +76,7 @@ mod kernels {
             .zip(x.par_chunks(chunk))
             .for_each(|(y, x)| {
                 for (y, x) in y.chunks_exact_mut(len).zip(x.chunks_exact(len)) {
-                    // The largest scaled score (the smallest score if the scale is negative).
-                    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-                    let mut sum = 0.0f32;
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = exp(x * scale - max);
-                        sum += *y;
-                    }
-                    let inv = 1.0 / sum;
-                    y.iter_mut().for_each(|y| *y *= inv);
+                    forward_row(x, scale, y);
                 }
             });
         y
@@ -76,10 +89,7 @@ mod kernels {
             .zip(y.par_chunks(chunk))
             .for_each(|(g, y)| {
                 for (g, y) in g.chunks_exact_mut(len).zip(y.chunks_exact(len)) {
-                    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
-                    for (g, y) in g.iter_mut().zip(y) {
-                        *g = scale * y * (*g - dot);
-                    }
+                    backward_row(y, scale, g);
                 }
             });
     }
