@@ -150,33 +150,60 @@ pub(crate) fn par_vec_map<T: Send, R: Send>(
     items: impl IndexedParallelIterator<Item = T>,
     each: impl Fn(&mut [f32], T) -> R + Sync + Send,
 ) -> (Vec<f32>, Vec<R>) {
-    use std::mem::MaybeUninit;
-    if len == 0 {
-        let results = items.map(|item| each(&mut [], item)).collect();
-        return (Vec::new(), results);
+    let ([values], results) =
+        par_vecs_map([(len, piece)], items, |[piece], item| each(piece, item));
+    (values, results)
+}
+
+/// [`par_vec_map`] for `K` vectors at once: `specs[k]` is the `(len, piece)` of vector `k`, and
+/// `each` gets the pieces of all `K` that pair with its item. A vector of length 0 has an empty
+/// piece for every item.
+///
+/// # Panics
+/// As [`par_vec_map`], for each vector that is not empty.
+pub(crate) fn par_vecs_map<const K: usize, T: Send, R: Send>(
+    specs: [(usize, usize); K],
+    items: impl IndexedParallelIterator<Item = T>,
+    each: impl Fn([&mut [f32]; K], T) -> R + Sync + Send,
+) -> ([Vec<f32>; K], Vec<R>) {
+    let count = items.len();
+    for (len, piece) in specs {
+        assert!(
+            len == 0 || len.div_ceil(piece.max(1)) == count,
+            "par_vecs_map: pieces and items"
+        );
     }
-    let piece = piece.max(1);
-    assert_eq!(
-        len.div_ceil(piece),
-        items.len(),
-        "par_vec_map: pieces and items"
-    );
-    let mut values: Vec<f32> = Vec::with_capacity(len);
-    let results = values.spare_capacity_mut()[..len]
-        .par_chunks_mut(piece)
-        .zip(items)
-        .map(|(piece, item)| {
-            piece.fill(MaybeUninit::new(0.0));
-            // SAFETY: every value of the piece was written just above, and `MaybeUninit<f32>`
-            // has `f32`'s layout.
-            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            each(piece, item)
+    let mut vectors: [Vec<f32>; K] = std::array::from_fn(|k| Vec::with_capacity(specs[k].0));
+    // Where each vector's memory starts (as integers, to be shared across threads).
+    let bases: [usize; K] = std::array::from_fn(|k| vectors[k].as_mut_ptr() as usize);
+    let results = items
+        .enumerate()
+        .map(|(i, item)| {
+            let pieces: [&mut [f32]; K] = std::array::from_fn(|k| {
+                let (len, piece) = (specs[k].0, specs[k].1.max(1));
+                let start = (i * piece).min(len);
+                let end = (start + piece).min(len);
+                // SAFETY: `start..end` lies within the vector's capacity (`len` values), and the
+                // item `i` alone gets these values of vector `k` (the items' ranges are
+                // disjoint), so no other reference to them exists; every value is written
+                // below before the slice is read as `f32`.
+                unsafe {
+                    let ptr = (bases[k] as *mut std::mem::MaybeUninit<f32>).add(start);
+                    let piece = std::slice::from_raw_parts_mut(ptr, end - start);
+                    piece.fill(std::mem::MaybeUninit::new(0.0));
+                    &mut *(piece as *mut [std::mem::MaybeUninit<f32>] as *mut [f32])
+                }
+            });
+            each(pieces, item)
         })
         .collect();
-    // SAFETY: the pieces cover the first `len` values (as many pieces as items, asserted above),
-    // each of them written; a panic in `each` leaves the vector empty instead.
-    unsafe { values.set_len(len) };
-    (values, results)
+    for (vector, (len, _)) in vectors.iter_mut().zip(specs) {
+        // SAFETY: the items' pieces cover the first `len` values of every non-empty vector (as
+        // many pieces as items, asserted above), each written; a panic in `each` leaves the
+        // vectors empty instead.
+        unsafe { vector.set_len(len) };
+    }
+    (vectors, results)
 }
 
 /// The values of a strided view in row-major order. flex's own copy walks a view of more than

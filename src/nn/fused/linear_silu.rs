@@ -46,7 +46,9 @@ pub fn linear_silu<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{on_flex, product, record, update_values, values, FlexAutodiff};
+    use super::super::flex_ops::{
+        on_flex, par_vec_map, par_vecs_map, product, record, update_values, values, FlexAutodiff,
+    };
     use super::super::silu::{backward_block, forward_block, forward_slice};
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::grads::Gradients;
@@ -102,12 +104,12 @@ mod flex {
         let (xs, ws, bs) = (values(x), values(w), values(b));
         let rows = x.layout().shape()[0];
         let [d_in, d_out] = [w.layout().shape()[0], w.layout().shape()[1]];
-        // h starts as the bias rows (written once, no zero-fill first); the product adds x·W.
-        let mut h = Vec::with_capacity(rows * d_out);
-        for _ in 0..rows {
-            h.extend_from_slice(&bs);
-        }
-        let mut y = vec![0.0f32; rows * d_out];
+        // h starts as the bias rows; the product adds x·W.
+        let bias_rows = |h: &mut [f32]| {
+            for row in h.chunks_exact_mut(d_out.max(1)) {
+                row.copy_from_slice(&bs);
+            }
+        };
         let block = block_rows(rows, d_out);
         let run = |h: &mut [f32], y: &mut [f32], x: &[f32], threads: bool| {
             let m = h.len() / d_out.max(1);
@@ -120,14 +122,20 @@ mod flex {
             }
         };
         if rows >= 2 * block && d_out > 0 && d_in > 0 {
-            h.par_chunks_mut(block * d_out)
-                .zip(y.par_chunks_mut(block * d_out))
-                .zip(xs.par_chunks(block * d_in))
-                .for_each(|((h, y), x)| run(h, y, x, false));
+            // Each block's h and y made by the thread that computes them (no serial fill).
+            let len = rows * d_out;
+            let blocks = xs.par_chunks(block * d_in);
+            let ([h, y], _) = par_vecs_map([(len, block * d_out); 2], blocks, |[h, y], x| {
+                bias_rows(h);
+                run(h, y, x, false)
+            });
+            (h, y)
         } else {
+            let (mut h, mut y) = (vec![0.0f32; rows * d_out], vec![0.0f32; rows * d_out]);
+            bias_rows(&mut h);
             run(&mut h, &mut y, &xs, true);
+            (h, y)
         }
-        (h, y)
     }
 
     /// What the backward step keeps: the input, the weight and the pre-activation.
@@ -157,44 +165,40 @@ mod flex {
             // the block's share of the bias gradient and of dW = xᵀ·g, and dx = g·Wᵀ for its
             // rows. The shares are summed after (one partial dW per block: a few hundred KiB).
             let (hs, ws, xs) = (values(&h), values(&w), values(&x));
-            let mut dx = vec![0.0f32; if x_node.is_some() { rows * d_in } else { 0 }];
+            let dx_len = if x_node.is_some() { rows * d_in } else { 0 };
             let block = block_rows(rows, d_out.max(d_in));
-            let blocks = rows.div_ceil(block).max(1);
-            let dx_block = if dx.is_empty() { 1 } else { block * d_in };
-            let mut dx_blocks: Vec<&mut [f32]> = dx.chunks_mut(dx_block).collect();
-            dx_blocks.resize_with(blocks, Default::default);
             let want_dw = w_node.is_some();
             let mut partials: Vec<Partial> = Vec::new();
+            let mut dx = Vec::new();
             // g ← g·silu'(h), the gradient with respect to the pre-activation, in the incoming
-            // gradient's own buffer where nobody else holds it.
+            // gradient's own buffer where nobody else holds it; each block's dx made by the
+            // thread that computes it.
             update_values(grad, |g| {
-                partials = g
+                let blocks = g
                     .par_chunks_mut(block * d_out.max(1))
                     .zip(hs.par_chunks(block * d_out.max(1)))
-                    .zip(xs.par_chunks(block * d_in.max(1)))
-                    .zip(dx_blocks.into_par_iter())
-                    .map(|(((g, h), x), dx)| {
-                        backward_block(h, g);
-                        let m = g.len() / d_out.max(1);
-                        let mut sums = vec![0.0f32; d_out];
-                        for row in g.chunks_exact(d_out.max(1)) {
-                            for (s, v) in sums.iter_mut().zip(row) {
-                                *s += v;
-                            }
+                    .zip(xs.par_chunks(block * d_in.max(1)));
+                (dx, partials) = par_vec_map(dx_len, block * d_in, blocks, |dx, ((g, h), x)| {
+                    backward_block(h, g);
+                    let m = g.len() / d_out.max(1);
+                    let mut sums = vec![0.0f32; d_out];
+                    for row in g.chunks_exact(d_out.max(1)) {
+                        for (s, v) in sums.iter_mut().zip(row) {
+                            *s += v;
                         }
-                        let mut dw = Vec::new();
-                        if want_dw {
-                            dw = vec![0.0f32; d_in * d_out];
-                            let shape = (d_in, d_out, m);
-                            product(&mut dw, (false, false), shape, x, (1, d_in), g, (d_out, 1));
-                        }
-                        if !dx.is_empty() {
-                            let shape = (m, d_in, d_out);
-                            product(dx, (false, false), shape, g, (d_out, 1), &ws, (1, d_out));
-                        }
-                        (sums, dw)
-                    })
-                    .collect();
+                    }
+                    let mut dw = Vec::new();
+                    if want_dw {
+                        dw = vec![0.0f32; d_in * d_out];
+                        let shape = (d_in, d_out, m);
+                        product(&mut dw, (false, false), shape, x, (1, d_in), g, (d_out, 1));
+                    }
+                    if !dx.is_empty() {
+                        let shape = (m, d_in, d_out);
+                        product(dx, (false, false), shape, g, (d_out, 1), &ws, (1, d_out));
+                    }
+                    (sums, dw)
+                });
             });
             let total = |len: usize, part: fn(&Partial) -> &Vec<f32>| {
                 let mut sum = vec![0.0f32; len];

@@ -90,7 +90,80 @@ fn run_avx2(pass: Pass, x: &[f32], data: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn run_avx512(pass: Pass, x: &[f32], data: &mut [f32]) {
-    run_portable(pass, x, data)
+    let whole = x.len().min(data.len()) / 16 * 16;
+    // SAFETY: the CPU has AVX-512F (this function's target features, checked by the caller);
+    // both slices hold `whole` values.
+    unsafe { avx512::run(pass, &x[..whole], &mut data[..whole]) };
+    run_portable(pass, &x[whole..], &mut data[whole..])
+}
+
+/// SiLU in AVX-512 registers, 16 values at a time. The portable loops, compiled for AVX-512,
+/// spent a third of their time waiting on `vdivps` (σ = 1/(1 + e^−x)) and did not fuse the
+/// polynomial's multiply-adds; here the reciprocal is `vrcp14ps` refined by one Newton step
+/// (relative error about 2⁻²⁸), the polynomial runs in FMAs and `vscalefps` applies `2^n`.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Pass;
+    use std::arch::x86_64::*;
+
+    /// `e^x` as [`super::exp`] computes it: the same clamp, split and polynomial.
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    fn exp(x: __m512) -> __m512 {
+        // max/min return their second operand where either is NaN: x stays NaN.
+        let x = _mm512_min_ps(
+            _mm512_set1_ps(88.0),
+            _mm512_max_ps(_mm512_set1_ps(-87.0), x),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let c = _mm512_set1_ps;
+        let p = _mm512_fmadd_ps(c(1.987_569_1e-4), r, c(1.398_199_9e-3));
+        let p = _mm512_fmadd_ps(p, r, c(8.333_452e-3));
+        let p = _mm512_fmadd_ps(p, r, c(4.166_579_6e-2));
+        let p = _mm512_fmadd_ps(p, r, c(1.666_666_5e-1));
+        let p = _mm512_fmadd_ps(p, r, c(0.5));
+        let e_r = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, c(1.0)));
+        _mm512_scalef_ps(e_r, n)
+    }
+
+    /// σ(x) = 1/(1 + e^−x).
+    #[inline]
+    #[target_feature(enable = "avx512f,fma")]
+    fn sigmoid(x: __m512) -> __m512 {
+        let one = _mm512_set1_ps(1.0);
+        let d = _mm512_add_ps(one, exp(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+        let y = _mm512_rcp14_ps(d);
+        // One Newton step: y·(2 − d·y).
+        _mm512_mul_ps(y, _mm512_fnmadd_ps(d, y, _mm512_set1_ps(2.0)))
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F and FMA; `x` and `data` have the same length, a multiple of 16.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn run(pass: Pass, x: &[f32], data: &mut [f32]) {
+        for (x, data) in x.chunks_exact(16).zip(data.chunks_exact_mut(16)) {
+            // SAFETY: each chunk holds 16 values.
+            unsafe {
+                let v = _mm512_loadu_ps(x.as_ptr());
+                let s = sigmoid(v);
+                let out = match pass {
+                    Pass::Forward => _mm512_mul_ps(v, s),
+                    Pass::Backward => {
+                        // g·σ·(1 + x·(1 − σ)).
+                        let one = _mm512_set1_ps(1.0);
+                        let t = _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one);
+                        let g = _mm512_loadu_ps(data.as_ptr());
+                        _mm512_mul_ps(g, _mm512_mul_ps(s, t))
+                    }
+                };
+                _mm512_storeu_ps(data.as_mut_ptr(), out);
+            }
+        }
+    }
 }
 
 /// The widest vector unit this CPU has that the kernels are compiled for.
@@ -318,6 +391,40 @@ mod tests {
                 (g as f64 - want_g).abs() <= 1e-6 * want_g.abs().max(1.0),
                 "{name}: silu'({x})·1.5 = {g} against {want_g}"
             );
+        }
+    }
+
+    #[test]
+    fn the_avx512_kernel_matches_the_portable_one() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            use rand::rngs::StdRng;
+            use rand::{RngExt, SeedableRng};
+            let mut rng = StdRng::seed_from_u64(9);
+            // Ordinary values, the clamp's range and beyond, infinities, NaN and zeros; a length
+            // that leaves a remainder for the portable loop.
+            let mut x: Vec<f32> = (0..1000).map(|_| rng.random_range(-12.0..12.0)).collect();
+            x.extend([-1e4, -100.0, -88.0, -87.0, 87.0, 89.0, 1e4, f32::INFINITY]);
+            x.extend([f32::NEG_INFINITY, f32::NAN, 0.0, -0.0, 1e-30, -1e-30, 1e-3]);
+            for pass in [Pass::Forward, Pass::Backward] {
+                let (mut fast, mut plain) = (vec![0.5f32; x.len()], vec![0.5f32; x.len()]);
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
+                unsafe { run_avx512(pass, &x, &mut fast) };
+                run_portable(pass, &x, &mut plain);
+                for ((a, b), x) in fast.iter().zip(&plain).zip(&x) {
+                    // The gradient's factor 1 + x·(1 − σ) cancels near x = −1.28: its rounding
+                    // is in units of its terms, (1 + |x|)·g with g = 0.5.
+                    let terms = match pass {
+                        Pass::Forward => 0.0,
+                        Pass::Backward => 0.5 * (1.0 + x.abs()),
+                    };
+                    let close = (a - b).abs() <= 2e-6 * (b.abs() + terms);
+                    let nans = a.is_nan() && b.is_nan();
+                    assert!(close || a == b || nans, "x = {x}: {a} against {b}");
+                }
+            }
         }
     }
 
