@@ -1,4 +1,5 @@
-//! Median time of one bare training step (forward, squared-error loss, backward, Adam), as the
+//! Median time of one bare training step (forward, squared-error loss, backward, Adam: the
+//! crate's `FusedAdam`, burn's arithmetic in one pass per parameter), as the
 //! PyTorch reference (`benches/reference/reference.py`) times it: the shared MLP
 //! (`benches/common`) or the default `UNetConfig`, on fixed random inputs and targets.
 //! `benches/compare.sh` runs the two alternately.
@@ -13,11 +14,12 @@
 //! with `RAYON_NUM_THREADS`). The steps run on one of the pool's threads, as the crate's
 //! `Trainer` runs them (`backend::on_pool`); `ON_MAIN=1` runs them on the main thread instead.
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::nn::{IntegrationNet, UNetConfig};
+use integration_flow::train::FusedAdam;
 use std::time::Instant;
 
 mod common;
@@ -74,11 +76,9 @@ fn median_step_ms<B: AutodiffBackend, M: Net<B>>(
     device: &B::Device,
 ) -> f64 {
     let (inputs, target) = model.inputs(batch, device);
-    let mut optim = AdamConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .init::<B, M>();
+    // The crate's Adam (the trainer's): burn's arithmetic, fused into one pass per parameter on
+    // the CPU backend.
+    let mut optim = FusedAdam::new(0.9, 0.999, 1e-8, 0.0).init::<B, M>();
     let mut model = Some(model);
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {

@@ -591,3 +591,79 @@ fn trainers_on_several_threads_at_once_finish() {
     }
     assert!(steps.iter().all(|&(_, step)| step == 30), "{steps:?}");
 }
+
+/// `FusedAdam` (the trainer's Adam: one fused pass per parameter on the CPU backend) moves the
+/// weights as burn's `Adam` does over many steps, with and without weight decay.
+#[test]
+fn fused_adam_follows_burns_adam() {
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::{decay::WeightDecayConfig, AdamConfig, GradientsParams, Optimizer};
+    use burn::tensor::{Distribution, Tensor};
+    use integration_flow::train::FusedAdam;
+
+    #[derive(Module, Debug)]
+    struct Net<B: burn::tensor::backend::Backend> {
+        a: Linear<B>,
+        b: Linear<B>,
+    }
+    impl<B: burn::tensor::backend::Backend> Net<B> {
+        fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+            self.b
+                .forward(burn::tensor::activation::tanh(self.a.forward(x)))
+        }
+    }
+    let device = Default::default();
+    for penalty in [0.0f32, 0.01] {
+        <CpuAutodiff as burn::tensor::backend::Backend>::seed(&device, 3);
+        // Large enough that the update runs in several parallel pieces.
+        let start = Net::<CpuAutodiff> {
+            a: LinearConfig::new(24, 700).init(&device),
+            b: LinearConfig::new(700, 3).init(&device),
+        };
+        let x = Tensor::<CpuAutodiff, 2>::random([64, 24], Distribution::Normal(0.0, 1.0), &device);
+        let y = Tensor::<CpuAutodiff, 2>::random([64, 3], Distribution::Normal(0.0, 1.0), &device);
+        let train =
+            |mut optim: Box<dyn FnMut(Net<CpuAutodiff>, GradientsParams) -> Net<CpuAutodiff>>| {
+                let mut net = start.clone();
+                for _ in 0..40 {
+                    let loss = (net.forward(x.clone()) - y.clone()).powi_scalar(2).mean();
+                    let grads = GradientsParams::from_grads(loss.backward(), &net);
+                    net = optim(net, grads);
+                }
+                weights(&net)
+            };
+        // Reading the weights initialises burn's lazy parameters, so that both runs start from
+        // the same values (each clone would otherwise draw its own).
+        let before = weights(&start);
+        let mut fused = FusedAdam::new(0.9, 0.999, 1e-8, penalty).init();
+        let ours = train(Box::new(move |net, grads| fused.step(3e-3, net, grads)));
+        assert_eq!(
+            weights(&start),
+            before,
+            "the starting weights are untouched"
+        );
+        let decay = (penalty > 0.0).then(|| WeightDecayConfig::new(penalty));
+        let mut adam = AdamConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(decay)
+            .init();
+        let theirs = train(Box::new(move |net, grads| adam.step(3e-3, net, grads)));
+        let moved = ours
+            .iter()
+            .zip(&before)
+            .filter(|(a, b)| (*a - *b).abs() > 1e-3)
+            .count();
+        assert!(
+            moved > ours.len() / 2,
+            "the weights moved ({moved} of {})",
+            ours.len()
+        );
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{a} against {b} (penalty {penalty})"
+            );
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod mlp;
 mod norm;
 mod unet;
 
+pub(crate) use fused::{adam_update, AdamStep};
 use fused::{
     concat_channels, conv2d_in, normalise, self_attention, shift_channels, upsample_nearest, Layout,
 };

@@ -31,4 +31,5 @@ pub use config::{
     TrainConfig, Weighting,
 };
 pub use objective::{ConsistencyConfig, ConsistencyTarget, ObjectiveConfig};
+pub use optimizer::FusedAdam;
 pub use trainer::{StepStats, Trainer};

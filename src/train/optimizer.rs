@@ -5,14 +5,115 @@ use super::config::{LrDecay, OptimizerConfig, OptimizerKind};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{
+    Adam, AdamConfig, AdamState, AdamW, AdamWConfig, AdaptiveMomentumState, GradientsParams,
+    LearningRate, Optimizer, SimpleOptimizer,
+};
 use burn::record::{Recorder, RecorderError};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
+
+/// burn's Adam with its update fused into one pass per parameter on the default CPU backend
+/// (`nn::fused`: the moments and the parameter in place, on rayon's threads), the same
+/// arithmetic in the same order; burn's own `Adam` on every other backend. Its state is burn's
+/// `AdamState`, so checkpoints are the same either way. The trainer uses it for
+/// [`OptimizerKind::Adam`]; `init` makes the optimizer for a module of your own.
+///
+/// ```
+/// use burn::optim::Optimizer;
+/// use integration_flow::backend::CpuAutodiff;
+/// use integration_flow::nn::{Mlp, MlpConfig};
+/// use integration_flow::train::FusedAdam;
+/// let mut optim = FusedAdam::new(0.9, 0.999, 1e-8, 0.0).init::<CpuAutodiff, Mlp<CpuAutodiff>>();
+/// # let _ = &mut optim;
+/// ```
+#[derive(Clone)]
+pub struct FusedAdam {
+    beta1: f32,
+    beta2: f32,
+    epsilon: f32,
+    /// The L2 penalty (weight decay added to the gradient).
+    penalty: f32,
+    inner: Adam,
+}
+
+impl std::fmt::Debug for FusedAdam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FusedAdam")
+            .field("beta1", &self.beta1)
+            .field("beta2", &self.beta2)
+            .field("epsilon", &self.epsilon)
+            .field("penalty", &self.penalty)
+            .finish()
+    }
+}
+
+impl FusedAdam {
+    /// Adam with `β₁`, `β₂`, `ε` and the L2 weight decay `penalty` (0 for none).
+    pub fn new(beta1: f32, beta2: f32, epsilon: f32, penalty: f32) -> Self {
+        let decay = (penalty > 0.0).then(|| WeightDecayConfig::new(penalty));
+        let inner = AdamConfig::new()
+            .with_beta_1(beta1)
+            .with_beta_2(beta2)
+            .with_epsilon(epsilon)
+            .with_weight_decay(decay)
+            .build();
+        FusedAdam {
+            beta1,
+            beta2,
+            epsilon,
+            penalty: if penalty > 0.0 { penalty } else { 0.0 },
+            inner,
+        }
+    }
+
+    /// The optimizer for module `M` on backend `B`.
+    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
+        OptimizerAdaptor::from(self)
+    }
+}
+
+impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
+    type State<const D: usize> = AdamState<B, D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
+        let moments = state.map(|s| (s.momentum.moment_1, s.momentum.moment_2));
+        let step = crate::nn::AdamStep {
+            lr: lr as f32,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            epsilon: self.epsilon,
+            penalty: self.penalty,
+            time: i32::try_from(time).unwrap_or(i32::MAX),
+        };
+        match crate::nn::adam_update((tensor, grad, moments), step) {
+            Ok((tensor, m, v)) => {
+                let momentum = AdaptiveMomentumState::new(time, m, v);
+                (tensor, Some(AdamState::new(momentum)))
+            }
+            Err((tensor, grad, moments)) => {
+                let state = moments
+                    .map(|(m, v)| AdamState::new(AdaptiveMomentumState::new(time - 1, m, v)));
+                self.inner.step(lr, tensor, grad, state)
+            }
+        }
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
+        <Adam as SimpleOptimizer<B>>::to_device(state, device)
+    }
+}
 
 /// The optimizer of a run, with its state (moments, step count).
 pub(super) enum Optim<B: AutodiffBackend, N: AutodiffModule<B>> {
-    Adam(OptimizerAdaptor<Adam, N, B>),
+    Adam(OptimizerAdaptor<FusedAdam, N, B>),
     AdamW(OptimizerAdaptor<AdamW, N, B>),
 }
 
@@ -20,18 +121,15 @@ impl<B: AutodiffBackend, N: AutodiffModule<B>> Optim<B, N> {
     /// A fresh optimizer as `config` says.
     pub(super) fn new(o: &OptimizerConfig) -> Self {
         match o.kind {
-            OptimizerKind::Adam => {
-                let decay =
-                    (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32));
-                Optim::Adam(
-                    AdamConfig::new()
-                        .with_beta_1(o.beta1 as f32)
-                        .with_beta_2(o.beta2 as f32)
-                        .with_epsilon(o.epsilon as f32)
-                        .with_weight_decay(decay)
-                        .init(),
+            OptimizerKind::Adam => Optim::Adam(
+                FusedAdam::new(
+                    o.beta1 as f32,
+                    o.beta2 as f32,
+                    o.epsilon as f32,
+                    o.weight_decay as f32,
                 )
-            }
+                .init(),
+            ),
             OptimizerKind::AdamW => Optim::AdamW(
                 AdamWConfig::new()
                     .with_beta_1(o.beta1 as f32)

@@ -5,6 +5,7 @@
 //! need no extra trait bound) and burn's own composition on every other backend. The kernels
 //! and their autodiff glue are internal; the ops are the public surface.
 
+mod adam;
 mod attention;
 mod concat;
 mod conv2d;
@@ -25,6 +26,7 @@ mod upsample;
 #[cfg(feature = "flex")]
 mod winograd;
 
+pub(crate) use adam::{adam_update, AdamStep};
 pub(crate) use attention::self_attention;
 pub(crate) use concat::concat_channels;
 pub use conv2d::conv2d;
