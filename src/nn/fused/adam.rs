@@ -32,12 +32,15 @@ pub(crate) type AdamTensors<B, const D: usize> = (
     Option<(Tensor<B, D>, Tensor<B, D>)>,
 );
 
+/// A parameter and its two moments after a step.
+pub(crate) type AdamUpdated<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
+
 /// `(param, moment_1, moment_2)` after one Adam step where the tensors are `f32` on
 /// `Flex`; the inputs back otherwise (the caller takes burn's `Adam`).
 pub(crate) fn adam_update<B: Backend, const D: usize>(
     (param, grad, moments): AdamTensors<B, D>,
     step: AdamStep,
-) -> Result<(Tensor<B, D>, Tensor<B, D>, Tensor<B, D>), AdamTensors<B, D>> {
+) -> Result<AdamUpdated<B, D>, AdamTensors<B, D>> {
     #[cfg(feature = "flex")]
     if super::fused_kernels() {
         return flex::update((param, grad, moments), step);
@@ -81,18 +84,16 @@ mod kernels {
 #[cfg(feature = "flex")]
 mod flex {
     use super::super::flex_ops::{cast, update_values, values};
-    use super::{kernels, AdamStep, AdamTensors};
+    use super::{kernels, AdamStep, AdamTensors, AdamUpdated};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;
 
-    type Updated<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
-
     pub(super) fn update<B: Backend, const D: usize>(
         (param, grad, moments): AdamTensors<B, D>,
         step: AdamStep,
-    ) -> Result<Updated<B, D>, AdamTensors<B, D>> {
+    ) -> Result<AdamUpdated<B, D>, AdamTensors<B, D>> {
         let f32s = param.dtype() == DType::F32
             && grad.dtype() == DType::F32
             && moments
