@@ -150,24 +150,25 @@ pub(crate) fn par_vec_map<T: Send, R: Send>(
     items: impl IndexedParallelIterator<Item = T>,
     each: impl Fn(&mut [f32], T) -> R + Sync + Send,
 ) -> (Vec<f32>, Vec<R>) {
-    let ([values], results) =
-        par_vecs_map([(len, piece)], items, |[piece], item| each(piece, item));
+    let specs = [(len, piece, &[][..])];
+    let ([values], results) = par_vecs_map(specs, items, |[piece], item| each(piece, item));
     (values, results)
 }
 
-/// [`par_vec_map`] for `K` vectors at once: `specs[k]` is the `(len, piece)` of vector `k`, and
-/// `each` gets the pieces of all `K` that pair with its item. A vector of length 0 has an empty
-/// piece for every item.
+/// [`par_vec_map`] for `K` vectors at once: `specs[k]` is the `(len, piece, pattern)` of vector
+/// `k`, and `each` gets the pieces of all `K` that pair with its item, each filled with
+/// `pattern` repeated (zeros where it is empty: a product's bias rows, say, instead of zeros
+/// overwritten). A vector of length 0 has an empty piece for every item.
 ///
 /// # Panics
 /// As [`par_vec_map`], for each vector that is not empty.
 pub(crate) fn par_vecs_map<const K: usize, T: Send, R: Send>(
-    specs: [(usize, usize); K],
+    specs: [(usize, usize, &[f32]); K],
     items: impl IndexedParallelIterator<Item = T>,
     each: impl Fn([&mut [f32]; K], T) -> R + Sync + Send,
 ) -> ([Vec<f32>; K], Vec<R>) {
     let count = items.len();
-    for (len, piece) in specs {
+    for (len, piece, _) in specs {
         assert!(
             len == 0 || len.div_ceil(piece.max(1)) == count,
             "par_vecs_map: pieces and items"
@@ -180,7 +181,7 @@ pub(crate) fn par_vecs_map<const K: usize, T: Send, R: Send>(
         .enumerate()
         .map(|(i, item)| {
             let pieces: [&mut [f32]; K] = std::array::from_fn(|k| {
-                let (len, piece) = (specs[k].0, specs[k].1.max(1));
+                let (len, piece, pattern) = (specs[k].0, specs[k].1.max(1), specs[k].2);
                 let start = (i * piece).min(len);
                 let end = (start + piece).min(len);
                 // SAFETY: `start..end` lies within the vector's capacity (`len` values), and the
@@ -190,14 +191,23 @@ pub(crate) fn par_vecs_map<const K: usize, T: Send, R: Send>(
                 unsafe {
                     let ptr = (bases[k] as *mut std::mem::MaybeUninit<f32>).add(start);
                     let piece = std::slice::from_raw_parts_mut(ptr, end - start);
-                    piece.fill(std::mem::MaybeUninit::new(0.0));
+                    match pattern.is_empty() {
+                        true => piece.fill(std::mem::MaybeUninit::new(0.0)),
+                        false => {
+                            for run in piece.chunks_mut(pattern.len()) {
+                                for (value, &p) in run.iter_mut().zip(pattern) {
+                                    value.write(p);
+                                }
+                            }
+                        }
+                    }
                     &mut *(piece as *mut [std::mem::MaybeUninit<f32>] as *mut [f32])
                 }
             });
             each(pieces, item)
         })
         .collect();
-    for (vector, (len, _)) in vectors.iter_mut().zip(specs) {
+    for (vector, (len, _, _)) in vectors.iter_mut().zip(specs) {
         // SAFETY: the items' pieces cover the first `len` values of every non-empty vector (as
         // many pieces as items, asserted above), each written; a panic in `each` leaves the
         // vectors empty instead.
@@ -366,6 +376,29 @@ pub(crate) fn product(
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    /// Pieces come zeroed or filled with their pattern, each item gets its own, and an empty
+    /// vector gives empty pieces; the results come back in the items' order.
+    #[test]
+    fn vectors_made_in_pieces() {
+        let specs = [
+            (10, 4, &[][..]),
+            (15, 6, &[1.0, 2.0, 3.0][..]),
+            (0, 1, &[][..]),
+        ];
+        let ([a, b, c], results) =
+            par_vecs_map(specs, (0..3usize).into_par_iter(), |[a, b, c], i| {
+                assert!(a.iter().all(|&v| v == 0.0) && c.is_empty());
+                assert_eq!(b[..3], [1.0, 2.0, 3.0]);
+                a.iter_mut().for_each(|v| *v = i as f32);
+                b[0] = -(i as f32);
+                i * 10
+            });
+        assert_eq!(results, [0, 10, 20]);
+        assert_eq!(a, [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(b[..7], [-0.0, 2.0, 3.0, 1.0, 2.0, 3.0, -1.0]);
+        assert_eq!((b.len(), c.len()), (15, 0));
+    }
 
     /// Views of every kind (permuted, sliced, expanded, flipped) read in logical order.
     #[test]

@@ -122,13 +122,12 @@ mod flex {
             }
         };
         if rows >= 2 * block && d_out > 0 && d_in > 0 {
-            // Each block's h and y made by the thread that computes them (no serial fill).
+            // Each block's h (starting as the bias rows) and y made by the thread that computes
+            // them (no serial fill).
             let len = rows * d_out;
             let blocks = xs.par_chunks(block * d_in);
-            let ([h, y], _) = par_vecs_map([(len, block * d_out); 2], blocks, |[h, y], x| {
-                bias_rows(h);
-                run(h, y, x, false)
-            });
+            let specs = [(len, block * d_out, &bs[..]), (len, block * d_out, &[][..])];
+            let ([h, y], _) = par_vecs_map(specs, blocks, |[h, y], x| run(h, y, x, false));
             (h, y)
         } else {
             let (mut h, mut y) = (vec![0.0f32; rows * d_out], vec![0.0f32; rows * d_out]);
