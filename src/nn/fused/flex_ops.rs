@@ -308,6 +308,41 @@ pub(crate) fn dot_product(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
+/// A core's L2 cache in bytes, as Linux reports it (`/sys/devices/system/cpu/cpu0/cache`), or
+/// 1 MiB where it cannot be read; read once.
+pub(crate) fn l2_cache_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+        (0..8)
+            .filter_map(|i| {
+                let index = dir.join(format!("index{i}"));
+                let read = |name: &str| std::fs::read_to_string(index.join(name)).ok();
+                let level = read("level")?;
+                (level.trim() == "2")
+                    .then(|| parse_size(&read("size")?))
+                    .flatten()
+            })
+            .next()
+            .unwrap_or(1 << 20)
+    })
+}
+
+/// `"2048K"`, `"1M"` or `"524288"` in bytes.
+fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (number, scale) = match text.chars().last()? {
+        'K' | 'k' => (&text[..text.len() - 1], 1 << 10),
+        'M' | 'm' => (&text[..text.len() - 1], 1 << 20),
+        _ => (text, 1),
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|&n| n > 0)
+}
+
 /// Whether a product of this size is worth both threads (flex's own threshold).
 pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
@@ -376,6 +411,16 @@ pub(crate) fn product(
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_size("2048K\n"), Some(2 << 20));
+        assert_eq!(parse_size("1M"), Some(1 << 20));
+        assert_eq!(parse_size("524288"), Some(524288));
+        assert_eq!(parse_size("K"), None);
+        assert_eq!(parse_size("0K"), None);
+        assert!(l2_cache_bytes() >= 1 << 10);
+    }
 
     /// Pieces come zeroed or filled with their pattern, each item gets its own, and an empty
     /// vector gives empty pieces; the results come back in the items' order.
