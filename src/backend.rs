@@ -86,24 +86,67 @@ pub fn tune_allocator() -> bool {
 pub fn flush_denormals() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        fn set() {
-            let mut csr: u32 = 0;
-            // SAFETY: stmxcsr/ldmxcsr read and write only this thread's SSE control register;
-            // bits 15 (FTZ) and 6 (DAZ) change only how subnormal values are treated.
-            unsafe {
-                std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
-                csr |= 0x8040;
-                std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, readonly));
+        set_flush_mode(FLUSH_BITS);
+        rayon::broadcast(|_| set_flush_mode(FLUSH_BITS));
+        // The calling thread's own pool (`on_pool`), where it has one already; one made later
+        // takes the mode from the thread that makes it.
+        OWN_POOL.with(|pool| {
+            if let Some(Some(pool)) = pool.get() {
+                pool.broadcast(|_| set_flush_mode(FLUSH_BITS));
             }
-        }
-        set();
-        rayon::broadcast(|_| set());
+        });
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// FTZ (bit 15) and DAZ (bit 6) of the x86-64 MXCSR register.
+#[cfg(target_arch = "x86_64")]
+const FLUSH_BITS: u32 = 0x8040;
+
+/// This thread's FTZ and DAZ bits.
+fn flush_mode() -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr: u32 = 0;
+        // SAFETY: stmxcsr stores this thread's SSE control register into `csr`.
+        unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack)) };
+        csr & FLUSH_BITS
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
+/// Sets `bits` (of FTZ and DAZ) in this thread's MXCSR; the other bits stay.
+fn set_flush_mode(bits: u32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if bits == 0 {
+            return;
+        }
+        let mut csr: u32 = 0;
+        // SAFETY: stmxcsr/ldmxcsr read and write only this thread's SSE control register; bits
+        // 15 (FTZ) and 6 (DAZ) change only how subnormal values are treated.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+            csr |= bits & FLUSH_BITS;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, readonly));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bits;
+}
+
+thread_local! {
+    /// The pool of [`on_pool`] for this thread, made on first use (`None` inside when its
+    /// threads could not be made).
+    static OWN_POOL: std::cell::OnceCell<Option<rayon::ThreadPool>> =
+        const { std::cell::OnceCell::new() };
 }
 
 /// `f()` run on a worker of a rayon pool kept for the calling thread, its result returned;
@@ -118,9 +161,12 @@ pub fn flush_denormals() -> bool {
 /// this way.
 ///
 /// The pool is the calling thread's own (as many threads as rayon's global pool, made on first
-/// use): `f` holds burn's autodiff lock while it waits for its parallel work, and a worker of a
-/// shared pool could, while waiting, take up another thread's `f` and block on that lock for
-/// good.
+/// use and kept while the thread lives; its threads take the caller's subnormal mode, see
+/// [`flush_denormals`]): `f` holds burn's autodiff lock while it waits for its parallel work,
+/// and a worker of a shared pool could, while waiting, take up another thread's `f` and block
+/// on that lock for good. So run trainings that go on at once on threads of their own (or
+/// pools of their own, as `compare` does), not as items of one `par_iter`: from a worker of a
+/// pool, `f` runs in place on that pool.
 ///
 /// [`Trainer`]: crate::train::Trainer
 ///
@@ -132,17 +178,22 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    thread_local! {
-        static POOL: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new()
-            .num_threads(rayon::current_num_threads())
-            .thread_name(|i| format!("integration-flow-{i}"))
-            .build()
-            .ok();
-    }
-    // Without a pool of its own (the threads could not be made), in place.
-    POOL.with(|pool| match pool {
-        Some(pool) => pool.install(f),
-        None => f(),
+    OWN_POOL.with(|pool| {
+        let pool = pool.get_or_init(|| {
+            // The pool's threads take the caller's subnormal mode (`flush_denormals`).
+            let mode = flush_mode();
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(rayon::current_num_threads())
+                .thread_name(|i| format!("integration-flow-{i}"))
+                .start_handler(move |_| set_flush_mode(mode))
+                .build()
+                .ok()
+        });
+        // Without a pool of its own (the threads could not be made), in place.
+        match pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
     })
 }
 
@@ -175,4 +226,46 @@ pub(crate) fn device_of<B: burn::tensor::backend::Backend, M: burn::module::Modu
     module: &M,
 ) -> B::Device {
     module.devices().into_iter().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `x·y` for a product below f32's normal range (1e-40: subnormal unless flushed).
+    fn tiny_product() -> f32 {
+        std::hint::black_box(1e-30f32) * std::hint::black_box(1e-10f32)
+    }
+
+    /// A thread's own pool runs `f` on its workers and takes the thread's subnormal mode, both
+    /// when the pool is made after `flush_denormals` and when it already existed.
+    #[test]
+    fn the_own_pool_runs_on_workers_with_the_callers_subnormal_mode() {
+        let flushed = |first_pool: bool| {
+            std::thread::spawn(move || {
+                if first_pool {
+                    on_pool(|| ());
+                }
+                flush_denormals();
+                on_pool(|| {
+                    assert!(rayon::current_thread_index().is_some());
+                    rayon::broadcast(|_| tiny_product())
+                })
+            })
+            .join()
+            .expect("the thread ends")
+        };
+        for first_pool in [false, true] {
+            let products = flushed(first_pool);
+            assert_eq!(products.len(), rayon::current_num_threads());
+            if cfg!(target_arch = "x86_64") {
+                assert!(products.iter().all(|&p| p == 0.0), "{products:?}");
+            }
+        }
+        // Without the flush, the product is the subnormal value.
+        let plain = std::thread::spawn(|| on_pool(tiny_product))
+            .join()
+            .expect("ends");
+        assert!(plain > 0.0);
+    }
 }

@@ -155,6 +155,17 @@ pub(crate) fn par_vec_map<T: Send, R: Send>(
     (values, results)
 }
 
+/// The start of a vector that [`par_vecs_map`] fills from several threads, each through its own
+/// disjoint piece.
+#[derive(Clone, Copy)]
+struct Base(*mut f32);
+
+// SAFETY: the threads that share a `Base` write disjoint pieces of the vector behind it (see
+// `par_vecs_map`), which outlives them.
+unsafe impl Send for Base {}
+// SAFETY: as above.
+unsafe impl Sync for Base {}
+
 /// [`par_vec_map`] for `K` vectors at once: `specs[k]` is the `(len, piece, pattern)` of vector
 /// `k`, and `each` gets the pieces of all `K` that pair with its item, each filled with
 /// `pattern` repeated (zeros where it is empty: a product's bias rows, say, instead of zeros
@@ -175,8 +186,8 @@ pub(crate) fn par_vecs_map<const K: usize, T: Send, R: Send>(
         );
     }
     let mut vectors: [Vec<f32>; K] = std::array::from_fn(|k| Vec::with_capacity(specs[k].0));
-    // Where each vector's memory starts (as integers, to be shared across threads).
-    let bases: [usize; K] = std::array::from_fn(|k| vectors[k].as_mut_ptr() as usize);
+    // Where each vector's memory starts, shared with the threads that fill the pieces.
+    let bases: [Base; K] = std::array::from_fn(|k| Base(vectors[k].as_mut_ptr()));
     let results = items
         .enumerate()
         .map(|(i, item)| {
@@ -189,7 +200,7 @@ pub(crate) fn par_vecs_map<const K: usize, T: Send, R: Send>(
                 // disjoint), so no other reference to them exists; every value is written
                 // below before the slice is read as `f32`.
                 unsafe {
-                    let ptr = (bases[k] as *mut std::mem::MaybeUninit<f32>).add(start);
+                    let ptr = bases[k].0.cast::<std::mem::MaybeUninit<f32>>().add(start);
                     let piece = std::slice::from_raw_parts_mut(ptr, end - start);
                     match pattern.is_empty() {
                         true => piece.fill(std::mem::MaybeUninit::new(0.0)),

@@ -75,7 +75,7 @@ mod flex {
         let [_, d_in] = x.dims();
         let [w_in, w_out] = weight.dims();
         let f32s = [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
-        if !f32s || w_in != d_in || d_in == 0 || bias.dims() != [w_out] {
+        if !f32s || w_in != d_in || d_in == 0 || w_out == 0 || bias.dims() != [w_out] {
             return Err(x);
         }
         on_flex((x, weight, bias), autodiff, |x, w, b| {

@@ -322,6 +322,19 @@ fn run_at(s: Shape, t: usize, left: usize) -> (usize, usize, usize, usize, usize
     (image, ty, tx, run, full)
 }
 
+/// Values a run of `run` tiles' 2×2 pixels spans (rows `row` apart, `c` channels): up to the
+/// second row's end, `row + 2·run·c`. Saturating, so that no size wraps past a bounds check.
+fn pixels_end(row: usize, run: usize, c: usize) -> usize {
+    row.saturating_add(run.saturating_mul(2).saturating_mul(c))
+}
+
+/// Whether 16 planes `stride` apart hold a run of `run` tiles of `c` channels from `at`, in a
+/// buffer of `len` values. Saturating, as [`pixels_end`].
+fn fits_planes(len: usize, (stride, at): (usize, usize), run: usize, c: usize) -> bool {
+    let end = at.saturating_add(run.saturating_mul(c));
+    end <= stride && len >= stride.saturating_mul(15).saturating_add(end)
+}
+
 /// `run` tiles side by side, their 2×2 pixels in `src` (rows `row` values apart, the next tile
 /// two pixels on), through the adjoint output transform into the planes of `m` (plane `e` at
 /// `e·stride`, the run's first tile at `at`).
@@ -336,9 +349,12 @@ fn output_adjoint_run(
     if run == 0 || c == 0 {
         return;
     }
-    assert!(src.len() >= row + 2 * run * c, "output_adjoint_run: pixels");
     assert!(
-        at + run * c <= stride && m.len() >= 15 * stride + at + run * c,
+        src.len() >= pixels_end(row, run, c),
+        "output_adjoint_run: pixels"
+    );
+    assert!(
+        fits_planes(m.len(), (stride, at), run, c),
         "output_adjoint_run: planes"
     );
     // SAFETY: the tiles' pixels `src + a·row + (2r + b)·c + k` (a, b < 2, r < run, k < c) lie
@@ -501,12 +517,13 @@ fn input_run(
     if run == 0 || c == 0 {
         return;
     }
+    // The last tile's last row ends at 3·row + (2·(run − 1) + 4)·c.
+    let end = row
+        .saturating_mul(3)
+        .saturating_add((2 * run).saturating_add(2).saturating_mul(c));
+    assert!(src.len() >= end, "input_run: pixels");
     assert!(
-        src.len() >= 3 * row + (2 * run + 2) * c,
-        "input_run: pixels"
-    );
-    assert!(
-        at + run * c <= stride && v.len() >= 15 * stride + at + run * c,
+        fits_planes(v.len(), (stride, at), run, c),
         "input_run: planes"
     );
     // SAFETY: the tiles' pixels `src + i·row + (2r + j)·c + k` (i, j < 4, r < run, k < c) lie
@@ -644,10 +661,10 @@ fn output_run(
         return;
     }
     assert!(
-        at + run * c <= stride && m.len() >= 15 * stride + at + run * c,
+        fits_planes(m.len(), (stride, at), run, c),
         "output_run: planes"
     );
-    assert!(dst.len() >= row + 2 * run * c, "output_run: pixels");
+    assert!(dst.len() >= pixels_end(row, run, c), "output_run: pixels");
     // SAFETY: the planes' `m + e·stride + at + r·c + k` (e < 16, r < run, k < c) lie within `m`
     // and the pixels `dst + a·row + (2r + b)·c + k` (a, b < 2) within `dst` (asserted above);
     // `dst` is a distinct `&mut`.
