@@ -458,6 +458,9 @@ impl<B: Backend> UNet<B> {
 /// Space-to-depth: images `[n, c, h, w]` → feature maps of `c·p²` channels (channel
 /// `(c, py, px)`) at `h/p × w/p`, in `layout`.
 fn fold<B: Backend>(x: Tensor<B, 4>, p: usize, layout: Layout) -> Tensor<B, 4> {
+    if p == 1 && layout == Layout::ChannelsFirst {
+        return x;
+    }
     let [n, c, h, w] = x.dims();
     let x = x.reshape([n, c, h / p, p, w / p, p]);
     let (permutation, folded) = match layout {
@@ -470,6 +473,9 @@ fn fold<B: Backend>(x: Tensor<B, 4>, p: usize, layout: Layout) -> Tensor<B, 4> {
 /// Depth-to-space, the inverse of [`fold`]: images `[n, c, h, w]` from feature maps in
 /// `layout`.
 fn unfold<B: Backend>(x: Tensor<B, 4>, p: usize, layout: Layout) -> Tensor<B, 4> {
+    if p == 1 && layout == Layout::ChannelsFirst {
+        return x;
+    }
     let [n, cpp, h, w] = layout.nchw(x.dims());
     let c = cpp / (p * p);
     let (unfolded, permutation) = match layout {

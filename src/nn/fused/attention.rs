@@ -88,7 +88,8 @@ fn composed<B: Backend>(
 /// attention weights `[n, heads, p, p]`.
 #[cfg(feature = "flex")]
 mod kernels {
-    use super::super::flex_ops::product;
+    use super::super::flex_ops::{par_vecs_map, product};
+    use super::super::scratch;
     use super::super::softmax::kernels::{backward_row, forward_row};
     use rayon::prelude::*;
 
@@ -130,16 +131,21 @@ mod kernels {
         pub heads_out: Vec<f32>,
     }
 
-    /// `out := x·w + bias` for `rows` rows of `x` (`[rows, k]`) and `w` (`[k, bias.len()]`), on
-    /// rayon's threads.
-    fn affine(x: &[f32], w: &[f32], bias: &[f32], rows: usize, out: &mut [f32]) {
+    /// `x·w + bias` for `rows` rows of `x` (`[rows, k]`) and `w` (`[k, bias.len()]`), on
+    /// rayon's threads: the bias rows written in parallel pieces, then the product added.
+    fn affine(x: &[f32], w: &[f32], bias: &[f32], rows: usize) -> Vec<f32> {
         let (k, m) = (w.len() / bias.len().max(1), bias.len());
-        out.par_chunks_mut(m.max(1) * 64).for_each(|block| {
-            block
-                .chunks_exact_mut(m.max(1))
-                .for_each(|r| r.copy_from_slice(bias))
-        });
-        product(out, (true, true), (rows, m, k), x, (k, 1), w, (m, 1));
+        let (len, piece) = (rows * m, m.max(1) * 64);
+        let pieces = (0..len.div_ceil(piece)).into_par_iter();
+        let ([mut out], _) = par_vecs_map([(len, piece, bias)], pieces, |_, _| ());
+        product(&mut out, (true, true), (rows, m, k), x, (k, 1), w, (m, 1));
+        out
+    }
+
+    /// Head `h`'s query, key and value columns of a `[p, 3c]` projection (each row `3c` long,
+    /// the head's `d` channels from the returned slices' starts).
+    fn head(qkv: &[f32], c: usize, d: usize, h: usize) -> [&[f32]; 3] {
+        [0, c, 2 * c].map(|third| &qkv[third + h * d..])
     }
 
     /// `Σ_rows values` of a `[rows, width]` matrix.
@@ -167,8 +173,7 @@ mod kernels {
         s: Shape,
     ) -> (Vec<f32>, Kept) {
         let (p, c, d) = (s.p, s.c, s.d());
-        let mut qkv = vec![0.0f32; s.rows() * 3 * c];
-        affine(x, wq, bq, s.rows(), &mut qkv);
+        let qkv = affine(x, wq, bq, s.rows());
         let mut weights = vec![0.0f32; s.n * s.heads * p * p];
         let mut heads_out = vec![0.0f32; s.rows() * c];
         weights
@@ -176,13 +181,14 @@ mod kernels {
             .zip(heads_out.par_chunks_mut(p * c))
             .zip(qkv.par_chunks(p * 3 * c))
             .for_each(|((weights, out), qkv)| {
-                let mut scores = vec![0.0f32; p * p];
-                let mut head = vec![0.0f32; p * d];
+                let mut scores_buffer = scratch::take(p * p);
+                let mut head_buffer = scratch::take(p * d);
+                let (scores_h, head_h) = (&mut scores_buffer[..p * p], &mut head_buffer[..p * d]);
                 for (h, weights) in weights.chunks_exact_mut(p * p).enumerate() {
-                    let (q, k, v) = (&qkv[h * d..], &qkv[c + h * d..], &qkv[2 * c + h * d..]);
+                    let [q, k, v] = head(qkv, c, d, h);
                     // scores[i, j] = q_i·k_j; the weights their softmax (scaled) per row.
                     product(
-                        &mut scores,
+                        scores_h,
                         (false, false),
                         (p, p, d),
                         q,
@@ -190,12 +196,12 @@ mod kernels {
                         k,
                         (1, 3 * c),
                     );
-                    for (w, row) in weights.chunks_exact_mut(p).zip(scores.chunks_exact(p)) {
+                    for (w, row) in weights.chunks_exact_mut(p).zip(scores_h.chunks_exact(p)) {
                         forward_row(row, s.scale(), w);
                     }
                     // out_i = Σ_j weights[i, j]·v_j.
                     product(
-                        &mut head,
+                        head_h,
                         (false, false),
                         (p, d, p),
                         weights,
@@ -203,11 +209,12 @@ mod kernels {
                         v,
                         (3 * c, 1),
                     );
-                    put_columns(&head, d, out, c, h * d);
+                    put_columns(head_h, d, out, c, h * d);
                 }
+                scratch::give(scores_buffer);
+                scratch::give(head_buffer);
             });
-        let mut y = vec![0.0f32; s.rows() * c];
-        affine(&heads_out, wp, bp, s.rows(), &mut y);
+        let y = affine(&heads_out, wp, bp, s.rows());
         let kept = Kept {
             qkv,
             weights,
@@ -255,14 +262,15 @@ mod kernels {
             .zip(kept.weights.par_chunks(s.heads * p * p))
             .zip(d_out.par_chunks(p * c))
             .for_each(|(((dqkv, qkv), weights), d_out)| {
-                let mut dw = vec![0.0f32; p * p];
-                let mut head = vec![0.0f32; p * d];
+                let mut dw_buffer = scratch::take(p * p);
+                let mut head_buffer = scratch::take(p * d);
+                let (dw, head_h) = (&mut dw_buffer[..p * p], &mut head_buffer[..p * d]);
                 for (h, weights) in weights.chunks_exact(p * p).enumerate() {
-                    let (q, k, v) = (&qkv[h * d..], &qkv[c + h * d..], &qkv[2 * c + h * d..]);
+                    let [q, k, v] = head(qkv, c, d, h);
                     let d_head = &d_out[h * d..];
                     // dv_j = Σ_i weights[i, j]·dO_i.
                     product(
-                        &mut head,
+                        head_h,
                         (false, false),
                         (p, d, p),
                         weights,
@@ -270,42 +278,20 @@ mod kernels {
                         d_head,
                         (c, 1),
                     );
-                    put_columns(&head, d, dqkv, 3 * c, 2 * c + h * d);
+                    put_columns(head_h, d, dqkv, 3 * c, 2 * c + h * d);
                     // dweights[i, j] = dO_i·v_j, then through the softmax to the scores.
-                    product(
-                        &mut dw,
-                        (false, false),
-                        (p, p, d),
-                        d_head,
-                        (c, 1),
-                        v,
-                        (1, 3 * c),
-                    );
+                    product(dw, (false, false), (p, p, d), d_head, (c, 1), v, (1, 3 * c));
                     for (g, w) in dw.chunks_exact_mut(p).zip(weights.chunks_exact(p)) {
                         backward_row(w, s.scale(), g);
                     }
                     // dq_i = Σ_j dscores[i, j]·k_j; dk_j = Σ_i dscores[i, j]·q_i.
-                    product(
-                        &mut head,
-                        (false, false),
-                        (p, d, p),
-                        &dw,
-                        (p, 1),
-                        k,
-                        (3 * c, 1),
-                    );
-                    put_columns(&head, d, dqkv, 3 * c, h * d);
-                    product(
-                        &mut head,
-                        (false, false),
-                        (p, d, p),
-                        &dw,
-                        (1, p),
-                        q,
-                        (3 * c, 1),
-                    );
-                    put_columns(&head, d, dqkv, 3 * c, c + h * d);
+                    product(head_h, (false, false), (p, d, p), dw, (p, 1), k, (3 * c, 1));
+                    put_columns(head_h, d, dqkv, 3 * c, h * d);
+                    product(head_h, (false, false), (p, d, p), dw, (1, p), q, (3 * c, 1));
+                    put_columns(head_h, d, dqkv, 3 * c, c + h * d);
                 }
+                scratch::give(dw_buffer);
+                scratch::give(head_buffer);
             });
         // The input projection: dWq = xᵀ·dqkv, dbq = Σ dqkv, dx = dqkv·Wqᵀ.
         let mut dwq = vec![0.0f32; c * 3 * c];

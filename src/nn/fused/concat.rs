@@ -78,7 +78,7 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, record, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex_pair, record, values, FlexAutodiff};
     use super::kernels;
     use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -86,7 +86,7 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
 
     type Pair<B> = (Tensor<B, 4>, Tensor<B, 4>);
@@ -108,26 +108,11 @@ mod flex {
             nchw: [n, ca + cb, h, w],
             layout,
         };
-        let a = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(a) {
-            Ok(a) => {
-                let Ok(b) = cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(b) else {
-                    unreachable!("both maps are on one backend")
-                };
-                return Ok(cast(autodiff(a, b, shape)).unwrap_or_else(|_| unreachable!()));
-            }
-            Err(a) => a,
-        };
-        let (a, b) = match (
-            cast::<Tensor<B, 4>, Tensor<Flex, 4>>(a),
-            cast::<Tensor<B, 4>, Tensor<Flex, 4>>(b),
-        ) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(a), Err(b)) => return Err((a, b)),
-            _ => unreachable!("both maps are on one backend"),
-        };
-        let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-        let y = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(forward(&a, &b, &shape)));
-        Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+        on_flex_pair(
+            (a, b),
+            |a, b| autodiff(a, b, shape),
+            |a, b| forward(&a, &b, &shape),
+        )
     }
 
     /// The shapes of one concatenation: the two inputs' channels, the output's `[n, c, h, w]`

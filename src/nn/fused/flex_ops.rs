@@ -65,6 +65,52 @@ pub(crate) fn on_flex<B: Backend, const D: usize, const W: usize, const O: usize
     Ok(cast(y).unwrap_or_else(|_| unreachable!()))
 }
 
+/// A one-input op's two fast paths, as [`on_flex`]: `autodiff` on `Autodiff<Flex>`,
+/// `inference` on the bare flex tensor on `Flex`, the input back on any other backend.
+pub(crate) fn on_flex_unary<B: Backend, const D: usize, const O: usize>(
+    x: Tensor<B, D>,
+    autodiff: impl FnOnce(Tensor<FlexAutodiff, D>) -> Tensor<FlexAutodiff, O>,
+    inference: impl FnOnce(FlexTensor) -> FlexTensor,
+) -> Result<Tensor<B, O>, Tensor<B, D>> {
+    let x = match cast::<Tensor<B, D>, Tensor<FlexAutodiff, D>>(x) {
+        Ok(x) => return Ok(cast(autodiff(x)).unwrap_or_else(|_| unreachable!())),
+        Err(x) => x,
+    };
+    let x = cast::<Tensor<B, D>, Tensor<Flex, D>>(x)?;
+    let y = inference(x.into_primitive().tensor());
+    let y = Tensor::<Flex, O>::from_primitive(TensorPrimitive::Float(y));
+    Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+}
+
+/// A two-input op's two fast paths, as [`on_flex`]; both inputs back on any other backend.
+pub(crate) fn on_flex_pair<B: Backend, const D: usize, const E: usize, const O: usize>(
+    (a, b): (Tensor<B, D>, Tensor<B, E>),
+    autodiff: impl FnOnce(Tensor<FlexAutodiff, D>, Tensor<FlexAutodiff, E>) -> Tensor<FlexAutodiff, O>,
+    inference: impl FnOnce(FlexTensor, FlexTensor) -> FlexTensor,
+) -> Result<Tensor<B, O>, (Tensor<B, D>, Tensor<B, E>)> {
+    const SAME: &str = "both inputs are on one backend";
+    let a = match cast::<Tensor<B, D>, Tensor<FlexAutodiff, D>>(a) {
+        Ok(a) => {
+            let Ok(b) = cast::<Tensor<B, E>, Tensor<FlexAutodiff, E>>(b) else {
+                unreachable!("{SAME}")
+            };
+            return Ok(cast(autodiff(a, b)).unwrap_or_else(|_| unreachable!()));
+        }
+        Err(a) => a,
+    };
+    let (a, b) = match (
+        cast::<Tensor<B, D>, Tensor<Flex, D>>(a),
+        cast::<Tensor<B, E>, Tensor<Flex, E>>(b),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(a), Err(b)) => return Err((a, b)),
+        _ => unreachable!("{SAME}"),
+    };
+    let y = inference(a.into_primitive().tensor(), b.into_primitive().tensor());
+    let y = Tensor::<Flex, O>::from_primitive(TensorPrimitive::Float(y));
+    Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+}
+
 /// Whether `B` is `Flex` or `Autodiff<Flex>`, the backends the fused kernels run on.
 pub(crate) fn is_flex<B: Backend>() -> bool {
     let b = std::any::TypeId::of::<B>();

@@ -89,7 +89,7 @@ pub(crate) fn relayout<B: Backend>(x: Tensor<B, 4>, from: Layout, to: Layout) ->
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, par_vec_map, record, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex_unary, par_vec_map, record, values, FlexAutodiff};
     use super::super::transpose::transpose;
     use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -97,7 +97,7 @@ mod flex {
     use burn::backend::autodiff::ops::{unary, Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
@@ -123,14 +123,7 @@ mod flex {
             from,
             to,
         };
-        let x = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(x) {
-            Ok(x) => return Ok(cast(autodiff(x, change)).unwrap_or_else(|_| unreachable!())),
-            Err(x) => x,
-        };
-        let x = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x)?;
-        let y = forward(&x.into_primitive().tensor(), change);
-        let y = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y));
-        Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+        on_flex_unary(x, |x| autodiff(x, change), |x| forward(&x, change))
     }
 
     /// The values of maps `[n, c, h, w]` from layout `from` to `to`, one transpose per image.

@@ -107,11 +107,6 @@ mod flex {
         let rows = x.layout().shape()[0];
         let [d_in, d_out] = [w.layout().shape()[0], w.layout().shape()[1]];
         // h starts as the bias rows; the product adds x·W.
-        let bias_rows = |h: &mut [f32]| {
-            for row in h.chunks_exact_mut(d_out.max(1)) {
-                row.copy_from_slice(&bs);
-            }
-        };
         let block = block_rows(rows, d_out);
         let run = |h: &mut [f32], y: &mut [f32], x: &[f32], threads: bool| {
             let m = h.len() / d_out.max(1);
@@ -132,8 +127,7 @@ mod flex {
             let ([h, y], _) = par_vecs_map(specs, blocks, |[h, y], x| run(h, y, x, false));
             (h, y)
         } else {
-            let (mut h, mut y) = (vec![0.0f32; rows * d_out], vec![0.0f32; rows * d_out]);
-            bias_rows(&mut h);
+            let (mut h, mut y) = (bs.repeat(rows), vec![0.0f32; rows * d_out]);
             run(&mut h, &mut y, &xs, true);
             (h, y)
         }

@@ -85,7 +85,7 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, record, update_values, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex_pair, record, update_values, values, FlexAutodiff};
     use super::kernels;
     use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -93,7 +93,7 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
@@ -109,31 +109,11 @@ mod flex {
         if [x.dtype(), shift.dtype()] != [DType::F32; 2] || c * h * w == 0 {
             return Err((x, shift));
         }
-        let x = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(x) {
-            Ok(x) => {
-                let Ok(shift) = cast::<Tensor<B, 2>, Tensor<FlexAutodiff, 2>>(shift) else {
-                    unreachable!("both are on one backend")
-                };
-                return Ok(cast(autodiff(x, shift, layout)).unwrap_or_else(|_| unreachable!()));
-            }
-            Err(x) => x,
-        };
-        let (x, shift) = match (
-            cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x),
-            cast::<Tensor<B, 2>, Tensor<Flex, 2>>(shift),
-        ) {
-            (Ok(x), Ok(shift)) => (x, shift),
-            (Err(x), Err(shift)) => return Err((x, shift)),
-            _ => unreachable!("both are on one backend"),
-        };
-        let prim = |t: TensorPrimitive<Flex>| t.tensor();
-        let y = forward(
-            prim(x.into_primitive()),
-            &prim(shift.into_primitive()),
-            layout,
-        );
-        let y = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y));
-        Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+        on_flex_pair(
+            (x, shift),
+            |x, shift| autodiff(x, shift, layout),
+            |x, shift| forward(x, &shift, layout),
+        )
     }
 
     fn forward(x: FlexTensor, shift: &FlexTensor, layout: Layout) -> FlexTensor {

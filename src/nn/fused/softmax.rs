@@ -97,14 +97,14 @@ pub(super) mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, record, update_values, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex_unary, record, update_values, values, FlexAutodiff};
     use super::kernels;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{unary, Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
 
     /// The fused op if `B` is `Flex` or `Autodiff<Flex>` with `f32` data; the input back
@@ -116,14 +116,7 @@ mod flex {
         if x.dtype() != DType::F32 || D == 0 || x.dims()[D - 1] == 0 {
             return Err(x);
         }
-        let x = match cast::<Tensor<B, D>, Tensor<FlexAutodiff, D>>(x) {
-            Ok(x) => return Ok(cast(autodiff(x, scale)).unwrap_or_else(|_| unreachable!())),
-            Err(x) => x,
-        };
-        let x = cast::<Tensor<B, D>, Tensor<Flex, D>>(x)?;
-        let y = forward(&x.into_primitive().tensor(), scale);
-        let y = Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(y));
-        Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+        on_flex_unary(x, |x| autodiff(x, scale), |x| forward(&x, scale))
     }
 
     fn last(t: &FlexTensor) -> usize {

@@ -124,7 +124,7 @@ mod kernels {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use super::super::flex_ops::{cast, record, values, FlexAutodiff};
+    use super::super::flex_ops::{on_flex_unary, record, values, FlexAutodiff};
     use super::kernels;
     use super::Layout;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -132,7 +132,7 @@ mod flex {
     use burn::backend::autodiff::ops::{unary, Backward, Ops};
     use burn::backend::Flex;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
     use burn_flex::FlexTensor;
 
     /// `[n, c]`, the input sides, the output sides and the layout.
@@ -151,14 +151,7 @@ mod flex {
             return Err(x);
         }
         let sizes = ([n, c], [hi, wi], out, layout);
-        let x = match cast::<Tensor<B, 4>, Tensor<FlexAutodiff, 4>>(x) {
-            Ok(x) => return Ok(cast(autodiff(x, sizes)).unwrap_or_else(|_| unreachable!())),
-            Err(x) => x,
-        };
-        let x = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x)?;
-        let y = forward(&x.into_primitive().tensor(), sizes);
-        let y = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y));
-        Ok(cast(y).unwrap_or_else(|_| unreachable!()))
+        on_flex_unary(x, |x| autodiff(x, sizes), |x| forward(&x, sizes))
     }
 
     fn forward(x: &FlexTensor, ([n, c], input, out, layout): Sizes) -> FlexTensor {
