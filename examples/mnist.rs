@@ -8,12 +8,16 @@
 //! ```
 //!
 //! The default, `--policy distill`, is the `integration_flow::pipeline` run: the UNet trains as
-//! a plain denoiser (the teacher) for `--teacher-share` of the budget, its probability-flow ODE
-//! integrates `--pairs` prior draws (Heun, `--pair-steps`), and a student that starts from the
-//! teacher's weights learns to return each pair's image from its latent in one call, for the
-//! rest of the budget. `--teacher DIR` reuses a trained denoiser (a `--policy off` run, or a
-//! distill run's `teacher/`); `--steps N` caps the teacher's steps. `--policy ot` trains
-//! Integration Flow with optimal-transport anchors instead (the earlier default).
+//! a plain denoiser (the teacher) for `--teacher-share` of the budget; then, by default
+//! (`--method flow-map`), the teacher's network gains a target-time input and learns the jumps
+//! of its probability-flow ODE by the flow-map objective for the rest of the budget, so that one
+//! call from `t_max` to the data generates. `--method pairs` (the earlier default) integrates
+//! `--pairs` prior draws by the teacher's ODE (Heun, `--pair-steps`) and a student learns to
+//! return each pair's image from its latent in one call. The time embedding is smooth by
+//! default (`--embedding-scale 5`), which the flow-map objective needs. `--teacher DIR` reuses
+//! a trained denoiser (a `--policy off` run, or a distill run's `teacher/`, with the same
+//! `--embedding-scale`); `--steps N` caps the teacher's steps. `--policy ot` trains Integration
+//! Flow with optimal-transport anchors instead.
 //!
 //! `--resume` continues the run whose state is in `DIR` (for distill, within the same
 //! `--minutes`: the budget counts every stage across resumes; otherwise for `--minutes` more);
@@ -21,7 +25,7 @@
 //!
 //! Writes to `DIR` (default `runs/mnist`): `samples_nfe1.npy` and `samples_nfe4.npy` (float32
 //! `[count, 784]` in [-1, 1]), `grid_nfe1.png` and `grid_nfe4.png` (8×8), the checkpoint (for
-//! distill the student's; the teacher's is in `DIR/teacher`, the pairs in `DIR/pairs_*.npy`),
+//! distill the student's; the teacher's is in `DIR/teacher`, pairs in `DIR/pairs_*.npy`),
 //! `config.json`, `metrics.jsonl`, `results.json` and `fd_vs_nfe.png`, and prints last
 //! `fd=<one-step FD> steps=<training steps, teacher and student> seconds=<whole run>`.
 //!
@@ -42,22 +46,26 @@ use integration_flow::metrics::{
     nearest_neighbour_distance, Classifier, ClassifierConfig, ImageScore,
 };
 use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
-use integration_flow::nn::{UNet, UNetConfig};
+use integration_flow::nn::{IntegrationNet, NoiseEmbedding, UNet, UNetConfig};
 use integration_flow::pipeline::{DistillConfig, DistillMethod, Distillation};
 use integration_flow::plot::{image_grid_png, line_chart_png, Series, PALETTE};
 use integration_flow::sample::{
-    generate_batched, one_step, renoise, solve_ode, Generated, OdeSolver, RenoiseAnchor,
-    RenoiseSchedule,
+    flow_map_jumps, generate_batched, one_step, renoise, solve_ode, Generated, OdeSolver,
+    RenoiseAnchor, RenoiseSchedule,
 };
 use integration_flow::train::{
-    AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, LrDecay, OtSpace, TrainConfig,
-    Trainer,
+    AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, FlowMapConfig, FlowMapVelocity,
+    LrDecay, OtSpace, TrainConfig, Trainer,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The flow-map student's learning rate: 1e-3, 3e-4, 1e-4 and 3e-5 gave one-step FD 356, 200,
+/// 172 and 302 from the same teacher in the same 4 minutes (docs/evidence.md).
+const FLOW_MAP_STUDENT_LR: f64 = 1e-4;
 
 #[derive(Parser, Debug, Serialize)]
 #[command(about = "Train a one-step generator on MNIST; generate digits in one and four steps")]
@@ -116,9 +124,10 @@ struct Args {
     #[arg(long, default_value_t = DistillConfig::default().teacher_share)]
     teacher_share: f64,
     /// Distill: how the student learns, from generated pairs (`pairs`), from the training
-    /// images and their latents by the teacher's ODE run backwards (`encoded`), or by the
-    /// consistency objective on the data (`consistency`, no pairs stage).
-    #[arg(long, default_value = "pairs")]
+    /// images and their latents by the teacher's ODE run backwards (`encoded`), by the
+    /// consistency objective on the data (`consistency`, no pairs stage), or as a flow-map
+    /// network by the flow-map objective (`flow-map`, no pairs stage).
+    #[arg(long, default_value = "flow-map")]
     method: String,
     /// Distill, method consistency: student steps per stage of the shrinking gap.
     #[arg(long, default_value_t = ConsistencyConfig::default().stage_steps)]
@@ -126,21 +135,37 @@ struct Args {
     /// Distill, method consistency: the gap's shrink factor per stage.
     #[arg(long, default_value_t = ConsistencyConfig::default().q)]
     consistency_q: f64,
+    /// Distill, method flow-map: the share of examples trained at r = t (the denoiser).
+    #[arg(long, default_value_t = FlowMapConfig::default().denoise_share)]
+    flow_map_denoise_share: f64,
+    /// Distill, method flow-map: the share trained at r = t_min (the one-step jump).
+    #[arg(long, default_value_t = FlowMapConfig::default().data_share)]
+    flow_map_data_share: f64,
+    /// Distill, method flow-map: the path of the finite difference, path (the training path,
+    /// MeanFlow's conditional velocity) or ema (the EMA's own ODE).
+    #[arg(long, default_value = "path")]
+    flow_map_velocity: String,
+    /// Distill, method flow-map: the tangent normalisation's c (0: off).
+    #[arg(long, default_value_t = FlowMapConfig::default().normalize)]
+    flow_map_normalize: f64,
     /// Distill: generated pairs.
     #[arg(long, default_value_t = DistillConfig::default().pairs)]
     pairs: usize,
     /// Distill: Heun steps of the pairs' ODE solve (2·steps − 1 network calls).
     #[arg(long, default_value_t = DistillConfig::default().pair_steps)]
     pair_steps: usize,
-    /// Distill: the student's learning rate.
-    #[arg(long, default_value_t = DistillConfig::default().student_lr)]
-    student_lr: f64,
+    /// Distill: the student's learning rate (default: 3e-4; 1e-4 for flow-map, whose
+    /// self-referential target needs smaller steps).
+    #[arg(long)]
+    student_lr: Option<f64>,
     /// Distill: stop the student after this many steps even if time is left.
     #[arg(long)]
     student_steps: Option<usize>,
     /// Distill: the share of each student batch trained at t_max.
-    #[arg(long, default_value_t = DistillConfig::default().student_t_max_fraction)]
-    student_t_max_fraction: f64,
+    /// (default: 1 for pairs and encoded, whose student learns the jump from t_max; 0 for
+    /// consistency and flow-map, whose objectives need every time)
+    #[arg(long)]
+    student_t_max_fraction: Option<f64>,
     /// Distill: the student's distance: l2 (squared L2), pseudo-huber (on the whole image,
     /// iCT's c), pseudo-huber-pixel (per value) or l1; the teacher's by default.
     #[arg(long)]
@@ -152,6 +177,11 @@ struct Args {
     /// Distill: the last step's learning rate over the peak, with --student-lr-decay cosine.
     #[arg(long, default_value_t = 0.0)]
     student_lr_floor: f64,
+    /// The time embedding's largest angular frequency (radians per unit of c_noise = t): the
+    /// flow-map method needs a small one (its target differentiates the network in t); the
+    /// crate's default embedding has 1000, which the denoiser alone does as well with.
+    #[arg(long, default_value_t = 5.0)]
+    embedding_scale: f64,
     /// Seed of weights, training and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -341,8 +371,16 @@ fn run<B: AutodiffBackend>(
         channels: c,
         height: h,
         width: w,
+        embedding: NoiseEmbedding::Sinusoidal {
+            dim: NoiseEmbedding::default().dim(),
+            scale: args.embedding_scale,
+            max_period: 10_000.0,
+        },
         ..Default::default()
     };
+    if let Some(teacher) = &args.teacher {
+        check_teacher_embedding(teacher, &unet.embedding)?;
+    }
     let net = unet.init::<B>(&device, args.seed)?;
     // The trainer replaces the law by its coupling's; this one serves runs that only sample.
     let anchor_law = match recipe {
@@ -434,10 +472,26 @@ fn train_distilled<B: AutodiffBackend>(
             q: args.consistency_q,
             ..Default::default()
         }),
+        "flow-map" => DistillMethod::FlowMap(FlowMapConfig {
+            denoise_share: args.flow_map_denoise_share,
+            data_share: args.flow_map_data_share,
+            normalize: args.flow_map_normalize,
+            velocity: match args.flow_map_velocity.as_str() {
+                "ema" => FlowMapVelocity::Ema,
+                "path" => FlowMapVelocity::Path,
+                other => {
+                    return Err(
+                        format!("unknown --flow-map-velocity {other:?}: use ema or path").into(),
+                    )
+                }
+            },
+            ..Default::default()
+        }),
         other => {
-            return Err(
-                format!("unknown --method {other:?}: use pairs, encoded or consistency").into(),
+            return Err(format!(
+                "unknown --method {other:?}: use pairs, encoded, consistency or flow-map"
             )
+            .into())
         }
     };
     let student_distance = match args.student_distance.as_deref() {
@@ -465,13 +519,25 @@ fn train_distilled<B: AutodiffBackend>(
             )
         }
     };
+    let student_t_max_fraction = args.student_t_max_fraction.unwrap_or(match method {
+        DistillMethod::GeneratedPairs | DistillMethod::Encoded => {
+            DistillConfig::default().student_t_max_fraction
+        }
+        DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0.0,
+    });
+    let student_lr = args.student_lr.unwrap_or(match method {
+        DistillMethod::FlowMap(_) => FLOW_MAP_STUDENT_LR,
+        DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Consistency(_) => {
+            DistillConfig::default().student_lr
+        }
+    });
     let distill = DistillConfig {
         method,
         teacher_share: args.teacher_share,
         pairs: args.pairs,
         pair_steps: args.pair_steps,
-        student_lr: args.student_lr,
-        student_t_max_fraction: args.student_t_max_fraction,
+        student_lr,
+        student_t_max_fraction,
         student_steps: args
             .student_steps
             .unwrap_or(DistillConfig::default().student_steps),
@@ -509,7 +575,9 @@ fn train_distilled<B: AutodiffBackend>(
             eprintln!("encoded latents against the prior: {stats:?}");
             Some(stats)
         }
-        DistillMethod::GeneratedPairs | DistillMethod::Consistency(_) => None,
+        DistillMethod::GeneratedPairs
+        | DistillMethod::Consistency(_)
+        | DistillMethod::FlowMap(_) => None,
     };
     let trained = Trained {
         steps: teacher_steps + student.step(),
@@ -753,6 +821,13 @@ fn evaluate<B: AutodiffBackend>(
             if k == 4 {
                 save("nfe4", &values)?;
             }
+            if ema.net().takes_target_time() {
+                // A flow-map student also jumps deterministically through the same times.
+                let name = format!("flow-map jumps, {k} steps");
+                let (values, nfe, seconds) =
+                    sample(&name, &|rng, n| flow_map_jumps(&ema, rng, n, &times))?;
+                record(&name, &values, nfe, seconds)?;
+            }
         }
         fd
     };
@@ -791,6 +866,38 @@ fn evaluate<B: AutodiffBackend>(
         trained.steps,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The time embedding is not a parameter, so a checkpoint cannot tell it: a teacher trained
+/// with another `--embedding-scale` would load and sample wrongly. Its run's `config.json`
+/// (in DIR, or in the distill run above a `teacher/` folder) records it.
+fn check_teacher_embedding(
+    teacher: &std::path::Path,
+    ours: &NoiseEmbedding,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let candidates = [
+        teacher.join("config.json"),
+        teacher.join("..").join("config.json"),
+    ];
+    let Some(path) = candidates.iter().find(|p| p.exists()) else {
+        eprintln!(
+            "warning: no config.json in or above {}: the teacher's time embedding is not checked",
+            teacher.display()
+        );
+        return Ok(());
+    };
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let theirs: NoiseEmbedding = serde_json::from_value(config["network"]["embedding"].clone())
+        .map_err(|e| format!("{}: no network.embedding ({e})", path.display()))?;
+    if &theirs != ours {
+        return Err(format!(
+            "the teacher in {} was trained with the time embedding {theirs:?}, this run's is \
+             {ours:?}: give the teacher's --embedding-scale",
+            teacher.display()
+        )
+        .into());
+    }
     Ok(())
 }
 

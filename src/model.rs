@@ -191,11 +191,140 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     }
 
     /// The data estimate `x̂_0 = f(x_t, t, anchor)`; `t` holds one time per example or one for
-    /// all.
+    /// all. For a flow-map network ([`IntegrationNet::takes_target_time`]) this is the jump
+    /// to the data end ([`estimate_to`](Self::estimate_to) with `r = t_min`), what one-step
+    /// and consistency-style samplers call; [`denoise`](Self::denoise) is its denoiser.
     pub fn estimate(
         &self,
         x_t: Tensor<B, 2>,
         t: &[f64],
+        anchor: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>> {
+        match self.net.takes_target_time() {
+            true => self.estimate_to(x_t, t, &[self.flow.time_range().min], anchor),
+            false => self.call(x_t, t, None, anchor),
+        }
+    }
+
+    /// The denoiser's estimate `E[x_0 | x_t]`, the one the probability-flow ODE's velocity is
+    /// built from: [`estimate`](Self::estimate) for a plain network, the estimate with target
+    /// time `r = t` for a flow-map network.
+    pub fn denoise(
+        &self,
+        x_t: Tensor<B, 2>,
+        t: &[f64],
+        anchor: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>> {
+        match self.net.takes_target_time() {
+            true => self.estimate_to(x_t, t, t, anchor),
+            false => self.call(x_t, t, None, anchor),
+        }
+    }
+
+    /// A flow-map network's data-space estimate `g(x_t, t, r)` for the jump from `t` to the
+    /// target time `r ≤ t`: the point of the probability-flow ODE's path through `x_t` at `r`
+    /// is `σ(r)/σ(t)·x_t + (α(r) − σ(r)·α(t)/σ(t))·g` ([`flow_map_step`](Self::flow_map_step)).
+    /// `r = t` is the denoiser, `r = t_min` the one-step generator. `t` and `r` hold one time
+    /// per example or one for all. A network without the target-time input, or an `r` outside
+    /// `[t_min, t]`, is an error.
+    ///
+    /// ```
+    /// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
+    /// use burn::tensor::Tensor;
+    /// use integration_flow::backend::Cpu;
+    /// use integration_flow::flow::FlowConfig;
+    /// use integration_flow::model::IntegrationFlowConfig;
+    /// use integration_flow::nn::MlpConfig;
+    ///
+    /// let net = MlpConfig { target_time: true, ..Default::default() }.init::<Cpu>(&Default::default(), 0)?;
+    /// let flow = FlowConfig::Rf(Default::default()).init()?; // t in [0, 1]
+    /// let model = IntegrationFlowConfig::default().init(flow, net)?;
+    /// let x = Tensor::<Cpu, 2>::zeros([4, 2], &Default::default());
+    /// let one_step = model.estimate_to(x.clone(), &[1.0], &[0.0], x.clone())?; // t_max → data
+    /// assert_eq!(one_step.dims(), [4, 2]);
+    /// assert!(model.estimate_to(x.clone(), &[0.5], &[0.7], x).is_err()); // r above t
+    /// # }
+    /// # Ok::<(), integration_flow::Error>(())
+    /// ```
+    pub fn estimate_to(
+        &self,
+        x_t: Tensor<B, 2>,
+        t: &[f64],
+        r: &[f64],
+        anchor: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>> {
+        if !self.net.takes_target_time() {
+            return Err(Error::InvalidArgument {
+                name: "network",
+                reason: "estimate_to needs a network with a target-time input (see \
+                         IntegrationNet::with_target_time)"
+                    .into(),
+            });
+        }
+        let n = x_t.dims()[0];
+        for (context, times) in [("times per example", t), ("target times per example", r)] {
+            if times.len() != n && times.len() != 1 {
+                return Err(Error::ShapeMismatch {
+                    context,
+                    expected: format!("1 or {n} values"),
+                    found: format!("{} values", times.len()),
+                });
+            }
+        }
+        let range = self.flow.time_range();
+        let width = range.max - range.min;
+        let count = t.len().max(r.len());
+        let mut gap = Vec::with_capacity(count);
+        for i in 0..count {
+            let ti = t[if t.len() == 1 { 0 } else { i }];
+            let ri = r[if r.len() == 1 { 0 } else { i }];
+            if !(ri >= range.min && ri <= ti) {
+                return Err(Error::InvalidArgument {
+                    name: "r",
+                    reason: format!(
+                        "a target time must lie in [t_min, t] = [{}, {ti}], got {ri}",
+                        range.min
+                    ),
+                });
+            }
+            gap.push(((ti - ri) / width) as f32);
+        }
+        self.call(x_t, t, Some(gap), anchor)
+    }
+
+    /// One jump of the probability-flow ODE from `t` to `r` by a flow-map network:
+    /// `σ(r)/σ(t)·x_t + (α(r) − σ(r)·α(t)/σ(t))·g(x_t, t, r)` (at `σ(t) = 0` there is nothing to
+    /// jump: `x_t`). One network call.
+    pub fn flow_map_step(
+        &self,
+        x_t: Tensor<B, 2>,
+        t: f64,
+        r: f64,
+        anchor: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>> {
+        let g = self.estimate_to(x_t.clone(), &[t], &[r], anchor)?;
+        let [c, k] = self.flow_map_coefficients(t, r);
+        Ok(x_t.mul_scalar(c) + g.mul_scalar(k))
+    }
+
+    /// `[σ(r)/σ(t), α(r) − σ(r)·α(t)/σ(t)]`: the point at `r` of the path through `x_t` is
+    /// `c·x_t + k·x̂_0` when `x̂_0` is that path's data end (`[1, 0]` where `σ(t) = 0`).
+    pub fn flow_map_coefficients(&self, t: f64, r: f64) -> [f64; 2] {
+        let flow = &self.flow;
+        let sigma_t = flow.sigma(t);
+        if sigma_t <= 0.0 {
+            return [1.0, 0.0];
+        }
+        let c = flow.sigma(r) / sigma_t;
+        [c, flow.alpha(r) - c * flow.alpha(t)]
+    }
+
+    /// The preconditioned network call; `gap` is the target-time input of a flow-map network.
+    fn call(
+        &self,
+        x_t: Tensor<B, 2>,
+        t: &[f64],
+        gap: Option<Vec<f32>>,
         anchor: Tensor<B, 2>,
     ) -> Result<Tensor<B, 2>> {
         let [n, dim] = x_t.dims();
@@ -236,9 +365,18 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
             c_noise.iter().map(|&c| c as f32).collect()
         };
         let c_noise = Tensor::<B, 1>::from_data(TensorData::new(c_noise, [n]), &device);
-        let output = self
-            .net
-            .forward(x_t.clone() * column(c_in, &x_t), c_noise, anchor);
+        let input = x_t.clone() * column(c_in, &x_t);
+        let output = match gap {
+            None => self.net.forward(input, c_noise, anchor),
+            Some(gap) => {
+                let gap = match gap.len() {
+                    1 => vec![gap[0]; n],
+                    _ => gap,
+                };
+                let gap = Tensor::<B, 1>::from_data(TensorData::new(gap, [n]), &device);
+                self.net.forward_to(input, c_noise, gap, anchor)
+            }
+        };
         Ok(x_t.clone() * column(c_skip, &x_t) + output * column(c_out, &x_t))
     }
 

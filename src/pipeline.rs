@@ -4,7 +4,9 @@
 //! EMA weights and learns the pairs ([`PairedAnchors::generated`]: each latent is the path noise
 //! of its sample, so at `t_max` the student sees the latent and must return the ODE's result).
 //! With [`DistillMethod::Consistency`] there is no pairs stage: the student tunes the teacher's
-//! weights on the data by the consistency objective instead.
+//! weights on the data by the consistency objective instead, and with [`DistillMethod::FlowMap`]
+//! the teacher's network gains a target-time input and learns the ODE's jumps by the flow-map
+//! objective.
 //!
 //! Each stage keeps its state in the run's directory `DIR`: the student's checkpoint and metrics
 //! log in `DIR` itself (it is the run's result), the teacher's in `DIR/teacher`, the pairs in
@@ -40,7 +42,8 @@ use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use crate::sample::{encoded_pairs, ode_pairs, OdeSolver};
 use crate::train::{
-    checkpoint_path, ConsistencyConfig, Distance, LrDecay, ObjectiveConfig, TrainConfig, Trainer,
+    checkpoint_path, ConsistencyConfig, Distance, FlowMapConfig, LrDecay, ObjectiveConfig,
+    TrainConfig, Trainer,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -75,6 +78,11 @@ pub enum DistillMethod {
     /// ([`objective::consistency`](crate::train::objective::consistency)), pulled towards its
     /// own estimate closer to the data on the same path.
     Consistency(ConsistencyConfig),
+    /// No pairs: the teacher's network gains a target-time input
+    /// ([`IntegrationNet::with_target_time`]) and trains on the data by the flow-map objective
+    /// ([`objective::flow_map`](crate::train::objective::flow_map)); sampling calls its jump to
+    /// the data end.
+    FlowMap(FlowMapConfig),
 }
 
 impl DistillMethod {
@@ -82,7 +90,7 @@ impl DistillMethod {
     pub fn makes_pairs(&self) -> bool {
         match self {
             DistillMethod::GeneratedPairs | DistillMethod::Encoded => true,
-            DistillMethod::Consistency(_) => false,
+            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => false,
         }
     }
 }
@@ -140,6 +148,7 @@ impl DistillConfig {
         match &self.method {
             DistillMethod::GeneratedPairs | DistillMethod::Encoded => {}
             DistillMethod::Consistency(config) => config.validate()?,
+            DistillMethod::FlowMap(config) => config.validate()?,
         }
         require_finite(NAME, "teacher_share", self.teacher_share)?;
         if !(self.teacher_share > 0.0 && self.teacher_share < 1.0) {
@@ -572,7 +581,7 @@ where
         let solves = match self.config.method {
             DistillMethod::GeneratedPairs => self.config.pairs.div_ceil(batch),
             DistillMethod::Encoded => self.data.len().div_ceil(self.config.pair_batch),
-            DistillMethod::Consistency(_) => 0,
+            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0,
         };
         let calls = self.config.pair_nfe() * solves;
         let pairs = call * calls as f64;
@@ -664,7 +673,7 @@ where
                 &encoded_pairs(&teacher, &self.data, solver, batch, progress)?.latents,
             ),
             // No pairs stage (`makes_pairs`): nothing to write.
-            DistillMethod::Consistency(_) => Ok(()),
+            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => Ok(()),
         }
     }
 
@@ -723,6 +732,17 @@ where
                 } else {
                     let (model, mut config) = start()?;
                     config.objective = ObjectiveConfig::Consistency(consistency.clone());
+                    Trainer::new(model, self.data.clone(), config)?
+                }
+            }
+            DistillMethod::FlowMap(flow_map) => {
+                if resume {
+                    let net = self.model.net().clone().with_target_time()?;
+                    Trainer::resume(dir, self.model.with_net(net), self.data.clone())?
+                } else {
+                    let (model, mut config) = start()?;
+                    let model = model.with_net(model.net().clone().with_target_time()?);
+                    config.objective = ObjectiveConfig::FlowMap(flow_map.clone());
                     Trainer::new(model, self.data.clone(), config)?
                 }
             }

@@ -123,3 +123,34 @@ pub(crate) fn embed<B: Backend>(c_noise: Tensor<B, 1>, frequencies: &[f32]) -> T
     let angles = c_noise.unsqueeze_dim::<2>(1) * omega;
     Tensor::cat(vec![angles.clone().cos(), angles.sin()], 1)
 }
+
+/// The embedding of `c_noise`, followed by that of the target-time `gap` where there is one
+/// (flow-map networks): `[n, 2·len(ω)]` or `[n, 4·len(ω)]`.
+pub(crate) fn embed_times<B: Backend>(
+    c_noise: Tensor<B, 1>,
+    gap: Option<Tensor<B, 1>>,
+    frequencies: &[f32],
+) -> Tensor<B, 2> {
+    match gap {
+        None => embed(c_noise, frequencies),
+        Some(gap) => Tensor::cat(
+            vec![embed(c_noise, frequencies), embed(gap, frequencies)],
+            1,
+        ),
+    }
+}
+
+/// `layer` taking `extra` more inputs after its own, their weights zero: the layer's output is
+/// unchanged by them until training moves those weights.
+pub(crate) fn with_zero_inputs<B: Backend>(
+    layer: burn::nn::Linear<B>,
+    extra: usize,
+) -> burn::nn::Linear<B> {
+    let weight = layer.weight.val();
+    let [_, d_out] = weight.dims();
+    let zeros = Tensor::zeros([extra, d_out], &weight.device());
+    burn::nn::Linear {
+        weight: burn::module::Param::from_tensor(Tensor::cat(vec![weight, zeros], 0).detach()),
+        bias: layer.bias,
+    }
+}

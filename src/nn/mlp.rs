@@ -1,6 +1,6 @@
 //! A multilayer perceptron for low-dimensional data.
 
-use super::embedding::{embed, NoiseEmbedding};
+use super::embedding::{embed_times, with_zero_inputs, NoiseEmbedding};
 use super::linear_silu;
 use super::{init, IntegrationNet};
 use crate::error::{invalid_config, Result};
@@ -24,6 +24,9 @@ pub struct MlpConfig {
     pub depth: usize,
     /// Embedding of the noise level.
     pub embedding: NoiseEmbedding,
+    /// A target-time input (a flow-map network, [`IntegrationNet::takes_target_time`]): the
+    /// embedding of the gap to the target time joins the input, its weights starting at zero.
+    pub target_time: bool,
 }
 
 impl Default for MlpConfig {
@@ -33,6 +36,7 @@ impl Default for MlpConfig {
             width: 256,
             depth: 3,
             embedding: NoiseEmbedding::default(),
+            target_time: false,
         }
     }
 }
@@ -74,12 +78,17 @@ impl MlpConfig {
                 init::linear(d_in, self.width, &mut rng, device)
             })
             .collect();
-        Ok(Mlp {
+        let mlp = Mlp {
             hidden,
             output: init::linear(self.width, self.dim, &mut rng, device),
             frequencies: self.embedding.frequencies(),
             dim: self.dim,
-        })
+            target_time: false,
+        };
+        match self.target_time {
+            true => mlp.with_target_time(),
+            false => Ok(mlp),
+        }
     }
 }
 
@@ -93,6 +102,25 @@ pub struct Mlp<B: Backend> {
     frequencies: Vec<f32>,
     #[module(skip)]
     dim: usize,
+    #[module(skip)]
+    target_time: bool,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn run(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Option<Tensor<B, 1>>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let times = embed_times(c_noise, gap, &self.frequencies);
+        let mut h = Tensor::cat(vec![x, anchor, times], 1);
+        for layer in &self.hidden {
+            h = linear_silu(layer, h);
+        }
+        self.output.forward(h)
+    }
 }
 
 impl<B: Backend> IntegrationNet<B> for Mlp<B> {
@@ -106,10 +134,39 @@ impl<B: Backend> IntegrationNet<B> for Mlp<B> {
         c_noise: Tensor<B, 1>,
         anchor: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let mut h = Tensor::cat(vec![x, anchor, embed(c_noise, &self.frequencies)], 1);
-        for layer in &self.hidden {
-            h = linear_silu(layer, h);
+        // A flow-map network's plain call is the denoiser: no gap to the target time.
+        let gap = self.target_time.then(|| c_noise.zeros_like());
+        self.run(x, c_noise, gap, anchor)
+    }
+
+    fn takes_target_time(&self) -> bool {
+        self.target_time
+    }
+
+    fn forward_to(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Tensor<B, 1>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let gap = self.target_time.then_some(gap);
+        self.run(x, c_noise, gap, anchor)
+    }
+
+    fn with_target_time(mut self) -> crate::Result<Self> {
+        if !self.target_time {
+            let extra = 2 * self.frequencies.len();
+            // The embeddings come last in the first layer's input (the output layer's where
+            // there is no hidden layer).
+            if self.hidden.is_empty() {
+                self.output = with_zero_inputs(self.output, extra);
+            } else {
+                let first = self.hidden.remove(0);
+                self.hidden.insert(0, with_zero_inputs(first, extra));
+            }
+            self.target_time = true;
         }
-        self.output.forward(h)
+        Ok(self)
     }
 }

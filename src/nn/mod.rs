@@ -36,4 +36,42 @@ pub trait IntegrationNet<B: Backend>: Module<B> {
     /// `anchor`: the data estimate fed back to the network `[n, dim]`. Returns `[n, dim]`.
     fn forward(&self, x: Tensor<B, 2>, c_noise: Tensor<B, 1>, anchor: Tensor<B, 2>)
         -> Tensor<B, 2>;
+
+    /// Whether the network takes a target time besides `t` (a *flow-map* network, trained by
+    /// the [`flow_map`](crate::train::objective::flow_map) objective): its output then depends
+    /// on how far towards the data the estimate jumps. `false` unless the network says so.
+    fn takes_target_time(&self) -> bool {
+        false
+    }
+
+    /// [`forward`](Self::forward) with the target time's input `gap = (t − r)/(t_max − t_min)`
+    /// `[n]` (0: the plain denoiser at `t`, 1: the jump from `t_max` to the data). Only called
+    /// where [`takes_target_time`](Self::takes_target_time) is `true` (the model checks);
+    /// networks without the input keep this default, which ignores `gap`.
+    fn forward_to(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Tensor<B, 1>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let _ = gap;
+        self.forward(x, c_noise, anchor)
+    }
+
+    /// This network with a target-time input added whose weights start at zero, so that its
+    /// output is unchanged until training moves them (a trained denoiser becomes the start of a
+    /// flow-map network). A network that has the input already is returned as it is; one that
+    /// cannot take it is [`Error::InvalidArgument`](crate::Error::InvalidArgument).
+    fn with_target_time(self) -> crate::Result<Self>
+    where
+        Self: Sized,
+    {
+        Err(crate::Error::InvalidArgument {
+            name: "network",
+            reason: "this network has no target-time input (the flow-map objective needs one: \
+                     MlpConfig::target_time or UNetConfig::target_time)"
+                .into(),
+        })
+    }
 }

@@ -5,7 +5,7 @@
 //! resolutions, stride-2 downsampling, a middle block, and the mirror path upwards with skip
 //! connections. Data stays flat (`[n, c·h·w]`) outside; the network reshapes inside.
 
-use super::embedding::{embed, NoiseEmbedding};
+use super::embedding::{embed_times, with_zero_inputs, NoiseEmbedding};
 use super::init::{self, conv};
 use super::norm::GroupNorm;
 use super::IntegrationNet;
@@ -69,6 +69,10 @@ pub struct UNetConfig {
     pub embedding: NoiseEmbedding,
     /// How the anchor enters.
     pub anchor: AnchorInput,
+    /// A target-time input (a flow-map network, [`IntegrationNet::takes_target_time`]): the
+    /// embedding of the gap to the target time joins the noise level's, its weights starting
+    /// at zero.
+    pub target_time: bool,
 }
 
 impl Default for UNetConfig {
@@ -89,6 +93,7 @@ impl Default for UNetConfig {
             groups: 8,
             embedding: NoiseEmbedding::default(),
             anchor: AnchorInput::Channels,
+            target_time: false,
         }
     }
 }
@@ -263,7 +268,7 @@ impl UNetConfig {
                 up.push(Stage::Up(conv(ch, ch, 3, 1, rng, device, false)));
             }
         }
-        Ok(UNet {
+        let unet = UNet {
             stem,
             embed_in,
             embed_out,
@@ -276,7 +281,12 @@ impl UNetConfig {
             frequencies: self.embedding.frequencies(),
             shape: [self.channels, self.height, self.width],
             patch: self.patch,
-        })
+            target_time: false,
+        };
+        match self.target_time {
+            true => unet.with_target_time(),
+            false => Ok(unet),
+        }
     }
 
     /// A residual block at `level` (the middle block's first block gets attention: passing
@@ -446,6 +456,8 @@ pub struct UNet<B: Backend> {
     shape: [usize; 3],
     #[module(skip)]
     patch: usize,
+    #[module(skip)]
+    target_time: bool,
 }
 
 impl<B: Backend> UNet<B> {
@@ -517,13 +529,55 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
         c_noise: Tensor<B, 1>,
         anchor: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
+        // A flow-map network's plain call is the denoiser: no gap to the target time.
+        let gap = self.target_time.then(|| c_noise.zeros_like());
+        self.run(x, c_noise, gap, anchor)
+    }
+
+    fn takes_target_time(&self) -> bool {
+        self.target_time
+    }
+
+    fn forward_to(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Tensor<B, 1>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let gap = self.target_time.then_some(gap);
+        self.run(x, c_noise, gap, anchor)
+    }
+
+    fn with_target_time(mut self) -> crate::Result<Self> {
+        if !self.target_time {
+            // The gap's embedding follows the noise level's in the first embedding layer.
+            self.embed_in = with_zero_inputs(self.embed_in, 2 * self.frequencies.len());
+            self.target_time = true;
+        }
+        Ok(self)
+    }
+}
+
+impl<B: Backend> UNet<B> {
+    fn run(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Option<Tensor<B, 1>>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
         let n = x.dims()[0];
         let [c, height, width] = self.shape;
         let x = x.reshape([n, c, height, width]);
         let anchor = anchor.reshape([n, c, height, width]);
-        let emb = self.embed_out.forward(silu(
-            self.embed_in.forward(embed(c_noise, &self.frequencies)),
-        ));
+        let emb = self
+            .embed_out
+            .forward(silu(self.embed_in.forward(embed_times(
+                c_noise,
+                gap,
+                &self.frequencies,
+            ))));
         let emb = silu(emb);
         let p = self.patch;
         // Channels-last feature maps where the fused kernels run (no transposes around each

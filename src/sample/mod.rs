@@ -3,6 +3,7 @@
 //! - [`one_step`]: `f(x_T, T, a)`, 1 network call;
 //! - [`anchor_iteration`]: the papers' multi-step, `a ← f(x_T, T, a)` k times;
 //! - [`renoise`]: consistency-style multi-step, re-noising each estimate to a smaller t;
+//! - [`flow_map_jumps`]: deterministic jumps along the ODE by a flow-map network;
 //! - [`solve_ode`]: the classical probability-flow ODE solvers (module [`ode`]);
 //! - [`ode_pairs`]: prior draws and the samples the ODE maps them to, for distillation.
 //!
@@ -10,10 +11,12 @@
 //! [`generate_batched`] makes any count in batches.
 
 pub mod diagnostics;
+mod flow_map;
 pub mod ode;
 mod pairs;
 
 pub use diagnostics::{anchor_convergence, straightness};
+pub use flow_map::flow_map_jumps;
 pub use ode::{encode_ode, solve_ode, solve_ode_from, OdeSolver};
 pub use pairs::{encoded_pairs, ode_pairs, OdePairs};
 

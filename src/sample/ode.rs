@@ -184,7 +184,7 @@ fn integrate<B: Backend, N: IntegrationNet<B>>(
         nfe += 1;
         // Stage times like t + h/2 can fall a rounding error outside the range.
         let t = range.clamp(t);
-        let x0 = model.estimate(x.clone(), &[t], anchor.clone())?;
+        let x0 = model.denoise(x.clone(), &[t], anchor.clone())?;
         flow.velocity(x.clone(), x0, &[t])
     };
     let grid = |steps: usize| -> Result<Vec<f64>> {

@@ -30,6 +30,8 @@ pub use config::{
     Distance, DivergencePolicy, EmaConfig, LossWeight, LrDecay, OptimizerConfig, OptimizerKind,
     TrainConfig, Weighting,
 };
-pub use objective::{ConsistencyConfig, ConsistencyTarget, ObjectiveConfig};
+pub use objective::{
+    ConsistencyConfig, ConsistencyTarget, FlowMapConfig, FlowMapVelocity, ObjectiveConfig,
+};
 pub use optimizer::FusedAdam;
 pub use trainer::{StepStats, Trainer};

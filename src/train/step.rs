@@ -66,9 +66,29 @@ where
         let anchor_t = upload(input);
         let noise_t = upload(noise);
         let x_t = flow.interpolate(x0_t.clone(), noise_t.clone(), &t)?;
-        let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
+        // The flow-map objective trains jumps to target times r ≤ t.
+        let r = match &self.config.objective {
+            ObjectiveConfig::FlowMap(config) => {
+                Some(config.target_times(flow.as_ref(), &t, &mut rng))
+            }
+            ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => None,
+        };
+        let x_hat = match &r {
+            Some(r) => self.model.estimate_to(x_t, &t, r, anchor_t.clone())?,
+            None => self.model.estimate(x_t, &t, anchor_t.clone())?,
+        };
         let target = match &self.config.objective {
             ObjectiveConfig::Regression => objective::regression::target(x0_t),
+            ObjectiveConfig::FlowMap(config) => objective::flow_map::target(
+                config,
+                &self.model,
+                &self.ema,
+                &x0_t,
+                &noise_t,
+                &anchor_t,
+                (&t, r.as_deref().unwrap_or(&t)),
+                &x_hat,
+            )?,
             ObjectiveConfig::Consistency(config) => objective::consistency::target(
                 config,
                 &self.model,

@@ -125,6 +125,17 @@ where
             });
         }
         check_store_shape(anchors.as_ref(), &data)?;
+        if let crate::train::ObjectiveConfig::FlowMap(_) = config.objective {
+            if !model.net().takes_target_time() {
+                return Err(Error::InvalidConfig {
+                    config: "TrainConfig",
+                    field: "objective",
+                    reason: "the flow_map objective needs a network with a target-time input \
+                             (MlpConfig/UNetConfig target_time, or IntegrationNet::with_target_time)"
+                        .into(),
+                });
+            }
+        }
         if config.drop_last && config.batch_size > data.len() {
             return Err(Error::InvalidConfig {
                 config: "TrainConfig",
