@@ -125,7 +125,7 @@ impl FlowMapConfig {
     /// use rand::{rngs::StdRng, SeedableRng};
     /// let flow = RectifiedFlowConfig::default().init()?;
     /// let config = FlowMapConfig { denoise_share: 0.0, data_share: 1.0, ..Default::default() };
-    /// let r = config.target_times(flow.as_ref(), &[0.5, 1.0], &mut StdRng::seed_from_u64(0));
+    /// let r = config.target_times(&flow, &[0.5, 1.0], &mut StdRng::seed_from_u64(0));
     /// assert_eq!(r, vec![0.0, 0.0]); // every jump to the data end
     /// # Ok::<(), integration_flow::Error>(())
     /// ```
