@@ -379,7 +379,11 @@ fn run<B: AutodiffBackend>(
         ..Default::default()
     };
     if let Some(teacher) = &args.teacher {
-        check_teacher_embedding(teacher, &unet.embedding)?;
+        check_embedding(teacher, &unet.embedding)?;
+    }
+    if args.resume {
+        // Before config.json is rewritten with this run's embedding.
+        check_embedding(&args.out, &unet.embedding)?;
     }
     let net = unet.init::<B>(&device, args.seed)?;
     // The trainer replaces the law by its coupling's; this one serves runs that only sample.
@@ -519,12 +523,6 @@ fn train_distilled<B: AutodiffBackend>(
             )
         }
     };
-    let student_t_max_fraction = args.student_t_max_fraction.unwrap_or(match method {
-        DistillMethod::GeneratedPairs | DistillMethod::Encoded => {
-            DistillConfig::default().student_t_max_fraction
-        }
-        DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0.0,
-    });
     let student_lr = args.student_lr.unwrap_or(match method {
         DistillMethod::FlowMap(_) => FLOW_MAP_STUDENT_LR,
         DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Consistency(_) => {
@@ -537,7 +535,7 @@ fn train_distilled<B: AutodiffBackend>(
         pairs: args.pairs,
         pair_steps: args.pair_steps,
         student_lr,
-        student_t_max_fraction,
+        student_t_max_fraction: args.student_t_max_fraction,
         student_steps: args
             .student_steps
             .unwrap_or(DistillConfig::default().student_steps),
@@ -869,10 +867,10 @@ fn evaluate<B: AutodiffBackend>(
     Ok(())
 }
 
-/// The time embedding is not a parameter, so a checkpoint cannot tell it: a teacher trained
-/// with another `--embedding-scale` would load and sample wrongly. Its run's `config.json`
-/// (in DIR, or in the distill run above a `teacher/` folder) records it.
-fn check_teacher_embedding(
+/// The time embedding is not a parameter, so a checkpoint cannot tell it: a teacher (or a
+/// resumed run) trained with another `--embedding-scale` would load and sample wrongly. Its
+/// run's `config.json` (in DIR, or in the distill run above a `teacher/` folder) records it.
+fn check_embedding(
     teacher: &std::path::Path,
     ours: &NoiseEmbedding,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -892,8 +890,8 @@ fn check_teacher_embedding(
         .map_err(|e| format!("{}: no network.embedding ({e})", path.display()))?;
     if &theirs != ours {
         return Err(format!(
-            "the teacher in {} was trained with the time embedding {theirs:?}, this run's is \
-             {ours:?}: give the teacher's --embedding-scale",
+            "the run in {} was trained with the time embedding {theirs:?}, this one's is \
+             {ours:?}: give its --embedding-scale (runs before 2026-12-05 used 1000)",
             teacher.display()
         )
         .into());

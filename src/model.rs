@@ -273,11 +273,24 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         }
         let range = self.flow.time_range();
         let width = range.max - range.min;
-        let count = t.len().max(r.len());
+        // One gap per example, or one for all (none for an empty batch).
+        let count = match n {
+            0 => 0,
+            _ => t.len().max(r.len()),
+        };
         let mut gap = Vec::with_capacity(count);
         for i in 0..count {
             let ti = t[if t.len() == 1 { 0 } else { i }];
             let ri = r[if r.len() == 1 { 0 } else { i }];
+            if !(ti >= range.min && ti <= range.max) {
+                return Err(Error::InvalidArgument {
+                    name: "t",
+                    reason: format!(
+                        "a time must lie in [t_min, t_max] = [{}, {}], got {ti}",
+                        range.min, range.max
+                    ),
+                });
+            }
             if !(ri >= range.min && ri <= ti) {
                 return Err(Error::InvalidArgument {
                     name: "r",

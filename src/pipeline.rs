@@ -111,8 +111,11 @@ pub struct DistillConfig {
     pub pair_batch: usize,
     /// The student's learning rate (it starts from trained weights).
     pub student_lr: f64,
-    /// The share of each student batch trained at `t_max`, where one-step sampling evaluates it.
-    pub student_t_max_fraction: f64,
+    /// The share of each student batch trained at `t_max`, where one-step sampling evaluates it;
+    /// `None` takes the method's ([`student_t_max_share`](Self::student_t_max_share): all of it
+    /// for the pairs students, which learn the jump from `t_max`; none for the consistency and
+    /// flow-map students, whose objectives must hold at every time).
+    pub student_t_max_fraction: Option<f64>,
     /// The student stops after this many steps even if time is left.
     pub student_steps: usize,
     /// The student's distance; `None` keeps the teacher's.
@@ -133,7 +136,7 @@ impl Default for DistillConfig {
             pair_steps: 6,
             pair_batch: 250,
             student_lr: 3e-4,
-            student_t_max_fraction: 1.0,
+            student_t_max_fraction: None,
             student_steps: 1_000_000,
             student_distance: None,
             student_lr_decay: LrDecay::Constant,
@@ -173,7 +176,7 @@ impl DistillConfig {
         if self.student_lr <= 0.0 {
             return Err(invalid_config(NAME, "student_lr", "must be positive"));
         }
-        if !(0.0..=1.0).contains(&self.student_t_max_fraction) {
+        if !(0.0..=1.0).contains(&self.student_t_max_share()) {
             return Err(invalid_config(
                 NAME,
                 "student_t_max_fraction",
@@ -181,6 +184,15 @@ impl DistillConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The share of each student batch trained at `t_max`: `student_t_max_fraction`, or the
+    /// method's default (1 for generated and encoded pairs, 0 for consistency and flow maps).
+    pub fn student_t_max_share(&self) -> f64 {
+        self.student_t_max_fraction.unwrap_or(match self.method {
+            DistillMethod::GeneratedPairs | DistillMethod::Encoded => 1.0,
+            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0.0,
+        })
     }
 
     /// Network calls per pair of the pairs' solve (Heun: `2·pair_steps − 1`).
@@ -260,6 +272,10 @@ where
         config: DistillConfig,
     ) -> Result<Self> {
         config.validate()?;
+        if let DistillMethod::FlowMap(_) = config.method {
+            // Before the teacher spends its share: the student needs the target-time input.
+            model.net().clone().with_target_time()?;
+        }
         teacher_config.anchor.policy = AnchorPolicy::Off;
         teacher_config.objective = ObjectiveConfig::Regression;
         teacher_config.validate()?;
@@ -698,7 +714,7 @@ where
             let net = teacher.ema_as_trainable(self.model.net().clone())?;
             let mut config = self.teacher_config.clone();
             config.optimizer.lr = self.config.student_lr;
-            config.t_max_fraction = self.config.student_t_max_fraction;
+            config.t_max_fraction = self.config.student_t_max_share();
             config.steps = self.config.student_steps;
             config.optimizer.decay = self.config.student_lr_decay;
             if let Some(distance) = self.config.student_distance {

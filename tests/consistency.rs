@@ -106,7 +106,7 @@ fn the_pipeline_tunes_by_consistency_without_a_pairs_stage() {
     let recipe = DistillConfig {
         method: DistillMethod::Consistency(ConsistencyConfig::default()),
         student_steps: 300,
-        student_t_max_fraction: 0.0,
+        student_t_max_fraction: Some(0.0),
         student_lr: 5e-4,
         ..Default::default()
     };

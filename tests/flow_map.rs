@@ -170,6 +170,14 @@ fn a_new_target_time_input_leaves_the_network_unchanged() {
         mapped.estimate_to(x.clone(), &[0.5], &[0.1, 0.2], zeros()),
         Err(Error::ShapeMismatch { .. })
     ));
+    assert!(matches!(
+        mapped.estimate_to(x.clone(), &[f64::NAN], &[0.0], zeros()),
+        Err(Error::InvalidArgument { name: "t", .. })
+    ));
+    // An empty batch is an empty answer, as for a plain network.
+    let empty = burn::tensor::Tensor::<CpuAutodiff, 2>::zeros([0, 2], &Default::default());
+    let none = mapped.estimate(empty.clone(), &[], empty).unwrap();
+    assert_eq!(none.dims(), [0, 2]);
     assert!(flow_map_jumps(&plain, &mut rng, 8, &[]).is_err());
     assert!(flow_map_jumps(&mapped, &mut rng, 8, &[0.2, 0.5]).is_err());
 }
@@ -219,7 +227,7 @@ fn the_pipeline_trains_a_flow_map_student_and_resumes_it() {
     let recipe = DistillConfig {
         method: DistillMethod::FlowMap(FlowMapConfig::default()),
         student_steps: 300,
-        student_t_max_fraction: 0.0,
+        student_t_max_fraction: Some(0.0),
         student_lr: 5e-4,
         ..Default::default()
     };

@@ -73,9 +73,12 @@ where
             }
             ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => None,
         };
-        let x_hat = match &r {
-            Some(r) => self.model.estimate_to(x_t, &t, r, anchor_t.clone())?,
-            None => self.model.estimate(x_t, &t, anchor_t.clone())?,
+        // Regression trains the denoiser (for a flow-map network, its r = t estimate), the
+        // consistency objective the estimate one-step samplers call.
+        let x_hat = match (&r, &self.config.objective) {
+            (Some(r), _) => self.model.estimate_to(x_t, &t, r, anchor_t.clone())?,
+            (None, ObjectiveConfig::Regression) => self.model.denoise(x_t, &t, anchor_t.clone())?,
+            (None, _) => self.model.estimate(x_t, &t, anchor_t.clone())?,
         };
         let target = match &self.config.objective {
             ObjectiveConfig::Regression => objective::regression::target(x0_t),

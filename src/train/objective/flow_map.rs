@@ -16,8 +16,8 @@
 //! which is exactly the data `x_0` at `r = t` (the denoiser's regression, the limit of the
 //! formula) and the continuous-time consistency target `g − t·dg/dt` on rectified flow at
 //! `r = 0`. burn 0.21 has no forward-mode autodiff, so the total derivative `dX/dt` is a finite
-//! difference: `X` at `s = t + h` on the same path minus `X` at `t`, over `h`, with `h` a small
-//! fraction of `t − t_min`. One more network call without gradients pays for it (two with the
+//! difference: `X` at `s = t + h` (`t − h` where that would pass `t_max`) on the same path
+//! minus `X` at `t`, over `h`, with `h` a small fraction of `t − t_min`. One more network call without gradients pays for it (two with the
 //! EMA's velocity). The path through `x_t` is either the training path itself
 //! ([`FlowMapVelocity::Path`], MeanFlow's conditional velocity) or the EMA denoiser's own ODE
 //! ([`FlowMapVelocity::Ema`]: lower variance, the network distils itself).
