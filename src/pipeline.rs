@@ -732,6 +732,23 @@ where
                 Trainer::with_coupling(model, samples, config, coupling)
             }
         };
+        // The students of the data (no pairs) train by their objective; a flow-map student's
+        // network gains its target-time input first, also before its checkpoint is loaded.
+        let data_student = |objective: ObjectiveConfig| -> Result<Trainer<B, N>> {
+            let adapt = |net: N| match objective {
+                ObjectiveConfig::FlowMap(_) => net.with_target_time(),
+                ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => Ok(net),
+            };
+            if resume {
+                let model = self.model.with_net(adapt(self.model.net().clone())?);
+                Trainer::resume(dir, model, self.data.clone())
+            } else {
+                let (model, mut config) = start()?;
+                let model = model.with_net(adapt(model.net().clone())?);
+                config.objective = objective.clone();
+                Trainer::new(model, self.data.clone(), config)
+            }
+        };
         let [latents, samples] = self.pair_paths();
         let student = match &self.config.method {
             DistillMethod::GeneratedPairs => pairs_student(
@@ -743,24 +760,10 @@ where
                 self.data.clone(),
             )?,
             DistillMethod::Consistency(consistency) => {
-                if resume {
-                    Trainer::resume(dir, self.model.clone(), self.data.clone())?
-                } else {
-                    let (model, mut config) = start()?;
-                    config.objective = ObjectiveConfig::Consistency(consistency.clone());
-                    Trainer::new(model, self.data.clone(), config)?
-                }
+                data_student(ObjectiveConfig::Consistency(consistency.clone()))?
             }
             DistillMethod::FlowMap(flow_map) => {
-                if resume {
-                    let net = self.model.net().clone().with_target_time()?;
-                    Trainer::resume(dir, self.model.with_net(net), self.data.clone())?
-                } else {
-                    let (model, mut config) = start()?;
-                    let model = model.with_net(model.net().clone().with_target_time()?);
-                    config.objective = ObjectiveConfig::FlowMap(flow_map.clone());
-                    Trainer::new(model, self.data.clone(), config)?
-                }
+                data_student(ObjectiveConfig::FlowMap(flow_map.clone()))?
             }
         };
         student

@@ -76,9 +76,13 @@ where
         // Regression trains the denoiser (for a flow-map network, its r = t estimate), the
         // consistency objective the estimate one-step samplers call.
         let x_hat = match (&r, &self.config.objective) {
-            (Some(r), _) => self.model.estimate_to(x_t, &t, r, anchor_t.clone())?,
-            (None, ObjectiveConfig::Regression) => self.model.denoise(x_t, &t, anchor_t.clone())?,
-            (None, _) => self.model.estimate(x_t, &t, anchor_t.clone())?,
+            (Some(r), _) => self
+                .model
+                .estimate_to(x_t.clone(), &t, r, anchor_t.clone())?,
+            (None, ObjectiveConfig::Regression) => {
+                self.model.denoise(x_t.clone(), &t, anchor_t.clone())?
+            }
+            (None, _) => self.model.estimate(x_t.clone(), &t, anchor_t.clone())?,
         };
         let target = match &self.config.objective {
             ObjectiveConfig::Regression => objective::regression::target(x0_t),
@@ -86,8 +90,7 @@ where
                 config,
                 &self.model,
                 &self.ema,
-                &x0_t,
-                &noise_t,
+                (&x0_t, &noise_t, &x_t),
                 &anchor_t,
                 (&t, r.as_deref().unwrap_or(&t)),
                 &x_hat,

@@ -162,14 +162,14 @@ impl FlowMapConfig {
 }
 
 /// The target of the estimates `estimate = g(x_t, t, r)` of the step (module docs): `x0` where
-/// `r = t`, `g − (t − r)/k·dX/dt` elsewhere, without gradients.
+/// `r = t`, `g − (t − r)/k·dX/dt` elsewhere, without gradients. `x_t` is the step's input
+/// `α(t)·x0 + σ(t)·noise`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn target<B, N>(
     config: &FlowMapConfig,
     model: &IntegrationFlow<B, N>,
     ema: &N::InnerModule,
-    x0: &Tensor<B, 2>,
-    noise: &Tensor<B, 2>,
+    (x0, noise, x_t): (&Tensor<B, 2>, &Tensor<B, 2>, &Tensor<B, 2>),
     anchor: &Tensor<B, 2>,
     (t, r): (&[f64], &[f64]),
     estimate: &Tensor<B, 2>,
@@ -190,7 +190,7 @@ where
         noise.clone().inner(),
         anchor.clone().inner(),
     );
-    let g = estimate.clone().inner();
+    let (x_t, g) = (x_t.clone().inner(), estimate.clone().inner());
     // Per example: the later time s = t ± h, and the coefficients of X at t and at s.
     let n = t.len();
     let mut s = Vec::with_capacity(n);
@@ -230,7 +230,6 @@ where
             column.push(value);
         }
     }
-    let x_t = flow.interpolate(x0.clone(), noise.clone(), t)?;
     let x_s = match config.velocity {
         FlowMapVelocity::Path => flow.interpolate(x0.clone(), noise, &s)?,
         FlowMapVelocity::Ema => {
