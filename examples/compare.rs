@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release --example compare -- [--dataset NAME] [--steps N] [--seeds K] [--out DIR] [--quick]
-//!     [--samples N] [--flows rf,vp,ve,pfgmpp] [--points N] [--distill]
+//!     [--samples N] [--flows rf,vp,ve,pfgmpp] [--points N] [--distill [--distill-method M]]
 //! ```
 //!
 //! For each flow it trains the default Integration Flow model (OT anchors) and the baseline
@@ -19,7 +19,9 @@ use integration_flow::backend::CpuAutodiff;
 use integration_flow::compare::{markdown_table, run_compare, CompareConfig};
 use integration_flow::compare::{CompareResults, KEPT_METHODS};
 use integration_flow::data::{write_npy_f32, Toy};
+use integration_flow::pipeline::DistillMethod;
 use integration_flow::plot::{line_chart_png, scatter_grid_png, Panel, Series, PALETTE};
+use integration_flow::train::{ConsistencyConfig, FlowMapConfig};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -53,6 +55,10 @@ struct Args {
     /// `distill-1` (one call) and `distill-renoise-k`.
     #[arg(long)]
     distill: bool,
+    /// With --distill, the student's method: flow-map (the `mnist` default), pairs, encoded
+    /// or consistency.
+    #[arg(long, default_value = "flow-map")]
+    distill_method: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,6 +77,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.samples = args.samples.unwrap_or(config.samples);
     config.flows = args.flows.clone();
     config.distill = args.distill;
+    config.distill_method = match args.distill_method.as_str() {
+        "flow-map" => DistillMethod::FlowMap(FlowMapConfig::default()),
+        "pairs" => DistillMethod::GeneratedPairs,
+        "encoded" => DistillMethod::Encoded,
+        "consistency" => DistillMethod::Consistency(ConsistencyConfig::default()),
+        other => {
+            return Err(format!(
+                "unknown --distill-method {other:?}: use flow-map, pairs, encoded or consistency"
+            )
+            .into())
+        }
+    };
     std::fs::create_dir_all(&args.out)?;
     // Finished jobs are kept here: a stopped run, started again, picks up where it was.
     config.job_dir = Some(args.out.join("jobs"));

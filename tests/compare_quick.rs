@@ -5,6 +5,7 @@
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::compare::{markdown_table, run_compare, CompareConfig};
 use integration_flow::data::Toy;
+use integration_flow::pipeline::DistillMethod;
 
 #[test]
 fn quick_compare_shows_both_methods_generating() {
@@ -100,12 +101,40 @@ fn the_distilled_student_joins_the_comparison_at_the_same_steps() {
     ] {
         assert_eq!(results.row("rf", method).unwrap().nfe, nfe, "{method}");
     }
-    // The student's one call against the denoiser's (the blurred mean of the data).
+    // The student's one call against the denoiser's (the blurred mean of the data). The
+    // default student is the flow map, which at this tiny budget (101 steps after a 165-step
+    // teacher, at its small learning rate) is still on its way: 1.19 against 2.07 when written.
     let student = results.row("rf", "distill-1").unwrap().sw2[0];
     let denoiser = results.row("rf", "baseline-euler-1").unwrap().sw2[0];
     assert!(
-        student < 0.5 * denoiser,
+        student < 0.75 * denoiser,
         "distilled one step {student}, the denoiser's one call {denoiser}"
+    );
+    // The pairs student, asked for with the same job folder: only its job runs again (the
+    // other models' saved jobs do not depend on the student's method), and at this budget it
+    // is sharper than the flow map.
+    config.distill_method = DistillMethod::GeneratedPairs;
+    let lines = std::sync::Mutex::new(Vec::new());
+    let again =
+        run_compare::<CpuAutodiff>(&config, |line| lines.lock().unwrap().push(line.to_string()))
+            .unwrap()
+            .results;
+    let trained: Vec<String> = lines
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .filter(|line| line.contains("trained"))
+        .collect();
+    assert_eq!(trained.len(), 1, "{trained:?}");
+    assert!(trained[0].contains("distilled"), "{trained:?}");
+    let pairs = again.row("rf", "distill-1").unwrap().sw2[0];
+    assert_eq!(
+        again.row("rf", "baseline-euler-1").unwrap().sw2[0],
+        denoiser
+    );
+    assert!(
+        pairs < 0.5 * denoiser,
+        "pairs student's one step {pairs}, the denoiser's one call {denoiser}"
     );
     // Three saved jobs; the pipeline's own files are gone.
     let names: Vec<String> = std::fs::read_dir(&jobs)

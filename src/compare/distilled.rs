@@ -1,15 +1,19 @@
-//! The distillation recipe (the `mnist` default: [`Distillation`]) as a third model of the 2-D
-//! comparison, at the same work as the other two: a denoiser trains for the recipe's teacher
-//! share of the steps, its ODE maps one prior draw per training point to a sample (the pairs),
-//! and a student that starts from the teacher's weights learns the pairs for the steps left.
+//! The distillation recipe ([`Distillation`]) as a third model of the 2-D comparison, at the
+//! same work as the other two: a denoiser trains for the recipe's teacher share of the steps,
+//! and a student that starts from the teacher's weights trains for the steps left. With
+//! pairs, the teacher's ODE maps one prior draw (or, encoded, one training point) per training
+//! point first, and the pairs' network calls are charged to the student; the flow-map and
+//! consistency students pay for their target's extra forward pass with fewer steps.
 
 use super::{fresh_model, EmaModel};
 use crate::coupling::AnchorLaw;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::flow::{Parameterization, ProbabilityFlow};
-use crate::pipeline::{DistillConfig, Distillation};
+use crate::nn::{MlpConfig, NoiseEmbedding};
+use crate::pipeline::{DistillConfig, DistillMethod, Distillation};
 use crate::train::TrainConfig;
+use crate::train::{Distance, FlowMapVelocity};
 use burn::tensor::backend::AutodiffBackend;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,31 +23,42 @@ use std::time::Duration;
 /// batch: the pairs' network calls are charged to the student at this rate.
 const FORWARDS_PER_STEP: usize = 3;
 
+/// The flow-map student's learning rate, as in the `mnist` example (its self-referential
+/// target needs smaller steps than the teacher's).
+const FLOW_MAP_STUDENT_LR: f64 = 1e-4;
+
 /// How `steps` of work split: `(teacher steps, student steps)`, the pairs' network calls
-/// (`nfe` per pair, `pairs` pairs) charged as forward passes of a training `batch`.
+/// (`nfe` per pair, `pairs` pairs) charged as forward passes of a training `batch`, and each
+/// student step charged its `extra_forwards` (forward passes without gradients) on top.
 pub(crate) fn split_steps(
     steps: usize,
     teacher_share: f64,
-    pairs: usize,
-    nfe: usize,
+    (pairs, nfe): (usize, usize),
+    extra_forwards: usize,
     batch: usize,
 ) -> (usize, usize) {
     let teacher = ((steps as f64 * teacher_share).round() as usize).max(1);
     let pairs_cost = (nfe * pairs).div_ceil(FORWARDS_PER_STEP * batch.max(1));
-    (teacher, steps.saturating_sub(teacher + pairs_cost))
+    let left = steps.saturating_sub(teacher + pairs_cost);
+    (
+        teacher,
+        left * FORWARDS_PER_STEP / (FORWARDS_PER_STEP + extra_forwards),
+    )
 }
 
-/// Runs the recipe on `data` with the default MLP and `train`'s settings (its seed set here)
-/// in `dir` (made, and removed afterwards); returns the student's EMA model.
+/// Runs the recipe with `method` on `data` with the default MLP (its time embedding smooth in
+/// t for the flow map, which differentiates the network in t) and `train`'s settings (its
+/// seed set here) in `dir` (made, and removed afterwards); returns the student's EMA model.
 pub(crate) fn distil<B: AutodiffBackend>(
     flow: &Arc<dyn ProbabilityFlow>,
     data: &Dataset,
     train: &TrainConfig,
+    method: &DistillMethod,
     steps: usize,
     seed: u64,
     dir: &Path,
 ) -> Result<EmaModel<B>> {
-    let model = fresh_model::<B>(
+    let mut model = fresh_model::<B>(
         flow,
         data,
         Parameterization::Integral,
@@ -52,11 +67,37 @@ pub(crate) fn distil<B: AutodiffBackend>(
     )?;
     let defaults = DistillConfig::default();
     let pairs = data.len();
+    // Pairs (one per point, their solve's calls) and the student step's extra forward passes.
+    let (made, extra_forwards, student_lr, student_distance) = match method {
+        DistillMethod::GeneratedPairs | DistillMethod::Encoded => {
+            ((pairs, defaults.pair_nfe()), 0, defaults.student_lr, None)
+        }
+        DistillMethod::Consistency(_) => ((0, 0), 1, defaults.student_lr, None),
+        DistillMethod::FlowMap(config) => {
+            let net = MlpConfig {
+                embedding: NoiseEmbedding::Sinusoidal {
+                    dim: 32,
+                    scale: 5.0,
+                    max_period: 10_000.0,
+                },
+                ..Default::default()
+            }
+            .init::<B>(&Default::default(), seed)?;
+            model = model.with_net(net);
+            let extra = match config.velocity {
+                FlowMapVelocity::Path => 1,
+                FlowMapVelocity::Ema => 2,
+            };
+            // The `mnist` example's flow-map student: its learning rate and distance.
+            let distance = Distance::PseudoHuber { c: None };
+            ((0, 0), extra, FLOW_MAP_STUDENT_LR, Some(distance))
+        }
+    };
     let (teacher_steps, student_steps) = split_steps(
         steps,
         defaults.teacher_share,
-        pairs,
-        defaults.pair_nfe(),
+        made,
+        extra_forwards,
         train.batch_size,
     );
     if student_steps == 0 {
@@ -73,8 +114,11 @@ pub(crate) fn distil<B: AutodiffBackend>(
         ..train.clone()
     };
     let recipe = DistillConfig {
+        method: method.clone(),
         pairs,
         student_steps,
+        student_lr,
+        student_distance,
         ..defaults
     };
     let mut run = Distillation::new(dir, model, data.clone(), teacher, recipe)?;
@@ -94,7 +138,13 @@ mod tests {
     fn the_pairs_are_charged_to_the_student() {
         // 20k steps: 11k for the teacher; 8192 pairs of 11 calls are 176 forward passes of a
         // 512-row batch, 59 steps' worth.
-        assert_eq!(split_steps(20_000, 0.55, 8192, 11, 512), (11_000, 8_941));
-        assert_eq!(split_steps(10, 0.55, 100_000, 11, 250), (6, 0));
+        assert_eq!(
+            split_steps(20_000, 0.55, (8192, 11), 0, 512),
+            (11_000, 8_941)
+        );
+        assert_eq!(split_steps(10, 0.55, (100_000, 11), 0, 250), (6, 0));
+        // A flow-map step (one more forward pass) costs 4/3 of a plain one: 9,000 steps of
+        // work left buy 6,750.
+        assert_eq!(split_steps(20_000, 0.55, (0, 0), 1, 512), (11_000, 6_750));
     }
 }

@@ -21,11 +21,12 @@ use crate::metrics::{
 };
 use crate::model::{IntegrationFlow, IntegrationFlowConfig};
 use crate::nn::{Mlp, MlpConfig};
+use crate::pipeline::DistillMethod;
 use crate::sample::{
     anchor_convergence, anchor_iteration, generate_batched, renoise, solve_ode, straightness,
     OdeSolver, RenoiseAnchor, RenoiseSchedule,
 };
-use crate::train::{AnchorPolicy, TrainConfig, Trainer};
+use crate::train::{AnchorPolicy, FlowMapConfig, TrainConfig, Trainer};
 use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -66,11 +67,20 @@ pub struct CompareConfig {
     /// folder after changing the code.)
     #[serde(default)]
     pub job_dir: Option<PathBuf>,
-    /// Also run the distillation recipe (the `mnist` default: a denoiser, its ODE's pairs, a
-    /// one-step student from its weights) as a third model, in the same `steps` of work;
-    /// its rows are `distill-1` (one call) and `distill-renoise-k`.
+    /// Also run the distillation recipe (a denoiser, then a one-step student from its
+    /// weights) as a third model, in the same `steps` of work; its rows are `distill-1` (one
+    /// call) and `distill-renoise-k`.
     #[serde(default)]
     pub distill: bool,
+    /// The student's method with `distill`: the flow map by default (the `mnist` default),
+    /// or generated pairs, encoded pairs or consistency.
+    #[serde(default = "default_distill_method")]
+    pub distill_method: DistillMethod,
+}
+
+/// The `mnist` example's default student: the flow map.
+fn default_distill_method() -> DistillMethod {
+    DistillMethod::FlowMap(FlowMapConfig::default())
 }
 
 impl CompareConfig {
@@ -88,6 +98,7 @@ impl CompareConfig {
             flows: Vec::new(),
             job_dir: None,
             distill: false,
+            distill_method: default_distill_method(),
         }
     }
 
@@ -105,6 +116,7 @@ impl CompareConfig {
             flows: Vec::new(),
             job_dir: None,
             distill: false,
+            distill_method: default_distill_method(),
         }
     }
 }
@@ -452,6 +464,10 @@ struct JobKey {
     seed: u64,
     flow: String,
     model: Model,
+    /// The student's method, for the distilled model only (so that the other models' saved
+    /// jobs stay valid when it changes).
+    #[serde(default)]
+    distill_method: Option<DistillMethod>,
 }
 
 impl JobKey {
@@ -467,6 +483,10 @@ impl JobKey {
             seed,
             flow: flow.to_string(),
             model,
+            distill_method: match model {
+                Model::Distilled => Some(config.distill_method.clone()),
+                Model::IntegrationFlow | Model::Baseline => None,
+            },
         }
     }
 
@@ -576,6 +596,7 @@ fn compare_job<B: AutodiffBackend>(
                 flow,
                 &data,
                 &TrainConfig::default(),
+                &config.distill_method,
                 config.steps,
                 seed,
                 &dir,

@@ -67,6 +67,16 @@ pub enum Distance {
     },
     /// Mean absolute error. Its minimiser is the conditional median, not the mean.
     L1,
+    /// The mean squared error `e` of an example divided by the stop-gradient weight
+    /// `(e + c)^power` (MeanFlow's adaptive loss weighting, Geng et al. 2025): `power = 0.5`
+    /// has pseudo-Huber's gradient, `power = 1` a log loss's, which weighs every example's
+    /// relative error alike. Its value is not an error in data units.
+    AdaptiveL2 {
+        /// The exponent, in [0, 2]; 0 is the squared L2.
+        power: f64,
+        /// The constant that keeps small errors from dominating, positive (MeanFlow: 1e-3).
+        c: f64,
+    },
 }
 
 impl Distance {
@@ -78,6 +88,16 @@ impl Distance {
                 require_finite(config, field, c)?;
                 if c <= 0.0 {
                     return Err(invalid_config(config, field, "must be positive"));
+                }
+                Ok(())
+            }
+            Distance::AdaptiveL2 { power, c } => {
+                require_finite(config, field, c)?;
+                if c <= 0.0 {
+                    return Err(invalid_config(config, field, "must be positive"));
+                }
+                if !(0.0..=2.0).contains(&power) {
+                    return Err(invalid_config(config, field, "power must be in [0, 2]"));
                 }
                 Ok(())
             }

@@ -70,5 +70,70 @@ pub(crate) fn distance<B: Backend>(
                 .mean_dim(1)
         }
         Distance::L1 => diff.abs().mean_dim(1),
+        Distance::AdaptiveL2 { power, c } => {
+            let e = diff.powi_scalar(2).mean_dim(1);
+            // The weight is a constant of the step: only e carries the gradient.
+            let weight = e.clone().detach().add_scalar(c).powf_scalar(-power);
+            e * weight
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Cpu, CpuAutodiff};
+    use burn::tensor::TensorData;
+
+    /// The adaptive weight divides the squared error by a constant of the step: the value is
+    /// `e/(e + c)^p` and the gradient `∇e/(e + c)^p`, not the gradient of the quotient.
+    #[test]
+    fn adaptive_l2_weighs_the_error_without_differentiating_the_weight() {
+        let device = Default::default();
+        let x = Tensor::<CpuAutodiff, 2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0], [1, 2]),
+            &device,
+        )
+        .require_grad();
+        let y = Tensor::<CpuAutodiff, 2>::zeros([1, 2], &device);
+        let d = Distance::AdaptiveL2 { power: 1.0, c: 0.5 };
+        let value = distance(d, x.clone(), y).sum();
+        // e = (1 + 4)/2 = 2.5, e/(e + c) = 2.5/3.
+        let v: f32 = value.clone().into_scalar();
+        assert!((v - 2.5 / 3.0).abs() < 1e-6, "{v}");
+        let grads = value.backward();
+        let g = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        // ∇e = x (the mean of two squares), over e + c = 3.
+        assert!(
+            (g[0] - 1.0 / 3.0).abs() < 1e-6 && (g[1] - 2.0 / 3.0).abs() < 1e-6,
+            "{g:?}"
+        );
+        // Power 0 is the squared L2.
+        let plain = distance::<Cpu>(
+            Distance::AdaptiveL2 { power: 0.0, c: 0.5 },
+            Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [1, 2]), &device),
+            Tensor::zeros([1, 2], &device),
+        );
+        assert_eq!(plain.into_scalar(), 2.5);
+    }
+
+    #[test]
+    fn adaptive_l2_settings_are_checked() {
+        for (power, c) in [
+            (1.0, 0.0),
+            (1.0, f64::NAN),
+            (-0.5, 1e-3),
+            (2.5, 1e-3),
+            (f64::NAN, 1e-3),
+        ] {
+            let d = Distance::AdaptiveL2 { power, c };
+            assert!(d.check("TrainConfig", "distance").is_err(), "{power} {c}");
+        }
+        assert!(Distance::AdaptiveL2 {
+            power: 1.0,
+            c: 1e-3
+        }
+        .check("TrainConfig", "distance")
+        .is_ok());
     }
 }
