@@ -55,8 +55,8 @@ struct Args {
     /// `distill-1` (one call) and `distill-renoise-k`.
     #[arg(long)]
     distill: bool,
-    /// With --distill, the student's method: flow-map (the `mnist` default), pairs, encoded
-    /// or consistency.
+    /// With --distill, the student's method: flow-map (the `mnist` default), pairs, encoded,
+    /// mixed or consistency.
     #[arg(long, default_value = "flow-map")]
     distill_method: String,
 }
@@ -81,10 +81,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flow-map" => DistillMethod::FlowMap(FlowMapConfig::default()),
         "pairs" => DistillMethod::GeneratedPairs,
         "encoded" => DistillMethod::Encoded,
+        "mixed" => DistillMethod::Mixed,
         "consistency" => DistillMethod::Consistency(ConsistencyConfig::default()),
         other => {
             return Err(format!(
-                "unknown --distill-method {other:?}: use flow-map, pairs, encoded or consistency"
+                "unknown --distill-method {other:?}: use flow-map, pairs, encoded, mixed or consistency"
             )
             .into())
         }

@@ -125,8 +125,9 @@ struct Args {
     teacher_share: f64,
     /// Distill: how the student learns, from generated pairs (`pairs`), from the training
     /// images and their latents by the teacher's ODE run backwards (`encoded`), by the
-    /// consistency objective on the data (`consistency`, no pairs stage), or as a flow-map
-    /// network by the flow-map objective (`flow-map`, no pairs stage).
+    /// consistency objective on the data (`consistency`, no pairs stage), as a flow-map
+    /// network by the flow-map objective (`flow-map`, no pairs stage), or from both kinds of
+    /// pairs at once (`mixed`: --pairs generated pairs and one encoded pair per image).
     #[arg(long, default_value = "flow-map")]
     method: String,
     /// Distill, method consistency: student steps per stage of the shrinking gap.
@@ -477,6 +478,7 @@ fn train_distilled<B: AutodiffBackend>(
     let method = match args.method.as_str() {
         "pairs" => DistillMethod::GeneratedPairs,
         "encoded" => DistillMethod::Encoded,
+        "mixed" => DistillMethod::Mixed,
         "consistency" => DistillMethod::Consistency(ConsistencyConfig {
             stage_steps: args.stage_steps,
             q: args.consistency_q,
@@ -499,7 +501,7 @@ fn train_distilled<B: AutodiffBackend>(
         }),
         other => {
             return Err(format!(
-                "unknown --method {other:?}: use pairs, encoded, consistency or flow-map"
+                "unknown --method {other:?}: use pairs, encoded, mixed, consistency or flow-map"
             )
             .into())
         }
@@ -511,6 +513,7 @@ fn train_distilled<B: AutodiffBackend>(
             DistillMethod::FlowMap(_) => Some(Distance::PseudoHuber { c: None }),
             DistillMethod::GeneratedPairs
             | DistillMethod::Encoded
+            | DistillMethod::Mixed
             | DistillMethod::Consistency(_) => None,
         },
         Some("l2") => Some(Distance::SquaredL2),
@@ -542,9 +545,10 @@ fn train_distilled<B: AutodiffBackend>(
     };
     let student_lr = args.student_lr.unwrap_or(match method {
         DistillMethod::FlowMap(_) => FLOW_MAP_STUDENT_LR,
-        DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Consistency(_) => {
-            DistillConfig::default().student_lr
-        }
+        DistillMethod::GeneratedPairs
+        | DistillMethod::Encoded
+        | DistillMethod::Mixed
+        | DistillMethod::Consistency(_) => DistillConfig::default().student_lr,
     });
     let distill = DistillConfig {
         method,
@@ -579,9 +583,17 @@ fn train_distilled<B: AutodiffBackend>(
         student.step(),
         state.seconds[2]
     );
-    let latents = match state.config.method {
-        DistillMethod::Encoded => {
-            let path = args.out.join("pairs_latents.npy");
+    // The encoded latents' distance from the prior, where the run made some.
+    let encoded = match state.config.method {
+        DistillMethod::Encoded => Some("pairs_latents.npy"),
+        DistillMethod::Mixed => Some("pairs_encoded_latents.npy"),
+        DistillMethod::GeneratedPairs
+        | DistillMethod::Consistency(_)
+        | DistillMethod::FlowMap(_) => None,
+    };
+    let latents = match encoded {
+        Some(file) => {
+            let path = args.out.join(file);
             let values = match read_npy(&path)?.data {
                 NpyData::F32(values) => values,
                 _ => return Err(format!("{}: not float32", path.display()).into()),
@@ -590,9 +602,7 @@ fn train_distilled<B: AutodiffBackend>(
             eprintln!("encoded latents against the prior: {stats:?}");
             Some(stats)
         }
-        DistillMethod::GeneratedPairs
-        | DistillMethod::Consistency(_)
-        | DistillMethod::FlowMap(_) => None,
+        None => None,
     };
     let trained = Trained {
         steps: teacher_steps + student.step(),

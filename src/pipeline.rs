@@ -3,6 +3,8 @@
 //! samples (*generated pairs*, [`ode_pairs`]); a one-step *student* starts from the teacher's
 //! EMA weights and learns the pairs ([`PairedAnchors::generated`]: each latent is the path noise
 //! of its sample, so at `t_max` the student sees the latent and must return the ODE's result).
+//! [`DistillMethod::Encoded`] pairs each training example with its latent by the ODE run
+//! backwards instead, and [`DistillMethod::Mixed`] learns from both kinds of pairs at once.
 //! With [`DistillMethod::Consistency`] there is no pairs stage: the student tunes the teacher's
 //! weights on the data by the consistency objective instead, and with [`DistillMethod::FlowMap`]
 //! the teacher's network gains a target-time input and learns the ODE's jumps by the flow-map
@@ -10,7 +12,8 @@
 //!
 //! Each stage keeps its state in the run's directory `DIR`: the student's checkpoint and metrics
 //! log in `DIR` itself (it is the run's result), the teacher's in `DIR/teacher`, the pairs in
-//! `DIR/pairs_latents.npy` and `DIR/pairs_samples.npy`, and `DIR/pipeline.json` (the stage and
+//! `DIR/pairs_latents.npy` and `DIR/pairs_samples.npy` (a mixture's encoded latents in
+//! `DIR/pairs_encoded_latents.npy`), and `DIR/pipeline.json` (the stage and
 //! the seconds each stage spent, written atomically after every stage). A stopped run
 //! resumes at the stage and step where it stopped, and the budget counts every stage's time
 //! across resumes: the teacher trains for its share of it, the pairs take what they take, and the
@@ -35,7 +38,7 @@
 //! # Ok::<(), integration_flow::Error>(())
 //! ```
 
-use crate::coupling::{AnchorPolicy, PairedAnchors};
+use crate::coupling::{AnchorLaw, AnchorPolicy, AnchorRole, PairedAnchors};
 use crate::data::{read_npy, write_atomically, write_npy_f32, Dataset, NpyData};
 use crate::error::{invalid_config, require_finite, Error, Result};
 use crate::model::IntegrationFlow;
@@ -74,6 +77,11 @@ pub enum DistillMethod {
     /// ([`PairedAnchors::encoded`]). Its images are real ones, so watch the samples' distance
     /// to the training set.
     Encoded,
+    /// Both couplings in one student set: `pairs` generated pairs and one encoded pair per
+    /// training example (the pairs stage makes both; `DIR/pairs_encoded_latents.npy` holds the
+    /// encoded latents). The generated pairs carry the law sampling feeds, the encoded ones the
+    /// real images.
+    Mixed,
     /// No pairs: the student trains on the data with the consistency objective
     /// ([`objective::consistency`](crate::train::objective::consistency)), pulled towards its
     /// own estimate closer to the data on the same path.
@@ -89,7 +97,7 @@ impl DistillMethod {
     /// Whether the run has a pairs stage.
     pub fn makes_pairs(&self) -> bool {
         match self {
-            DistillMethod::GeneratedPairs | DistillMethod::Encoded => true,
+            DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => true,
             DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => false,
         }
     }
@@ -149,7 +157,7 @@ impl DistillConfig {
     pub fn validate(&self) -> Result<()> {
         const NAME: &str = "DistillConfig";
         match &self.method {
-            DistillMethod::GeneratedPairs | DistillMethod::Encoded => {}
+            DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => {}
             DistillMethod::Consistency(config) => config.validate()?,
             DistillMethod::FlowMap(config) => config.validate()?,
         }
@@ -190,7 +198,7 @@ impl DistillConfig {
     /// method's default (1 for generated and encoded pairs, 0 for consistency and flow maps).
     pub fn student_t_max_share(&self) -> f64 {
         self.student_t_max_fraction.unwrap_or(match self.method {
-            DistillMethod::GeneratedPairs | DistillMethod::Encoded => 1.0,
+            DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => 1.0,
             DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0.0,
         })
     }
@@ -597,6 +605,9 @@ where
         let solves = match self.config.method {
             DistillMethod::GeneratedPairs => self.config.pairs.div_ceil(batch),
             DistillMethod::Encoded => self.data.len().div_ceil(self.config.pair_batch),
+            DistillMethod::Mixed => {
+                self.config.pairs.div_ceil(batch) + self.data.len().div_ceil(self.config.pair_batch)
+            }
             DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0,
         };
         let calls = self.config.pair_nfe() * solves;
@@ -640,6 +651,12 @@ where
         ]
     }
 
+    /// The encoded latents of [`DistillMethod::Mixed`] (its generated pairs are in
+    /// [`pair_paths`](Self::pair_paths)).
+    fn encoded_path(&self) -> PathBuf {
+        self.dir.join("pairs_encoded_latents.npy")
+    }
+
     fn make_pairs(&mut self) -> Result<()> {
         let dir = self.teacher_dir();
         // Resume checks the data, the flow, the preconditioning and the network's shapes, and
@@ -657,9 +674,10 @@ where
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.teacher_config.seed ^ 0x9a15);
         let solver = self.config.pair_solver();
         let [latents, samples] = self.pair_paths();
+        let encoded = self.encoded_path();
         let log = &mut self.log;
         let started = Instant::now();
-        let progress = |done: usize, n: usize| {
+        let mut progress = |done: usize, n: usize| {
             log(&format!(
                 "pairs: {done}/{n} by {} ({:.0} s)",
                 solver.label(),
@@ -670,27 +688,32 @@ where
         let write = |path: PathBuf, set: &Dataset| {
             write_npy_f32(path, set.values(), &[set.len(), set.dim()])
         };
-        match self.config.method {
-            DistillMethod::GeneratedPairs => {
-                let pairs = ode_pairs(
-                    &teacher,
-                    &mut rng,
-                    self.config.pairs,
-                    solver,
-                    batch,
-                    progress,
-                )?;
-                write(latents, &pairs.latents)?;
-                write(samples, &pairs.samples)
-            }
-            // The encoded pairs' samples are the data, which the run has already.
-            DistillMethod::Encoded => write(
-                latents,
-                &encoded_pairs(&teacher, &self.data, solver, batch, progress)?.latents,
-            ),
+        // Which pairs the method learns from, and where the encoded latents go.
+        let (generated, encoded_to) = match self.config.method {
+            DistillMethod::GeneratedPairs => (true, None),
+            DistillMethod::Encoded => (false, Some(latents.clone())),
+            DistillMethod::Mixed => (true, Some(encoded)),
             // No pairs stage (`makes_pairs`): nothing to write.
-            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => Ok(()),
+            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => (false, None),
+        };
+        // The encoded pairs' samples are the data, which the run has already.
+        if let Some(path) = encoded_to {
+            let codes = encoded_pairs(&teacher, &self.data, solver, batch, &mut progress)?;
+            write(path, &codes.latents)?;
         }
+        if generated {
+            let pairs = ode_pairs(
+                &teacher,
+                &mut rng,
+                self.config.pairs,
+                solver,
+                batch,
+                &mut progress,
+            )?;
+            write(latents, &pairs.latents)?;
+            write(samples, &pairs.samples)?;
+        }
+        Ok(())
     }
 
     /// A pairs file written by [`make_pairs`](Self::make_pairs).
@@ -759,6 +782,22 @@ where
                 PairedAnchors::encoded(self.read_pairs(&latents)?),
                 self.data.clone(),
             )?,
+            DistillMethod::Mixed => {
+                // Generated pairs first, then the training examples with their encodings.
+                let stack = |a: Dataset, b: &Dataset| {
+                    let mut values = a.values().to_vec();
+                    values.extend_from_slice(b.values());
+                    Dataset::new(values, b.dim())
+                };
+                let anchors = stack(
+                    self.read_pairs(&latents)?,
+                    &self.read_pairs(&self.encoded_path())?,
+                )?;
+                let samples = stack(self.read_pairs(&samples)?, &self.data)?;
+                let coupling =
+                    PairedAnchors::new("mixed", anchors, AnchorRole::Noise, AnchorLaw::Zero);
+                pairs_student(coupling, samples)?
+            }
             DistillMethod::Consistency(consistency) => {
                 data_student(ObjectiveConfig::Consistency(consistency.clone()))?
             }

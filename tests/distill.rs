@@ -8,7 +8,7 @@ mod common;
 use burn::tensor::{Tensor, TensorData};
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::coupling::{AnchorLaw, AnchorPolicy, PairedAnchors};
-use integration_flow::data::Toy;
+use integration_flow::data::{Dataset, Toy};
 use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::sample::{ode_pairs, solve_ode_from, OdeSolver};
@@ -160,13 +160,22 @@ fn encoding_by_the_odes_backward_solve_is_undone_by_its_forward_solve() {
     );
 }
 
-#[test]
-fn the_pipeline_distils_from_encoded_pairs() {
-    use integration_flow::pipeline::{DistillConfig, DistillMethod, Distillation, Stage};
-    let data = Toy::Moons.sample(4096, 6).unwrap();
-    let dir = common::scratch("distill", "encoded");
+/// A pipeline with `method` and `pairs` generated pairs on `data`, run through its teacher
+/// (600 steps) and pairs stages; the student (400 steps) is left to run.
+fn through_the_pairs_stage(
+    data: &Dataset,
+    name: &str,
+    method: integration_flow::pipeline::DistillMethod,
+    pairs: usize,
+) -> (
+    std::path::PathBuf,
+    integration_flow::pipeline::Distillation<CpuAutodiff, Mlp<CpuAutodiff>>,
+) {
+    use integration_flow::pipeline::{DistillConfig, Distillation, Stage};
+    let dir = common::scratch("distill", name);
     let recipe = DistillConfig {
-        method: DistillMethod::Encoded,
+        method,
+        pairs,
         pair_steps: 6,
         pair_batch: 1024,
         student_steps: 400,
@@ -175,16 +184,49 @@ fn the_pipeline_distils_from_encoded_pairs() {
     };
     let mut run =
         Distillation::new(&dir, model(), data.clone(), config(600, 2e-3), recipe).unwrap();
-    let budget = std::time::Duration::from_secs(3600);
-    assert!(run.run_stage(budget).unwrap().is_none());
-    assert!(run.run_stage(budget).unwrap().is_none());
+    assert!(run.run_stage(BUDGET).unwrap().is_none());
+    assert!(run.run_stage(BUDGET).unwrap().is_none());
     assert_eq!(run.state().unwrap().unwrap().stage, Stage::Student);
+    (dir, run)
+}
+
+/// More than any stage here needs.
+const BUDGET: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[test]
+fn the_pipeline_distils_from_encoded_pairs() {
+    use integration_flow::pipeline::DistillMethod;
+    let data = Toy::Moons.sample(4096, 6).unwrap();
+    let (dir, mut run) = through_the_pairs_stage(&data, "encoded", DistillMethod::Encoded, 4000);
     // One latent per training example; the samples are the data, not written again.
     let latents = integration_flow::data::read_npy(dir.join("pairs_latents.npy")).unwrap();
     assert_eq!(latents.shape, vec![4096, 2]);
     assert!(!dir.join("pairs_samples.npy").exists());
-    let student = run.run_for(budget).unwrap();
+    let student = run.run_for(BUDGET).unwrap();
     assert_eq!(student.coupling().name(), "encoded");
+    common::assert_student_halves_teachers_sw2(&dir, &student, &data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_pipeline_distils_from_a_mixture_of_generated_and_encoded_pairs() {
+    use integration_flow::pipeline::DistillMethod;
+    let data = Toy::Moons.sample(2048, 7).unwrap();
+    let (dir, mut run) = through_the_pairs_stage(&data, "mixed", DistillMethod::Mixed, 1024);
+    // Both kinds of pairs: 1,024 generated (latents and samples) and one encoding per example.
+    let shape = |name: &str| {
+        integration_flow::data::read_npy(dir.join(name))
+            .unwrap()
+            .shape
+    };
+    assert_eq!(shape("pairs_latents.npy"), vec![1024, 2]);
+    assert_eq!(shape("pairs_samples.npy"), vec![1024, 2]);
+    assert_eq!(shape("pairs_encoded_latents.npy"), vec![2048, 2]);
+    let student = run.run_for(BUDGET).unwrap();
+    assert_eq!(student.coupling().name(), "mixed");
+    // The student trains on the generated samples and the data together.
+    let info = integration_flow::train::CheckpointInfo::read(&dir).unwrap();
+    assert_eq!(info.data_shape, [1024 + 2048, 2]);
     common::assert_student_halves_teachers_sw2(&dir, &student, &data);
     let _ = std::fs::remove_dir_all(&dir);
 }

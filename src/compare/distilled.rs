@@ -72,6 +72,13 @@ pub(crate) fn distil<B: AutodiffBackend>(
         DistillMethod::GeneratedPairs | DistillMethod::Encoded => {
             ((pairs, defaults.pair_nfe()), 0, defaults.student_lr, None)
         }
+        // Two pairs per point: one generated, one encoded.
+        DistillMethod::Mixed => (
+            (2 * pairs, defaults.pair_nfe()),
+            0,
+            defaults.student_lr,
+            None,
+        ),
         DistillMethod::Consistency(_) => ((0, 0), 1, defaults.student_lr, None),
         DistillMethod::FlowMap(config) => {
             let net = MlpConfig {
