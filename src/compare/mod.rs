@@ -73,7 +73,7 @@ pub struct CompareConfig {
     #[serde(default)]
     pub distill: bool,
     /// The student's method with `distill`: the flow map by default (the `mnist` default),
-    /// or generated pairs, encoded pairs or consistency.
+    /// or generated pairs, encoded pairs, a mixture of the two or consistency.
     #[serde(default = "default_distill_method")]
     pub distill_method: DistillMethod,
 }
