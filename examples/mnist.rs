@@ -63,10 +63,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The flow-map student's learning rate: 1e-3, 3e-4, 1e-4 and 3e-5 gave one-step FD 356, 200,
-/// 172 and 302 from the same teacher in the same 4 minutes (docs/evidence.md).
-const FLOW_MAP_STUDENT_LR: f64 = 1e-4;
-
 #[derive(Parser, Debug, Serialize)]
 #[command(about = "Train a one-step generator on MNIST; generate digits in one and four steps")]
 struct Args {
@@ -187,7 +183,7 @@ struct Args {
     /// The time embedding's largest angular frequency (radians per unit of c_noise = t): the
     /// flow-map method needs a small one (its target differentiates the network in t); the
     /// crate's default embedding has 1000, which the denoiser alone does as well with.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = NoiseEmbedding::SMOOTH_SCALE)]
     embedding_scale: f64,
     /// Seed of weights, training and sampling.
     #[arg(long, default_value_t = 0)]
@@ -378,11 +374,7 @@ fn run<B: AutodiffBackend>(
         channels: c,
         height: h,
         width: w,
-        embedding: NoiseEmbedding::Sinusoidal {
-            dim: NoiseEmbedding::default().dim(),
-            scale: args.embedding_scale,
-            max_period: 10_000.0,
-        },
+        embedding: NoiseEmbedding::sinusoidal(args.embedding_scale),
         ..Default::default()
     };
     if let Some(teacher) = &args.teacher {
@@ -506,16 +498,10 @@ fn train_distilled<B: AutodiffBackend>(
             .into())
         }
     };
+    // The method's student defaults (learning rate, distance), which the flags override.
+    let defaults = DistillConfig::with_method(method);
     let student_distance = match args.student_distance.as_deref() {
-        // The flow-map student's default: pseudo-Huber (one step 160.8 against 172.3 with the
-        // squared L2, two re-noised calls 107.3 against 138.8: docs/evidence.md).
-        None => match method {
-            DistillMethod::FlowMap(_) => Some(Distance::PseudoHuber { c: None }),
-            DistillMethod::GeneratedPairs
-            | DistillMethod::Encoded
-            | DistillMethod::Mixed
-            | DistillMethod::Consistency(_) => None,
-        },
+        None => defaults.student_distance,
         Some("l2") => Some(Distance::SquaredL2),
         Some("pseudo-huber") => Some(Distance::PseudoHuber { c: None }),
         Some("pseudo-huber-pixel") => Some(Distance::PseudoHuberElementwise { c: None }),
@@ -543,26 +529,16 @@ fn train_distilled<B: AutodiffBackend>(
             )
         }
     };
-    let student_lr = args.student_lr.unwrap_or(match method {
-        DistillMethod::FlowMap(_) => FLOW_MAP_STUDENT_LR,
-        DistillMethod::GeneratedPairs
-        | DistillMethod::Encoded
-        | DistillMethod::Mixed
-        | DistillMethod::Consistency(_) => DistillConfig::default().student_lr,
-    });
     let distill = DistillConfig {
-        method,
+        student_lr: args.student_lr.unwrap_or(defaults.student_lr),
         teacher_share: args.teacher_share,
         pairs: args.pairs,
         pair_steps: args.pair_steps,
-        student_lr,
         student_t_max_fraction: args.student_t_max_fraction,
-        student_steps: args
-            .student_steps
-            .unwrap_or(DistillConfig::default().student_steps),
+        student_steps: args.student_steps.unwrap_or(defaults.student_steps),
         student_distance,
         student_lr_decay,
-        ..Default::default()
+        ..defaults
     };
     let mut run = Distillation::new(&args.out, model, data.clone(), config, distill)?
         .with_log(|m| eprintln!("{m}"));
@@ -584,16 +560,8 @@ fn train_distilled<B: AutodiffBackend>(
         state.seconds[2]
     );
     // The encoded latents' distance from the prior, where the run made some.
-    let encoded = match state.config.method {
-        DistillMethod::Encoded => Some("pairs_latents.npy"),
-        DistillMethod::Mixed => Some("pairs_encoded_latents.npy"),
-        DistillMethod::GeneratedPairs
-        | DistillMethod::Consistency(_)
-        | DistillMethod::FlowMap(_) => None,
-    };
-    let latents = match encoded {
-        Some(file) => {
-            let path = args.out.join(file);
+    let latents = match run.encoded_latents_path() {
+        Some(path) => {
             let values = match read_npy(&path)?.data {
                 NpyData::F32(values) => values,
                 _ => return Err(format!("{}: not float32", path.display()).into()),

@@ -200,10 +200,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         t: &[f64],
         anchor: Tensor<B, 2>,
     ) -> Result<Tensor<B, 2>> {
-        match self.net.takes_target_time() {
-            true => self.estimate_to(x_t, t, &[self.flow.time_range().min], anchor),
-            false => self.call(x_t, t, None, anchor),
-        }
+        self.estimate_towards(x_t, t, &[self.flow.time_range().min], anchor)
     }
 
     /// The denoiser's estimate `E[x_0 | x_t]`, the one the probability-flow ODE's velocity is
@@ -215,8 +212,20 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         t: &[f64],
         anchor: Tensor<B, 2>,
     ) -> Result<Tensor<B, 2>> {
+        self.estimate_towards(x_t, t, t, anchor)
+    }
+
+    /// A flow-map network's estimate for target time `r`; a plain network's only estimate,
+    /// whatever `r` is.
+    fn estimate_towards(
+        &self,
+        x_t: Tensor<B, 2>,
+        t: &[f64],
+        r: &[f64],
+        anchor: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>> {
         match self.net.takes_target_time() {
-            true => self.estimate_to(x_t, t, t, anchor),
+            true => self.estimate_to(x_t, t, r, anchor),
             false => self.call(x_t, t, None, anchor),
         }
     }

@@ -38,7 +38,7 @@
 //! # Ok::<(), integration_flow::Error>(())
 //! ```
 
-use crate::coupling::{AnchorLaw, AnchorPolicy, AnchorRole, PairedAnchors};
+use crate::coupling::{AnchorPolicy, PairedAnchors};
 use crate::data::{read_npy, write_atomically, write_npy_f32, Dataset, NpyData};
 use crate::error::{invalid_config, require_finite, Error, Result};
 use crate::model::IntegrationFlow;
@@ -96,9 +96,17 @@ pub enum DistillMethod {
 impl DistillMethod {
     /// Whether the run has a pairs stage.
     pub fn makes_pairs(&self) -> bool {
+        let (generated, encoded) = self.pair_kinds();
+        generated || encoded
+    }
+
+    /// Which pairs the pairs stage makes: `(generated, encoded)`.
+    fn pair_kinds(&self) -> (bool, bool) {
         match self {
-            DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => true,
-            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => false,
+            DistillMethod::GeneratedPairs => (true, false),
+            DistillMethod::Encoded => (false, true),
+            DistillMethod::Mixed => (true, true),
+            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => (false, false),
         }
     }
 }
@@ -152,7 +160,42 @@ impl Default for DistillConfig {
     }
 }
 
+/// The flow-map student's learning rate: 1e-3, 3e-4, 1e-4 and 3e-5 gave one-step FD 356, 200,
+/// 172 and 302 on MNIST from the same teacher in the same 4 minutes (docs/evidence.md); its
+/// self-referential target needs smaller steps than the pairs students' 3e-4.
+const FLOW_MAP_STUDENT_LR: f64 = 1e-4;
+
 impl DistillConfig {
+    /// The default recipe with `method` and that method's student defaults: the flow-map
+    /// student learns at 1e-4 with pseudo-Huber (on MNIST one step a tie with the squared L2
+    /// over two teachers, two re-noised calls 17% better: docs/evidence.md), the others at
+    /// 3e-4 with the teacher's distance.
+    ///
+    /// ```
+    /// use integration_flow::pipeline::{DistillConfig, DistillMethod};
+    /// let recipe = DistillConfig::with_method(DistillMethod::FlowMap(Default::default()));
+    /// assert_eq!(recipe.student_lr, 1e-4);
+    /// assert_eq!(DistillConfig::with_method(DistillMethod::GeneratedPairs), DistillConfig::default());
+    /// ```
+    pub fn with_method(method: DistillMethod) -> Self {
+        let defaults = DistillConfig::default();
+        let (student_lr, student_distance) = match method {
+            DistillMethod::FlowMap(_) => {
+                (FLOW_MAP_STUDENT_LR, Some(Distance::PseudoHuber { c: None }))
+            }
+            DistillMethod::GeneratedPairs
+            | DistillMethod::Encoded
+            | DistillMethod::Mixed
+            | DistillMethod::Consistency(_) => (defaults.student_lr, defaults.student_distance),
+        };
+        DistillConfig {
+            method,
+            student_lr,
+            student_distance,
+            ..defaults
+        }
+    }
+
     /// Checks every value; the error names the field.
     pub fn validate(&self) -> Result<()> {
         const NAME: &str = "DistillConfig";
@@ -602,14 +645,9 @@ where
         let started = Instant::now();
         inner.estimate(zeros(), &t_max, zeros())?.into_data();
         let call = started.elapsed().as_secs_f64();
-        let solves = match self.config.method {
-            DistillMethod::GeneratedPairs => self.config.pairs.div_ceil(batch),
-            DistillMethod::Encoded => self.data.len().div_ceil(self.config.pair_batch),
-            DistillMethod::Mixed => {
-                self.config.pairs.div_ceil(batch) + self.data.len().div_ceil(self.config.pair_batch)
-            }
-            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0,
-        };
+        let (generated, encoded) = self.config.method.pair_kinds();
+        let solves = usize::from(generated) * self.config.pairs.div_ceil(batch)
+            + usize::from(encoded) * self.data.len().div_ceil(self.config.pair_batch);
         let calls = self.config.pair_nfe() * solves;
         let pairs = call * calls as f64;
         let student = budget - teacher - pairs;
@@ -651,10 +689,25 @@ where
         ]
     }
 
-    /// The encoded latents of [`DistillMethod::Mixed`] (its generated pairs are in
-    /// [`pair_paths`](Self::pair_paths)).
-    fn encoded_path(&self) -> PathBuf {
-        self.dir.join("pairs_encoded_latents.npy")
+    /// Where the pairs stage writes the training examples' encoded latents, for the methods
+    /// that make them: `DIR/pairs_latents.npy` for encoded pairs alone,
+    /// `DIR/pairs_encoded_latents.npy` for a mixture (whose generated pairs are in the other
+    /// two files).
+    pub fn encoded_latents_path(&self) -> Option<PathBuf> {
+        let (generated, encoded) = self.config.method.pair_kinds();
+        encoded.then(|| self.encoded_path(generated))
+    }
+
+    /// The encoded latents' file, beside generated pairs or not.
+    fn encoded_path(&self, beside_generated: bool) -> PathBuf {
+        match beside_generated {
+            // Alone, they take the generated pairs' latents file.
+            false => {
+                let [latents, _] = self.pair_paths();
+                latents
+            }
+            true => self.dir.join("pairs_encoded_latents.npy"),
+        }
     }
 
     fn make_pairs(&mut self) -> Result<()> {
@@ -674,7 +727,8 @@ where
         let mut rng = rand::rngs::StdRng::seed_from_u64(self.teacher_config.seed ^ 0x9a15);
         let solver = self.config.pair_solver();
         let [latents, samples] = self.pair_paths();
-        let encoded = self.encoded_path();
+        let (generated, _) = self.config.method.pair_kinds();
+        let encoded_to = self.encoded_latents_path();
         let log = &mut self.log;
         let started = Instant::now();
         let mut progress = |done: usize, n: usize| {
@@ -687,14 +741,6 @@ where
         let (batch, teacher) = (self.config.pair_batch, teacher.ema_model());
         let write = |path: PathBuf, set: &Dataset| {
             write_npy_f32(path, set.values(), &[set.len(), set.dim()])
-        };
-        // Which pairs the method learns from, and where the encoded latents go.
-        let (generated, encoded_to) = match self.config.method {
-            DistillMethod::GeneratedPairs => (true, None),
-            DistillMethod::Encoded => (false, Some(latents.clone())),
-            DistillMethod::Mixed => (true, Some(encoded)),
-            // No pairs stage (`makes_pairs`): nothing to write.
-            DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => (false, None),
         };
         // The encoded pairs' samples are the data, which the run has already.
         if let Some(path) = encoded_to {
@@ -718,8 +764,13 @@ where
 
     /// A pairs file written by [`make_pairs`](Self::make_pairs).
     fn read_pairs(&self, path: &Path) -> Result<Dataset> {
+        Dataset::new(self.read_pair_values(path)?, self.data.dim())
+    }
+
+    /// The values of a pairs file, row after row.
+    fn read_pair_values(&self, path: &Path) -> Result<Vec<f32>> {
         match read_npy(path)?.data {
-            NpyData::F32(values) => Dataset::new(values, self.data.dim()),
+            NpyData::F32(values) => Ok(values),
             _ => Err(Error::Format {
                 path: path.to_path_buf(),
                 reason: "pairs are float32".into(),
@@ -784,19 +835,15 @@ where
             )?,
             DistillMethod::Mixed => {
                 // Generated pairs first, then the training examples with their encodings.
-                let stack = |a: Dataset, b: &Dataset| {
-                    let mut values = a.values().to_vec();
-                    values.extend_from_slice(b.values());
-                    Dataset::new(values, b.dim())
-                };
-                let anchors = stack(
-                    self.read_pairs(&latents)?,
-                    &self.read_pairs(&self.encoded_path())?,
-                )?;
-                let samples = stack(self.read_pairs(&samples)?, &self.data)?;
-                let coupling =
-                    PairedAnchors::new("mixed", anchors, AnchorRole::Noise, AnchorLaw::Zero);
-                pairs_student(coupling, samples)?
+                let mut anchors = self.read_pair_values(&latents)?;
+                anchors.extend(self.read_pair_values(&self.encoded_path(true))?);
+                let mut values = self.read_pair_values(&samples)?;
+                values.extend_from_slice(self.data.values());
+                let dim = self.data.dim();
+                pairs_student(
+                    PairedAnchors::mixed(Dataset::new(anchors, dim)?),
+                    Dataset::new(values, dim)?,
+                )?
             }
             DistillMethod::Consistency(consistency) => {
                 data_student(ObjectiveConfig::Consistency(consistency.clone()))?

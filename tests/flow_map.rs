@@ -38,11 +38,7 @@ fn smooth_model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
     let net = MlpConfig {
         width: 64,
         depth: 3,
-        embedding: NoiseEmbedding::Sinusoidal {
-            dim: 32,
-            scale: 5.0,
-            max_period: 10_000.0,
-        },
+        embedding: NoiseEmbedding::sinusoidal(NoiseEmbedding::SMOOTH_SCALE),
         ..Default::default()
     }
     .init(&Default::default(), 0)

@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::flow::{Parameterization, ProbabilityFlow};
 use crate::nn::{MlpConfig, NoiseEmbedding};
 use crate::pipeline::{DistillConfig, DistillMethod, Distillation};
+use crate::train::FlowMapVelocity;
 use crate::train::TrainConfig;
-use crate::train::{Distance, FlowMapVelocity};
 use burn::tensor::backend::AutodiffBackend;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,10 +22,6 @@ use std::time::Duration;
 /// A training step (forward, backward, update) costs about this many forward passes of its
 /// batch: the pairs' network calls are charged to the student at this rate.
 const FORWARDS_PER_STEP: usize = 3;
-
-/// The flow-map student's learning rate, as in the `mnist` example (its self-referential
-/// target needs smaller steps than the teacher's).
-const FLOW_MAP_STUDENT_LR: f64 = 1e-4;
 
 /// How `steps` of work split: `(teacher steps, student steps)`, the pairs' network calls
 /// (`nfe` per pair, `pairs` pairs) charged as forward passes of a training `batch`, and each
@@ -65,28 +61,17 @@ pub(crate) fn distil<B: AutodiffBackend>(
         AnchorLaw::Zero,
         seed,
     )?;
-    let defaults = DistillConfig::default();
+    let defaults = DistillConfig::with_method(method.clone());
     let pairs = data.len();
     // Pairs (one per point, their solve's calls) and the student step's extra forward passes.
-    let (made, extra_forwards, student_lr, student_distance) = match method {
-        DistillMethod::GeneratedPairs | DistillMethod::Encoded => {
-            ((pairs, defaults.pair_nfe()), 0, defaults.student_lr, None)
-        }
+    let (made, extra_forwards) = match method {
+        DistillMethod::GeneratedPairs | DistillMethod::Encoded => ((pairs, defaults.pair_nfe()), 0),
         // Two pairs per point: one generated, one encoded.
-        DistillMethod::Mixed => (
-            (2 * pairs, defaults.pair_nfe()),
-            0,
-            defaults.student_lr,
-            None,
-        ),
-        DistillMethod::Consistency(_) => ((0, 0), 1, defaults.student_lr, None),
+        DistillMethod::Mixed => ((2 * pairs, defaults.pair_nfe()), 0),
+        DistillMethod::Consistency(_) => ((0, 0), 1),
         DistillMethod::FlowMap(config) => {
             let net = MlpConfig {
-                embedding: NoiseEmbedding::Sinusoidal {
-                    dim: 32,
-                    scale: 5.0,
-                    max_period: 10_000.0,
-                },
+                embedding: NoiseEmbedding::sinusoidal(NoiseEmbedding::SMOOTH_SCALE),
                 ..Default::default()
             }
             .init::<B>(&Default::default(), seed)?;
@@ -95,9 +80,7 @@ pub(crate) fn distil<B: AutodiffBackend>(
                 FlowMapVelocity::Path => 1,
                 FlowMapVelocity::Ema => 2,
             };
-            // The `mnist` example's flow-map student: its learning rate and distance.
-            let distance = Distance::PseudoHuber { c: None };
-            ((0, 0), extra, FLOW_MAP_STUDENT_LR, Some(distance))
+            ((0, 0), extra)
         }
     };
     let (teacher_steps, student_steps) = split_steps(
@@ -121,11 +104,8 @@ pub(crate) fn distil<B: AutodiffBackend>(
         ..train.clone()
     };
     let recipe = DistillConfig {
-        method: method.clone(),
         pairs,
         student_steps,
-        student_lr,
-        student_distance,
         ..defaults
     };
     let mut run = Distillation::new(dir, model, data.clone(), teacher, recipe)?;

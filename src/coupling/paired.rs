@@ -67,6 +67,12 @@ impl PairedAnchors {
         Self::new("encoded", latents, AnchorRole::Noise, AnchorLaw::Zero)
     }
 
+    /// A mixture of the two: the examples are generated samples followed by training data,
+    /// `latents` their path noise (each sample's prior draw, then each example's encoding).
+    pub fn mixed(latents: Dataset) -> Self {
+        Self::new("mixed", latents, AnchorRole::Noise, AnchorLaw::Zero)
+    }
+
     /// The anchors, one row per example.
     pub fn anchors(&self) -> &Dataset {
         &self.anchors

@@ -33,15 +33,32 @@ pub enum NoiseEmbedding {
 
 impl Default for NoiseEmbedding {
     fn default() -> Self {
-        NoiseEmbedding::Sinusoidal {
-            dim: 32,
-            scale: 1000.0,
-            max_period: 10_000.0,
-        }
+        NoiseEmbedding::sinusoidal(1000.0)
     }
 }
 
 impl NoiseEmbedding {
+    /// The largest angular frequency (per unit of `t`) of a time embedding smooth enough for
+    /// the [`flow_map`](crate::train::objective::flow_map) objective, which differentiates the
+    /// network in `t`: the default's 1000 makes it diverge (docs/training.md).
+    pub const SMOOTH_SCALE: f64 = 5.0;
+
+    /// The sinusoidal embedding of the default's width (32) and longest period (10,000), its
+    /// largest angular frequency `scale` per unit of `c_noise` (the default's is 1000).
+    ///
+    /// ```
+    /// use integration_flow::nn::NoiseEmbedding;
+    /// let smooth = NoiseEmbedding::sinusoidal(NoiseEmbedding::SMOOTH_SCALE);
+    /// assert_eq!(smooth.dim(), NoiseEmbedding::default().dim());
+    /// ```
+    pub fn sinusoidal(scale: f64) -> Self {
+        NoiseEmbedding::Sinusoidal {
+            dim: 32,
+            scale,
+            max_period: 10_000.0,
+        }
+    }
+
     /// Embedding width.
     pub fn dim(&self) -> usize {
         match *self {

@@ -66,45 +66,44 @@ where
         let anchor_t = upload(input);
         let noise_t = upload(noise);
         let x_t = flow.interpolate(x0_t.clone(), noise_t.clone(), &t)?;
-        // The flow-map objective trains jumps to target times r ≤ t.
-        let r = match &self.config.objective {
+        // Each objective's estimate and the target it is pulled towards: regression trains the
+        // denoiser (for a flow-map network, its r = t estimate), the flow map the jumps to
+        // target times r ≤ t, the consistency objective the estimate one-step samplers call.
+        let (x_hat, target) = match &self.config.objective {
+            ObjectiveConfig::Regression => {
+                let x_hat = self.model.denoise(x_t, &t, anchor_t.clone())?;
+                (x_hat, objective::regression::target(x0_t))
+            }
             ObjectiveConfig::FlowMap(config) => {
-                Some(config.target_times(flow.as_ref(), &t, &mut rng))
+                let r = config.target_times(flow.as_ref(), &t, &mut rng);
+                let x_hat = self
+                    .model
+                    .estimate_to(x_t.clone(), &t, &r, anchor_t.clone())?;
+                let target = objective::flow_map::target(
+                    config,
+                    &self.model,
+                    &self.ema,
+                    (&x0_t, &noise_t, &x_t),
+                    &anchor_t,
+                    (&t, &r),
+                    &x_hat,
+                )?;
+                (x_hat, target)
             }
-            ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => None,
-        };
-        // Regression trains the denoiser (for a flow-map network, its r = t estimate), the
-        // consistency objective the estimate one-step samplers call.
-        let x_hat = match (&r, &self.config.objective) {
-            (Some(r), _) => self
-                .model
-                .estimate_to(x_t.clone(), &t, r, anchor_t.clone())?,
-            (None, ObjectiveConfig::Regression) => {
-                self.model.denoise(x_t.clone(), &t, anchor_t.clone())?
+            ObjectiveConfig::Consistency(config) => {
+                let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
+                let target = objective::consistency::target(
+                    config,
+                    &self.model,
+                    &self.ema,
+                    step,
+                    &x0_t,
+                    &noise_t,
+                    &anchor_t,
+                    &t,
+                )?;
+                (x_hat, target)
             }
-            (None, _) => self.model.estimate(x_t.clone(), &t, anchor_t.clone())?,
-        };
-        let target = match &self.config.objective {
-            ObjectiveConfig::Regression => objective::regression::target(x0_t),
-            ObjectiveConfig::FlowMap(config) => objective::flow_map::target(
-                config,
-                &self.model,
-                &self.ema,
-                (&x0_t, &noise_t, &x_t),
-                &anchor_t,
-                (&t, r.as_deref().unwrap_or(&t)),
-                &x_hat,
-            )?,
-            ObjectiveConfig::Consistency(config) => objective::consistency::target(
-                config,
-                &self.model,
-                &self.ema,
-                step,
-                &x0_t,
-                &noise_t,
-                &anchor_t,
-                &t,
-            )?,
         };
 
         let w = self.data_weight(epoch);
