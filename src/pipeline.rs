@@ -367,6 +367,7 @@ where
             self.dir.join("metrics.jsonl"),
         ];
         owned.extend(self.pair_paths());
+        owned.push(self.encoded_path(true));
         if self.teacher.is_none() {
             let teacher = self.dir.join("teacher");
             owned.extend([checkpoint_path(&teacher), teacher.join("metrics.jsonl")]);

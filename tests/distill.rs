@@ -228,6 +228,15 @@ fn the_pipeline_distils_from_a_mixture_of_generated_and_encoded_pairs() {
     let info = integration_flow::train::CheckpointInfo::read(&dir).unwrap();
     assert_eq!(info.data_shape, [1024 + 2048, 2]);
     common::assert_student_halves_teachers_sw2(&dir, &student, &data);
+    // Starting over removes every pairs file the run wrote, the encoded latents' too.
+    run.start_over().unwrap();
+    for name in [
+        "pairs_latents.npy",
+        "pairs_samples.npy",
+        "pairs_encoded_latents.npy",
+    ] {
+        assert!(!dir.join(name).exists(), "{name}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
