@@ -56,7 +56,7 @@ struct Args {
     #[arg(long)]
     distill: bool,
     /// With --distill, the student's method: flow-map (the `mnist` default), pairs, encoded,
-    /// mixed or consistency.
+    /// mixed, consistency or flow-map-pairs.
     #[arg(long, default_value = "flow-map")]
     distill_method: String,
 }
@@ -82,10 +82,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pairs" => DistillMethod::GeneratedPairs,
         "encoded" => DistillMethod::Encoded,
         "mixed" => DistillMethod::Mixed,
+        "flow-map-pairs" => DistillMethod::FlowMapPairs(FlowMapConfig::default()),
         "consistency" => DistillMethod::Consistency(ConsistencyConfig::default()),
         other => {
             return Err(format!(
-                "unknown --distill-method {other:?}: use flow-map, pairs, encoded, mixed or consistency"
+                "unknown --distill-method {other:?}: use flow-map, pairs, encoded, mixed, \
+                 consistency or flow-map-pairs"
             )
             .into())
         }

@@ -55,7 +55,7 @@ use integration_flow::sample::{
 };
 use integration_flow::train::{
     AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, FlowMapConfig, FlowMapVelocity,
-    LrDecay, OtSpace, TrainConfig, Trainer,
+    LrDecay, OneStepTarget, OtSpace, TrainConfig, Trainer,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -122,8 +122,10 @@ struct Args {
     /// Distill: how the student learns, from generated pairs (`pairs`), from the training
     /// images and their latents by the teacher's ODE run backwards (`encoded`), by the
     /// consistency objective on the data (`consistency`, no pairs stage), as a flow-map
-    /// network by the flow-map objective (`flow-map`, no pairs stage), or from both kinds of
-    /// pairs at once (`mixed`: --pairs generated pairs and one encoded pair per image).
+    /// network by the flow-map objective (`flow-map`, no pairs stage), from both kinds of
+    /// pairs at once (`mixed`: --pairs generated pairs and one encoded pair per image), or as a
+    /// flow-map network on generated pairs (`flow-map-pairs`: the pair's path from its latent,
+    /// the jump from t_max regressed on the sample).
     #[arg(long, default_value = "flow-map")]
     method: String,
     /// Distill, method consistency: student steps per stage of the shrinking gap.
@@ -145,6 +147,10 @@ struct Args {
     /// Distill, method flow-map: the tangent normalisation's c (0: off).
     #[arg(long, default_value_t = FlowMapConfig::default().normalize)]
     flow_map_normalize: f64,
+    /// Distill, method flow-map: the target of the one-step examples (r = t_min), derivative
+    /// (MeanFlow's identity) or two-jumps (the network's own jumps through the midpoint).
+    #[arg(long, default_value = "derivative")]
+    flow_map_one_step_target: String,
     /// Distill: generated pairs.
     #[arg(long, default_value_t = DistillConfig::default().pairs)]
     pairs: usize,
@@ -459,6 +465,35 @@ fn run<B: AutodiffBackend>(
 /// A trained run: the trainer whose EMA model samples, and what training did.
 type Run<B> = (Trainer<B, UNet<B>>, Trained);
 
+/// The flow-map objective's settings from the `--flow-map-*` flags.
+fn flow_map_config(args: &Args) -> Result<FlowMapConfig, Box<dyn std::error::Error>> {
+    Ok(FlowMapConfig {
+        denoise_share: args.flow_map_denoise_share,
+        data_share: args.flow_map_data_share,
+        normalize: args.flow_map_normalize,
+        velocity: match args.flow_map_velocity.as_str() {
+            "ema" => FlowMapVelocity::Ema,
+            "path" => FlowMapVelocity::Path,
+            other => {
+                return Err(
+                    format!("unknown --flow-map-velocity {other:?}: use ema or path").into(),
+                )
+            }
+        },
+        one_step_target: match args.flow_map_one_step_target.as_str() {
+            "derivative" => OneStepTarget::Derivative,
+            "two-jumps" => OneStepTarget::TwoJumps,
+            other => {
+                return Err(format!(
+                    "unknown --flow-map-one-step-target {other:?}: use derivative or two-jumps"
+                )
+                .into())
+            }
+        },
+        ..Default::default()
+    })
+}
+
 /// Runs (or resumes) the distillation pipeline within `budget`; the student's trainer.
 fn train_distilled<B: AutodiffBackend>(
     args: &Args,
@@ -476,24 +511,12 @@ fn train_distilled<B: AutodiffBackend>(
             q: args.consistency_q,
             ..Default::default()
         }),
-        "flow-map" => DistillMethod::FlowMap(FlowMapConfig {
-            denoise_share: args.flow_map_denoise_share,
-            data_share: args.flow_map_data_share,
-            normalize: args.flow_map_normalize,
-            velocity: match args.flow_map_velocity.as_str() {
-                "ema" => FlowMapVelocity::Ema,
-                "path" => FlowMapVelocity::Path,
-                other => {
-                    return Err(
-                        format!("unknown --flow-map-velocity {other:?}: use ema or path").into(),
-                    )
-                }
-            },
-            ..Default::default()
-        }),
+        "flow-map" => DistillMethod::FlowMap(flow_map_config(args)?),
+        "flow-map-pairs" => DistillMethod::FlowMapPairs(flow_map_config(args)?),
         other => {
             return Err(format!(
-                "unknown --method {other:?}: use pairs, encoded, mixed, consistency or flow-map"
+                "unknown --method {other:?}: use pairs, encoded, mixed, consistency, flow-map or \
+                 flow-map-pairs"
             )
             .into())
         }
@@ -906,6 +929,8 @@ fn default_label(args: &Args) -> String {
         ("distill", _) => {
             let student = match args.method.as_str() {
                 "flow-map" => "a flow-map student",
+                "flow-map-pairs" => "a flow-map student of generated pairs",
+                "mixed" => "distilled from generated and encoded pairs",
                 "consistency" => "a consistency student",
                 "encoded" => "distilled from encoded pairs",
                 _ => "distilled from generated pairs",

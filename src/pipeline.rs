@@ -91,6 +91,11 @@ pub enum DistillMethod {
     /// ([`objective::flow_map`](crate::train::objective::flow_map)); sampling calls its jump to
     /// the data end.
     FlowMap(FlowMapConfig),
+    /// The flow-map student on generated pairs: each pair's path runs from its latent to its
+    /// sample (the teacher's ODE coupling, as in reflow), so the path's velocity is known
+    /// exactly, and the jump from `t_max` (the latent itself) to the data end regresses on the
+    /// sample, as the pairs student does; the rest of the objective is the flow map's.
+    FlowMapPairs(FlowMapConfig),
 }
 
 impl DistillMethod {
@@ -103,7 +108,7 @@ impl DistillMethod {
     /// Which pairs the pairs stage makes: `(generated, encoded)`.
     fn pair_kinds(&self) -> (bool, bool) {
         match self {
-            DistillMethod::GeneratedPairs => (true, false),
+            DistillMethod::GeneratedPairs | DistillMethod::FlowMapPairs(_) => (true, false),
             DistillMethod::Encoded => (false, true),
             DistillMethod::Mixed => (true, true),
             DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => (false, false),
@@ -165,6 +170,9 @@ impl Default for DistillConfig {
 /// self-referential target needs smaller steps than the pairs students' 3e-4.
 const FLOW_MAP_STUDENT_LR: f64 = 1e-4;
 
+/// The share of a flow-map-on-pairs student's batch at `t_max`: the exact jumps to the samples.
+pub const FLOW_MAP_PAIRS_T_MAX_SHARE: f64 = 0.25;
+
 impl DistillConfig {
     /// The default recipe with `method` and that method's student defaults: the flow-map
     /// student learns at 1e-4 with pseudo-Huber (on MNIST one step a tie with the squared L2
@@ -180,7 +188,7 @@ impl DistillConfig {
     pub fn with_method(method: DistillMethod) -> Self {
         let defaults = DistillConfig::default();
         let (student_lr, student_distance) = match method {
-            DistillMethod::FlowMap(_) => {
+            DistillMethod::FlowMap(_) | DistillMethod::FlowMapPairs(_) => {
                 (FLOW_MAP_STUDENT_LR, Some(Distance::PseudoHuber { c: None }))
             }
             DistillMethod::GeneratedPairs
@@ -202,7 +210,9 @@ impl DistillConfig {
         match &self.method {
             DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => {}
             DistillMethod::Consistency(config) => config.validate()?,
-            DistillMethod::FlowMap(config) => config.validate()?,
+            DistillMethod::FlowMap(config) | DistillMethod::FlowMapPairs(config) => {
+                config.validate()?
+            }
         }
         require_finite(NAME, "teacher_share", self.teacher_share)?;
         if !(self.teacher_share > 0.0 && self.teacher_share < 1.0) {
@@ -238,11 +248,13 @@ impl DistillConfig {
     }
 
     /// The share of each student batch trained at `t_max`: `student_t_max_fraction`, or the
-    /// method's default (1 for generated and encoded pairs, 0 for consistency and flow maps).
+    /// method's default (1 for generated and encoded pairs, 0 for consistency and flow maps,
+    /// [`FLOW_MAP_PAIRS_T_MAX_SHARE`] for the flow map on pairs).
     pub fn student_t_max_share(&self) -> f64 {
         self.student_t_max_fraction.unwrap_or(match self.method {
             DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => 1.0,
             DistillMethod::Consistency(_) | DistillMethod::FlowMap(_) => 0.0,
+            DistillMethod::FlowMapPairs(_) => FLOW_MAP_PAIRS_T_MAX_SHARE,
         })
     }
 
@@ -323,7 +335,7 @@ where
         config: DistillConfig,
     ) -> Result<Self> {
         config.validate()?;
-        if let DistillMethod::FlowMap(_) = config.method {
+        if let DistillMethod::FlowMap(_) | DistillMethod::FlowMapPairs(_) = config.method {
             // Before the teacher spends its share: the student needs the target-time input.
             model.net().clone().with_target_time()?;
         }
@@ -797,42 +809,49 @@ where
             }
             Ok((self.model.with_net(net), config))
         };
-        // The coupling checks that there is one latent per example.
-        let pairs_student = |coupling: PairedAnchors, samples: Dataset| {
-            let coupling = Arc::new(coupling);
-            if resume {
-                Trainer::resume_with_coupling(dir, self.model.clone(), samples, coupling)
-            } else {
-                let (model, config) = start()?;
-                Trainer::with_coupling(model, samples, config, coupling)
-            }
-        };
-        // The students of the data (no pairs) train by their objective; a flow-map student's
-        // network gains its target-time input first, also before its checkpoint is loaded.
-        let data_student = |objective: ObjectiveConfig| -> Result<Trainer<B, N>> {
+        // A student of `samples` by `objective`, paired with anchors by `coupling` or not; a
+        // flow-map student's network gains its target-time input first, also before its
+        // checkpoint is loaded. The coupling checks that there is one latent per example.
+        let trainer = |samples: Dataset,
+                       coupling: Option<PairedAnchors>,
+                       objective: ObjectiveConfig|
+         -> Result<Trainer<B, N>> {
             let adapt = |net: N| match objective {
                 ObjectiveConfig::FlowMap(_) => net.with_target_time(),
                 ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => Ok(net),
             };
-            if resume {
-                let model = self.model.with_net(adapt(self.model.net().clone())?);
-                Trainer::resume(dir, model, self.data.clone())
-            } else {
-                let (model, mut config) = start()?;
-                let model = model.with_net(adapt(model.net().clone())?);
-                config.objective = objective.clone();
-                Trainer::new(model, self.data.clone(), config)
+            let coupling = coupling.map(Arc::new);
+            match (resume, coupling) {
+                (true, Some(coupling)) => {
+                    let model = self.model.with_net(adapt(self.model.net().clone())?);
+                    Trainer::resume_with_coupling(dir, model, samples, coupling)
+                }
+                (true, None) => {
+                    let model = self.model.with_net(adapt(self.model.net().clone())?);
+                    Trainer::resume(dir, model, samples)
+                }
+                (false, coupling) => {
+                    let (model, mut config) = start()?;
+                    let model = model.with_net(adapt(model.net().clone())?);
+                    config.objective = objective.clone();
+                    match coupling {
+                        Some(coupling) => Trainer::with_coupling(model, samples, config, coupling),
+                        None => Trainer::new(model, samples, config),
+                    }
+                }
             }
         };
         let [latents, samples] = self.pair_paths();
         let student = match &self.config.method {
-            DistillMethod::GeneratedPairs => pairs_student(
-                PairedAnchors::generated(self.read_pairs(&latents)?),
+            DistillMethod::GeneratedPairs => trainer(
                 self.read_pairs(&samples)?,
+                Some(PairedAnchors::generated(self.read_pairs(&latents)?)),
+                ObjectiveConfig::Regression,
             )?,
-            DistillMethod::Encoded => pairs_student(
-                PairedAnchors::encoded(self.read_pairs(&latents)?),
+            DistillMethod::Encoded => trainer(
                 self.data.clone(),
+                Some(PairedAnchors::encoded(self.read_pairs(&latents)?)),
+                ObjectiveConfig::Regression,
             )?,
             DistillMethod::Mixed => {
                 // Generated pairs first, then the training examples with their encodings.
@@ -841,17 +860,27 @@ where
                 let mut values = self.read_pair_values(&samples)?;
                 values.extend_from_slice(self.data.values());
                 let dim = self.data.dim();
-                pairs_student(
-                    PairedAnchors::mixed(Dataset::new(anchors, dim)?),
+                trainer(
                     Dataset::new(values, dim)?,
+                    Some(PairedAnchors::mixed(Dataset::new(anchors, dim)?)),
+                    ObjectiveConfig::Regression,
                 )?
             }
-            DistillMethod::Consistency(consistency) => {
-                data_student(ObjectiveConfig::Consistency(consistency.clone()))?
-            }
-            DistillMethod::FlowMap(flow_map) => {
-                data_student(ObjectiveConfig::FlowMap(flow_map.clone()))?
-            }
+            DistillMethod::Consistency(consistency) => trainer(
+                self.data.clone(),
+                None,
+                ObjectiveConfig::Consistency(consistency.clone()),
+            )?,
+            DistillMethod::FlowMap(flow_map) => trainer(
+                self.data.clone(),
+                None,
+                ObjectiveConfig::FlowMap(flow_map.clone()),
+            )?,
+            DistillMethod::FlowMapPairs(flow_map) => trainer(
+                self.read_pairs(&samples)?,
+                Some(PairedAnchors::generated(self.read_pairs(&latents)?)),
+                ObjectiveConfig::FlowMap(flow_map.clone()),
+            )?,
         };
         student
             .with_checkpoint_dir(dir)

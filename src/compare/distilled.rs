@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::flow::{Parameterization, ProbabilityFlow};
 use crate::nn::{MlpConfig, NoiseEmbedding};
 use crate::pipeline::{DistillConfig, DistillMethod, Distillation};
-use crate::train::FlowMapVelocity;
 use crate::train::TrainConfig;
+use crate::train::{FlowMapConfig, FlowMapVelocity};
 use burn::tensor::backend::AutodiffBackend;
 use std::path::Path;
 use std::sync::Arc;
@@ -64,23 +64,35 @@ pub(crate) fn distil<B: AutodiffBackend>(
     let defaults = DistillConfig::with_method(method.clone());
     let pairs = data.len();
     // Pairs (one per point, their solve's calls) and the student step's extra forward passes.
+    // A flow-map student needs a time embedding smooth in t; its finite difference costs one
+    // forward pass more (two with the EMA's velocity).
+    let flow_map = match method {
+        DistillMethod::FlowMap(_) | DistillMethod::FlowMapPairs(_) => true,
+        DistillMethod::GeneratedPairs
+        | DistillMethod::Encoded
+        | DistillMethod::Mixed
+        | DistillMethod::Consistency(_) => false,
+    };
+    if flow_map {
+        let net = MlpConfig {
+            embedding: NoiseEmbedding::sinusoidal(NoiseEmbedding::SMOOTH_SCALE),
+            ..Default::default()
+        }
+        .init::<B>(&Default::default(), seed)?;
+        model = model.with_net(net);
+    }
+    let flow_map_extra = |config: &FlowMapConfig| match config.velocity {
+        FlowMapVelocity::Path => 1,
+        FlowMapVelocity::Ema => 2,
+    };
     let (made, extra_forwards) = match method {
         DistillMethod::GeneratedPairs | DistillMethod::Encoded => ((pairs, defaults.pair_nfe()), 0),
         // Two pairs per point: one generated, one encoded.
         DistillMethod::Mixed => ((2 * pairs, defaults.pair_nfe()), 0),
         DistillMethod::Consistency(_) => ((0, 0), 1),
-        DistillMethod::FlowMap(config) => {
-            let net = MlpConfig {
-                embedding: NoiseEmbedding::sinusoidal(NoiseEmbedding::SMOOTH_SCALE),
-                ..Default::default()
-            }
-            .init::<B>(&Default::default(), seed)?;
-            model = model.with_net(net);
-            let extra = match config.velocity {
-                FlowMapVelocity::Path => 1,
-                FlowMapVelocity::Ema => 2,
-            };
-            ((0, 0), extra)
+        DistillMethod::FlowMap(config) => ((0, 0), flow_map_extra(config)),
+        DistillMethod::FlowMapPairs(config) => {
+            ((pairs, defaults.pair_nfe()), flow_map_extra(config))
         }
     };
     let (teacher_steps, student_steps) = split_steps(

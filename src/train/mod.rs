@@ -32,6 +32,7 @@ pub use config::{
 };
 pub use objective::{
     ConsistencyConfig, ConsistencyTarget, FlowMapConfig, FlowMapVelocity, ObjectiveConfig,
+    OneStepTarget,
 };
 pub use optimizer::FusedAdam;
 pub use trainer::{StepStats, Trainer};

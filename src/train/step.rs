@@ -75,7 +75,17 @@ where
                 (x_hat, objective::regression::target(x0_t))
             }
             ObjectiveConfig::FlowMap(config) => {
-                let r = config.target_times(flow.as_ref(), &t, &mut rng);
+                let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
+                // Where the path's noise is the example's paired latent (generated pairs), the
+                // jump from t_max to the data end is known: the example itself.
+                let paired = match self.coupling.anchor_role() {
+                    AnchorRole::Noise => true,
+                    AnchorRole::Input => false,
+                };
+                let exact: Vec<bool> = (0..n).map(|i| paired && i < at_max).collect();
+                for (ri, _) in r.iter_mut().zip(&exact).filter(|(_, &e)| e) {
+                    *ri = flow.time_range().min;
+                }
                 let x_hat = self
                     .model
                     .estimate_to(x_t.clone(), &t, &r, anchor_t.clone())?;
@@ -85,7 +95,7 @@ where
                     &self.ema,
                     (&x0_t, &noise_t, &x_t),
                     &anchor_t,
-                    (&t, &r),
+                    (&t, &r, &exact),
                     &x_hat,
                 )?;
                 (x_hat, target)

@@ -29,7 +29,8 @@ use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,21 @@ pub enum FlowMapVelocity {
     /// The EMA network's own denoiser: the ODE the flow map should solve (self-distillation;
     /// one more call; its errors compound: 2-3× the one-step SW2 of `Path` on moons).
     Ema,
+}
+
+/// The target of the examples trained at `r = t_min`, the jump one-step generation makes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OneStepTarget {
+    /// MeanFlow's identity with the finite difference, as every other gap.
+    #[default]
+    Derivative,
+    /// The network's own two jumps through the midpoint `m = (t + r)/2`, without gradients:
+    /// `X(X(x_t, t, m), m, r)` (the self-consistency of shortcut models, Frans et al. 2024).
+    /// The conditional velocity's noise enters the derivative target scaled by the gap, so
+    /// it is largest for the longest jump; the two half-jumps carry no such noise. Two more
+    /// network calls on those examples.
+    TwoJumps,
 }
 
 /// The flow-map objective's settings (module docs).
@@ -66,6 +82,8 @@ pub struct FlowMapConfig {
     /// whose estimate varies fast in `t`, but on MNIST it cost 2.7× the one-step FD (c = 0.1:
     /// 534 against 200): a smooth time embedding is the better cure.
     pub normalize: f64,
+    /// The target of the examples at `r = t_min`.
+    pub one_step_target: OneStepTarget,
 }
 
 impl Default for FlowMapConfig {
@@ -76,6 +94,7 @@ impl Default for FlowMapConfig {
             velocity: FlowMapVelocity::Path,
             fd_step: 5e-3,
             normalize: 0.0,
+            one_step_target: OneStepTarget::Derivative,
         }
     }
 }
@@ -162,8 +181,10 @@ impl FlowMapConfig {
 }
 
 /// The target of the estimates `estimate = g(x_t, t, r)` of the step (module docs): `x0` where
-/// `r = t`, `g − (t − r)/k·dX/dt` elsewhere, without gradients. `x_t` is the step's input
-/// `α(t)·x0 + σ(t)·noise`.
+/// `r = t` or `exact` (a row whose jump is known: the path's noise is the example's paired
+/// latent and the jump goes from it to the data end), `g − (t − r)/k·dX/dt` elsewhere, without
+/// gradients. `x_t` is the step's input `α(t)·x0 + σ(t)·noise`; `exact` is empty or one flag per
+/// row.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn target<B, N>(
     config: &FlowMapConfig,
@@ -171,7 +192,7 @@ pub(crate) fn target<B, N>(
     ema: &N::InnerModule,
     (x0, noise, x_t): (&Tensor<B, 2>, &Tensor<B, 2>, &Tensor<B, 2>),
     anchor: &Tensor<B, 2>,
-    (t, r): (&[f64], &[f64]),
+    (t, r, exact): (&[f64], &[f64], &[bool]),
     estimate: &Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>>
 where
@@ -179,7 +200,8 @@ where
     N: IntegrationNet<B> + AutodiffModule<B>,
     N::InnerModule: IntegrationNet<B::InnerBackend>,
 {
-    if r.iter().zip(t).all(|(ri, ti)| ri >= ti) {
+    let is_data = |i: usize| r[i] >= t[i] || exact.get(i).copied().unwrap_or(false);
+    if (0..t.len()).all(is_data) {
         return Ok(x0.clone());
     }
     let flow = model.flow().clone();
@@ -195,8 +217,8 @@ where
     let n = t.len();
     let mut s = Vec::with_capacity(n);
     let mut columns: [Vec<f64>; 6] = Default::default();
-    for (&ti, &ri) in t.iter().zip(r) {
-        let denoised = ri >= ti;
+    for (i, (&ti, &ri)) in t.iter().zip(r).enumerate() {
+        let denoised = is_data(i);
         let h = match denoised {
             true => 0.0,
             false => {
@@ -245,7 +267,7 @@ where
             x_t.clone() * column(c, &x_t) + d * column(k, &x_t)
         }
     };
-    let g_s = inner.estimate_to(x_s.clone(), &s, r, anchor)?;
+    let g_s = inner.estimate_to(x_s.clone(), &s, r, anchor.clone())?;
     let [a_xs, a_gs, a_xt, a_g, keep, data] = columns;
     // The pull g − g_target = −(a_g − 1)·g − a_xt·x_t + a_xs·x_s + a_gs·g_s.
     let a_g: Vec<f64> = a_g.iter().map(|a| a - 1.0).collect();
@@ -257,5 +279,206 @@ where
         pull = pull / (rms + config.normalize);
     }
     let target = (g - pull) * column(keep, &x0) + x0.clone() * column(data, &x0);
+    let target = match config.one_step_target {
+        OneStepTarget::Derivative => target,
+        OneStepTarget::TwoJumps => {
+            let rows: Vec<usize> = (0..n)
+                .filter(|&i| r[i] <= range.min && !is_data(i))
+                .collect();
+            two_jump_targets(&inner, target, (&x_t, &anchor), (t, r), &rows)?
+        }
+    };
     Ok(Tensor::from_inner(target))
+}
+
+/// `target` with its `rows` replaced by the data-space estimates that reproduce the network's
+/// own two jumps `t → m → r` through `m = (t + r)/2` (module docs of [`OneStepTarget`]).
+fn two_jump_targets<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    target: Tensor<B, 2>,
+    (x_t, anchor): (&Tensor<B, 2>, &Tensor<B, 2>),
+    (t, r): (&[f64], &[f64]),
+    rows: &[usize],
+) -> Result<Tensor<B, 2>> {
+    if rows.is_empty() {
+        return Ok(target);
+    }
+    let device = x_t.device();
+    let index = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            rows.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [rows.len()],
+        ),
+        &device,
+    );
+    let (x, a) = (
+        x_t.clone().select(0, index.clone()),
+        anchor.clone().select(0, index.clone()),
+    );
+    let t_rows: Vec<f64> = rows.iter().map(|&i| t[i]).collect();
+    let r_rows: Vec<f64> = rows.iter().map(|&i| r[i]).collect();
+    let m_rows: Vec<f64> = t_rows
+        .iter()
+        .zip(&r_rows)
+        .map(|(t, r)| 0.5 * (t + r))
+        .collect();
+    let coefficients = |from: &[f64], to: &[f64]| -> [Vec<f64>; 2] {
+        let pairs = from
+            .iter()
+            .zip(to)
+            .map(|(&t, &r)| model.flow_map_coefficients(t, r));
+        let (c, k) = pairs.map(|[c, k]| (c, k)).unzip();
+        [c, k]
+    };
+    // One jump per example: c·x + k·g(x, from, to).
+    let jump = |x: Tensor<B, 2>, from: &[f64], to: &[f64]| -> Result<Tensor<B, 2>> {
+        let g = model.estimate_to(x.clone(), from, to, a.clone())?;
+        let [c, k] = coefficients(from, to);
+        Ok(x.clone() * column(c, &x) + g * column(k, &x))
+    };
+    let x_m = jump(x.clone(), &t_rows, &m_rows)?;
+    let x_r = jump(x_m, &m_rows, &r_rows)?;
+    // X(x_t, t, r) = c·x_t + k·g, solved for g (k > 0 where r < t).
+    let [c, k] = coefficients(&t_rows, &r_rows);
+    let k: Vec<f64> = k.iter().map(|k| 1.0 / k).collect();
+    let wanted = (x_r - x.clone() * column(c, &x)) * column(k, &x);
+    let old = target.clone().select(0, index.clone());
+    Ok(target.select_assign(0, index, wanted - old, IndexingUpdateOp::Add))
+}
+
+#[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
+mod tests {
+    use super::*;
+    use crate::backend::{Cpu, CpuAutodiff};
+    use crate::coupling::AnchorLaw;
+    use crate::flow::{FlowConfig, Parameterization};
+    use crate::model::IntegrationFlowConfig;
+    use crate::nn::{Mlp, MlpConfig, NoiseEmbedding};
+    use burn::tensor::Distribution;
+
+    fn model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
+        let net = MlpConfig {
+            width: 32,
+            depth: 2,
+            embedding: NoiseEmbedding::sinusoidal(NoiseEmbedding::SMOOTH_SCALE),
+            ..Default::default()
+        }
+        .init(&Default::default(), 3)
+        .unwrap()
+        .with_target_time()
+        .unwrap();
+        IntegrationFlowConfig {
+            parameterization: Parameterization::Integral,
+            sigma_data: 1.0,
+            anchor_law: AnchorLaw::Zero,
+        }
+        .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+        .unwrap()
+    }
+
+    fn rows(tensor: Tensor<Cpu, 2>) -> Vec<Vec<f32>> {
+        let values: Vec<f32> = tensor.into_data().to_vec().unwrap();
+        values.chunks(2).map(<[f32]>::to_vec).collect()
+    }
+
+    #[test]
+    fn exact_rows_target_their_example_and_leave_the_others() {
+        let model = model();
+        let ema = model.net().valid();
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x0 = Tensor::<CpuAutodiff, 2>::random([3, 2], normal, &device);
+        let noise = Tensor::<CpuAutodiff, 2>::random([3, 2], normal, &device);
+        let anchor = Tensor::<CpuAutodiff, 2>::zeros([3, 2], &device);
+        let min = model.flow().time_range().min;
+        let (t, r) = ([1.0, 1.0, 0.8], [min, min, 0.2]);
+        let x_t = model
+            .flow()
+            .interpolate(x0.clone(), noise.clone(), &t)
+            .unwrap();
+        let estimate = model
+            .estimate_to(x_t.clone(), &t, &r, anchor.clone())
+            .unwrap();
+        let target = |exact: &[bool]| {
+            let tensors = (&x0, &noise, &x_t);
+            let config = FlowMapConfig::default();
+            let target = super::target(
+                &config,
+                &model,
+                &ema,
+                tensors,
+                &anchor,
+                (&t, &r, exact),
+                &estimate,
+            );
+            rows(target.unwrap().inner())
+        };
+        let (none, first) = (target(&[]), target(&[true, false, false]));
+        assert_eq!(first[0], rows(x0.clone().inner())[0]);
+        assert_ne!(none[0], first[0]);
+        assert_eq!(none[1..], first[1..]);
+    }
+
+    #[test]
+    fn two_jump_targets_are_the_networks_own_two_jumps_on_the_one_step_rows_only() {
+        let model = model();
+        let ema = model.net().valid();
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x0 = Tensor::<CpuAutodiff, 2>::random([4, 2], normal, &device);
+        let noise = Tensor::<CpuAutodiff, 2>::random([4, 2], normal, &device);
+        let anchor = Tensor::<CpuAutodiff, 2>::zeros([4, 2], &device);
+        let min = model.flow().time_range().min;
+        // Rows: two one-step jumps, a shorter jump, the denoiser.
+        let (t, r) = ([1.0, 0.7, 0.9, 0.5], [min, min, 0.3, 0.5]);
+        let x_t = model
+            .flow()
+            .interpolate(x0.clone(), noise.clone(), &t)
+            .unwrap();
+        let estimate = model
+            .estimate_to(x_t.clone(), &t, &r, anchor.clone())
+            .unwrap();
+        let target = |one_step_target| {
+            let config = FlowMapConfig {
+                one_step_target,
+                ..Default::default()
+            };
+            let tensors = (&x0, &noise, &x_t);
+            let target = super::target(
+                &config,
+                &model,
+                &ema,
+                tensors,
+                &anchor,
+                (&t, &r, &[]),
+                &estimate,
+            );
+            rows(target.unwrap().inner())
+        };
+        let (derivative, two_jumps) = (
+            target(OneStepTarget::Derivative),
+            target(OneStepTarget::TwoJumps),
+        );
+        // The other rows keep MeanFlow's target.
+        assert_eq!(derivative[2..], two_jumps[2..]);
+        // The one-step rows: the network's own jumps t → (t + r)/2 → r, one example at a time
+        // (on rectified flow X(x, t, t_min) is the data-space estimate up to t_min's σ).
+        let inner = model.with_net(model.net().valid());
+        let x_t = rows(x_t.inner());
+        for i in 0..2 {
+            let x = Tensor::<Cpu, 2>::from_data(TensorData::new(x_t[i].clone(), [1, 2]), &device);
+            let zero = Tensor::<Cpu, 2>::zeros([1, 2], &device);
+            let m = 0.5 * (t[i] + r[i]);
+            let x_m = inner
+                .flow_map_step(x.clone(), t[i], m, zero.clone())
+                .unwrap();
+            let x_r = inner.flow_map_step(x_m, m, r[i], zero).unwrap();
+            let [c, k] = inner.flow_map_coefficients(t[i], r[i]);
+            let expected = rows((x_r - x.mul_scalar(c)).div_scalar(k)).remove(0);
+            for (got, want) in two_jumps[i].iter().zip(&expected) {
+                assert!((got - want).abs() < 1e-4, "row {i}: {got} against {want}");
+            }
+            assert_ne!(derivative[i], two_jumps[i], "row {i} did not change");
+        }
+    }
 }

@@ -17,7 +17,7 @@ pub mod flow_map;
 pub mod regression;
 
 pub use consistency::{ConsistencyConfig, ConsistencyTarget};
-pub use flow_map::{FlowMapConfig, FlowMapVelocity};
+pub use flow_map::{FlowMapConfig, FlowMapVelocity, OneStepTarget};
 
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
