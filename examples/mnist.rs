@@ -134,20 +134,20 @@ struct Args {
     /// Distill, method consistency: the gap's shrink factor per stage.
     #[arg(long, default_value_t = ConsistencyConfig::default().q)]
     consistency_q: f64,
-    /// Distill, method flow-map: the share of examples trained at r = t (the denoiser).
+    /// Distill, methods flow-map and flow-map-pairs: the share of examples trained at r = t (the denoiser).
     #[arg(long, default_value_t = FlowMapConfig::default().denoise_share)]
     flow_map_denoise_share: f64,
-    /// Distill, method flow-map: the share trained at r = t_min (the one-step jump).
+    /// Distill, methods flow-map and flow-map-pairs: the share trained at r = t_min (the one-step jump).
     #[arg(long, default_value_t = FlowMapConfig::default().data_share)]
     flow_map_data_share: f64,
-    /// Distill, method flow-map: the path of the finite difference, path (the training path,
+    /// Distill, methods flow-map and flow-map-pairs: the path of the finite difference, path (the training path,
     /// MeanFlow's conditional velocity) or ema (the EMA's own ODE).
     #[arg(long, default_value = "path")]
     flow_map_velocity: String,
-    /// Distill, method flow-map: the tangent normalisation's c (0: off).
+    /// Distill, methods flow-map and flow-map-pairs: the tangent normalisation's c (0: off).
     #[arg(long, default_value_t = FlowMapConfig::default().normalize)]
     flow_map_normalize: f64,
-    /// Distill, method flow-map: the target of the one-step examples (r = t_min), derivative
+    /// Distill, methods flow-map and flow-map-pairs: the target of the one-step examples (r = t_min), derivative
     /// (MeanFlow's identity) or two-jumps (the network's own jumps through the midpoint).
     #[arg(long, default_value = "derivative")]
     flow_map_one_step_target: String,

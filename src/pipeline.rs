@@ -8,7 +8,8 @@
 //! With [`DistillMethod::Consistency`] there is no pairs stage: the student tunes the teacher's
 //! weights on the data by the consistency objective instead, and with [`DistillMethod::FlowMap`]
 //! the teacher's network gains a target-time input and learns the ODE's jumps by the flow-map
-//! objective.
+//! objective. [`DistillMethod::FlowMapPairs`] trains that flow-map student on the generated
+//! pairs instead of the data, with the jump from `t_max` regressed on each pair's sample.
 //!
 //! Each stage keeps its state in the run's directory `DIR`: the student's checkpoint and metrics
 //! log in `DIR` itself (it is the run's result), the teacher's in `DIR/teacher`, the pairs in
@@ -105,6 +106,17 @@ impl DistillMethod {
         generated || encoded
     }
 
+    /// Whether the student is a flow-map network (one with a target-time input).
+    pub fn is_flow_map(&self) -> bool {
+        match self {
+            DistillMethod::FlowMap(_) | DistillMethod::FlowMapPairs(_) => true,
+            DistillMethod::GeneratedPairs
+            | DistillMethod::Encoded
+            | DistillMethod::Mixed
+            | DistillMethod::Consistency(_) => false,
+        }
+    }
+
     /// Which pairs the pairs stage makes: `(generated, encoded)`.
     fn pair_kinds(&self) -> (bool, bool) {
         match self {
@@ -135,7 +147,8 @@ pub struct DistillConfig {
     /// The share of each student batch trained at `t_max`, where one-step sampling evaluates it;
     /// `None` takes the method's ([`student_t_max_share`](Self::student_t_max_share): all of it
     /// for the pairs students, which learn the jump from `t_max`; none for the consistency and
-    /// flow-map students, whose objectives must hold at every time).
+    /// flow-map students, whose objectives must hold at every time; a quarter for the flow map
+    /// on pairs, whose rows at `t_max` are its exact jumps).
     pub student_t_max_fraction: Option<f64>,
     /// The student stops after this many steps even if time is left.
     pub student_steps: usize,
@@ -175,7 +188,7 @@ pub const FLOW_MAP_PAIRS_T_MAX_SHARE: f64 = 0.25;
 
 impl DistillConfig {
     /// The default recipe with `method` and that method's student defaults: the flow-map
-    /// student learns at 1e-4 with pseudo-Huber (on MNIST one step a tie with the squared L2
+    /// students (on the data or on pairs) learn at 1e-4 with pseudo-Huber (on MNIST one step a tie with the squared L2
     /// over two teachers, two re-noised calls 17% better: docs/evidence.md), the others at
     /// 3e-4 with the teacher's distance.
     ///
@@ -335,7 +348,7 @@ where
         config: DistillConfig,
     ) -> Result<Self> {
         config.validate()?;
-        if let DistillMethod::FlowMap(_) | DistillMethod::FlowMapPairs(_) = config.method {
+        if config.method.is_flow_map() {
             // Before the teacher spends its share: the student needs the target-time input.
             model.net().clone().with_target_time()?;
         }
@@ -879,7 +892,10 @@ where
             DistillMethod::FlowMapPairs(flow_map) => trainer(
                 self.read_pairs(&samples)?,
                 Some(PairedAnchors::generated(self.read_pairs(&latents)?)),
-                ObjectiveConfig::FlowMap(flow_map.clone()),
+                ObjectiveConfig::FlowMap(FlowMapConfig {
+                    paired_jumps: true,
+                    ..flow_map.clone()
+                }),
             )?,
         };
         student

@@ -186,6 +186,19 @@ fn the_objective_needs_a_target_time_and_names_a_bad_field() {
         .err()
         .expect("a plain network is refused");
     assert!(err.to_string().contains("target-time"), "{err}");
+    // Exact jumps need a coupling whose path noise is the paired latent; `off` has none.
+    let objective = ObjectiveConfig::FlowMap(FlowMapConfig {
+        paired_jumps: true,
+        ..Default::default()
+    });
+    let net = common::rf_mlp(16, 1).into_net().with_target_time().unwrap();
+    let model = common::rf_mlp(16, 1).with_net(net);
+    let data = Toy::Moons.sample(512, 1).unwrap();
+    let mut trainer = Trainer::new(model, data, config(10, 1e-3, objective)).unwrap();
+    let err = trainer
+        .fit()
+        .expect_err("paired jumps without pairs are refused");
+    assert!(err.to_string().contains("paired_jumps"), "{err}");
     let config = TrainConfig::from_json(
         r#"{"objective": {"kind": "flow_map", "data_share": 0.5, "velocity": "path"}}"#,
     )

@@ -13,7 +13,7 @@ use crate::flow::{Parameterization, ProbabilityFlow};
 use crate::nn::{MlpConfig, NoiseEmbedding};
 use crate::pipeline::{DistillConfig, DistillMethod, Distillation};
 use crate::train::TrainConfig;
-use crate::train::{FlowMapConfig, FlowMapVelocity};
+use crate::train::{FlowMapConfig, FlowMapVelocity, OneStepTarget};
 use burn::tensor::backend::AutodiffBackend;
 use std::path::Path;
 use std::sync::Arc;
@@ -65,15 +65,9 @@ pub(crate) fn distil<B: AutodiffBackend>(
     let pairs = data.len();
     // Pairs (one per point, their solve's calls) and the student step's extra forward passes.
     // A flow-map student needs a time embedding smooth in t; its finite difference costs one
-    // forward pass more (two with the EMA's velocity).
-    let flow_map = match method {
-        DistillMethod::FlowMap(_) | DistillMethod::FlowMapPairs(_) => true,
-        DistillMethod::GeneratedPairs
-        | DistillMethod::Encoded
-        | DistillMethod::Mixed
-        | DistillMethod::Consistency(_) => false,
-    };
-    if flow_map {
+    // forward pass more (two with the EMA's velocity; the two-jump target's two calls on a
+    // quarter of the batch are counted as one more).
+    if method.is_flow_map() {
         let net = MlpConfig {
             embedding: NoiseEmbedding::sinusoidal(NoiseEmbedding::SMOOTH_SCALE),
             ..Default::default()
@@ -81,9 +75,16 @@ pub(crate) fn distil<B: AutodiffBackend>(
         .init::<B>(&Default::default(), seed)?;
         model = model.with_net(net);
     }
-    let flow_map_extra = |config: &FlowMapConfig| match config.velocity {
-        FlowMapVelocity::Path => 1,
-        FlowMapVelocity::Ema => 2,
+    let flow_map_extra = |config: &FlowMapConfig| {
+        let velocity = match config.velocity {
+            FlowMapVelocity::Path => 1,
+            FlowMapVelocity::Ema => 2,
+        };
+        let one_step = match config.one_step_target {
+            OneStepTarget::Derivative => 0,
+            OneStepTarget::TwoJumps => 1,
+        };
+        velocity + one_step
     };
     let (made, extra_forwards) = match method {
         DistillMethod::GeneratedPairs | DistillMethod::Encoded => ((pairs, defaults.pair_nfe()), 0),

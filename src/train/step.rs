@@ -78,9 +78,19 @@ where
                 let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
                 // Where the path's noise is the example's paired latent (generated pairs), the
                 // jump from t_max to the data end is known: the example itself.
-                let paired = match self.coupling.anchor_role() {
-                    AnchorRole::Noise => true,
-                    AnchorRole::Input => false,
+                let paired = match (config.paired_jumps, self.coupling.anchor_role()) {
+                    (false, _) => false,
+                    (true, AnchorRole::Noise) => true,
+                    (true, AnchorRole::Input) => {
+                        return Err(Error::InvalidArgument {
+                            name: "objective",
+                            reason: format!(
+                                "flow_map.paired_jumps needs a coupling whose path noise is the \
+                                 paired latent; {:?} gives the network its anchor as an input",
+                                self.coupling.name()
+                            ),
+                        })
+                    }
                 };
                 let exact: Vec<bool> = (0..n).map(|i| paired && i < at_max).collect();
                 for (ri, _) in r.iter_mut().zip(&exact).filter(|(_, &e)| e) {

@@ -22,7 +22,7 @@
 //! ([`FlowMapVelocity::Path`], MeanFlow's conditional velocity) or the EMA denoiser's own ODE
 //! ([`FlowMapVelocity::Ema`]: lower variance, the network distils itself).
 
-use crate::error::{invalid_config, require_finite, Result};
+use crate::error::{invalid_config, require_finite, Error, Result};
 use crate::flow::tensor::column;
 use crate::flow::{ProbabilityFlow, ProbabilityFlowExt};
 use crate::model::IntegrationFlow;
@@ -56,9 +56,11 @@ pub enum OneStepTarget {
     Derivative,
     /// The network's own two jumps through the midpoint `m = (t + r)/2`, without gradients:
     /// `X(X(x_t, t, m), m, r)` (the self-consistency of shortcut models, Frans et al. 2024).
-    /// The conditional velocity's noise enters the derivative target scaled by the gap, so
-    /// it is largest for the longest jump; the two half-jumps carry no such noise. Two more
-    /// network calls on those examples.
+    /// With [`FlowMapVelocity::Path`] the conditional velocity's noise enters the derivative
+    /// target scaled by the gap, so it is largest for the longest jump; the two half-jumps
+    /// carry no such noise. Two more network calls on those examples (the finite difference's
+    /// call is still made for the whole batch), and `normalize` does not apply to them. On
+    /// MNIST it was 2.4× worse at one step than the derivative (docs/evidence.md).
     TwoJumps,
 }
 
@@ -84,6 +86,13 @@ pub struct FlowMapConfig {
     pub normalize: f64,
     /// The target of the examples at `r = t_min`.
     pub one_step_target: OneStepTarget,
+    /// Whether the coupling pairs each example with the latent its ODE path starts from (path
+    /// noise = the paired latent, [`AnchorRole::Noise`](crate::coupling::AnchorRole::Noise), as
+    /// generated pairs do): then the examples the trainer puts at `t_max` jump to `t_min` with
+    /// the example itself as the target (the jump is known, up to the prior's σ at `t_min`)
+    /// instead of the derivative. A coupling that gives the network its anchor as an input is
+    /// an error with this set. `DistillMethod::FlowMapPairs` sets it.
+    pub paired_jumps: bool,
 }
 
 impl Default for FlowMapConfig {
@@ -95,6 +104,7 @@ impl Default for FlowMapConfig {
             fd_step: 5e-3,
             normalize: 0.0,
             one_step_target: OneStepTarget::Derivative,
+            paired_jumps: false,
         }
     }
 }
@@ -182,9 +192,10 @@ impl FlowMapConfig {
 
 /// The target of the estimates `estimate = g(x_t, t, r)` of the step (module docs): `x0` where
 /// `r = t` or `exact` (a row whose jump is known: the path's noise is the example's paired
-/// latent and the jump goes from it to the data end), `g − (t − r)/k·dX/dt` elsewhere, without
-/// gradients. `x_t` is the step's input `α(t)·x0 + σ(t)·noise`; `exact` is empty or one flag per
-/// row.
+/// latent and the jump goes from it to the data end, [`FlowMapConfig::paired_jumps`]), the
+/// network's own two jumps on the other `r = t_min` rows with [`OneStepTarget::TwoJumps`],
+/// `g − (t − r)/k·dX/dt` elsewhere, without gradients. `x_t` is the step's input
+/// `α(t)·x0 + σ(t)·noise`; `exact` is empty or one flag per row.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn target<B, N>(
     config: &FlowMapConfig,
@@ -200,6 +211,13 @@ where
     N: IntegrationNet<B> + AutodiffModule<B>,
     N::InnerModule: IntegrationNet<B::InnerBackend>,
 {
+    if !exact.is_empty() && exact.len() != t.len() {
+        return Err(Error::ShapeMismatch {
+            context: "flow_map::target (exact rows)",
+            expected: format!("none or {} flags", t.len()),
+            found: format!("{} flags", exact.len()),
+        });
+    }
     let is_data = |i: usize| r[i] >= t[i] || exact.get(i).copied().unwrap_or(false);
     if (0..t.len()).all(is_data) {
         return Ok(x0.clone());
@@ -292,7 +310,7 @@ where
 }
 
 /// `target` with its `rows` replaced by the data-space estimates that reproduce the network's
-/// own two jumps `t → m → r` through `m = (t + r)/2` (module docs of [`OneStepTarget`]).
+/// own two jumps `t → m → r` through `m = (t + r)/2` ([`OneStepTarget::TwoJumps`]).
 fn two_jump_targets<B: Backend, N: IntegrationNet<B>>(
     model: &IntegrationFlow<B, N>,
     target: Tensor<B, 2>,
@@ -351,12 +369,12 @@ mod tests {
     use super::*;
     use crate::backend::{Cpu, CpuAutodiff};
     use crate::coupling::AnchorLaw;
-    use crate::flow::{FlowConfig, Parameterization};
+    use crate::flow::{FlowConfig, Parameterization, RectifiedFlowConfig};
     use crate::model::IntegrationFlowConfig;
     use crate::nn::{Mlp, MlpConfig, NoiseEmbedding};
     use burn::tensor::Distribution;
 
-    fn model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
+    fn model(flow: FlowConfig) -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
         let net = MlpConfig {
             width: 32,
             depth: 2,
@@ -372,7 +390,7 @@ mod tests {
             sigma_data: 1.0,
             anchor_law: AnchorLaw::Zero,
         }
-        .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+        .init(flow.init().unwrap(), net)
         .unwrap()
     }
 
@@ -383,7 +401,7 @@ mod tests {
 
     #[test]
     fn exact_rows_target_their_example_and_leave_the_others() {
-        let model = model();
+        let model = model(FlowConfig::Rf(Default::default()));
         let ema = model.net().valid();
         let device = Default::default();
         let normal = Distribution::Normal(0.0, 1.0);
@@ -421,16 +439,23 @@ mod tests {
 
     #[test]
     fn two_jump_targets_are_the_networks_own_two_jumps_on_the_one_step_rows_only() {
-        let model = model();
+        // Rectified flow on [0.2, 0.9]: σ(t_min) > 0 and α(t_max) ≠ 0, so neither coefficient
+        // of the jump to t_min is trivial (c ≈ 0.22, k ≈ 0.78).
+        let model = model(FlowConfig::Rf(RectifiedFlowConfig {
+            t_min: 0.2,
+            t_max: 0.9,
+        }));
         let ema = model.net().valid();
         let device = Default::default();
         let normal = Distribution::Normal(0.0, 1.0);
-        let x0 = Tensor::<CpuAutodiff, 2>::random([4, 2], normal, &device);
-        let noise = Tensor::<CpuAutodiff, 2>::random([4, 2], normal, &device);
-        let anchor = Tensor::<CpuAutodiff, 2>::zeros([4, 2], &device);
-        let min = model.flow().time_range().min;
-        // Rows: two one-step jumps, a shorter jump, the denoiser.
-        let (t, r) = ([1.0, 0.7, 0.9, 0.5], [min, min, 0.3, 0.5]);
+        let x0 = Tensor::<CpuAutodiff, 2>::random([5, 2], normal, &device);
+        let noise = Tensor::<CpuAutodiff, 2>::random([5, 2], normal, &device);
+        let anchor = Tensor::<CpuAutodiff, 2>::zeros([5, 2], &device);
+        let range = model.flow().time_range();
+        let (min, max) = (range.min, range.max);
+        // Rows: a shorter jump, a one-step jump, the denoiser, a one-step jump, a shorter one.
+        let t = [0.85, max, 0.5, 0.7, 0.6];
+        let r = [0.4, min, 0.5, min, 0.3];
         let x_t = model
             .flow()
             .interpolate(x0.clone(), noise.clone(), &t)
@@ -459,26 +484,53 @@ mod tests {
             target(OneStepTarget::Derivative),
             target(OneStepTarget::TwoJumps),
         );
-        // The other rows keep MeanFlow's target.
-        assert_eq!(derivative[2..], two_jumps[2..]);
-        // The one-step rows: the network's own jumps t → (t + r)/2 → r, one example at a time
-        // (on rectified flow X(x, t, t_min) is the data-space estimate up to t_min's σ).
+        for i in [0, 2, 4] {
+            assert_eq!(derivative[i], two_jumps[i], "row {i} changed");
+        }
+        // The one-step rows: the jump X = c·x_t + k·target lands where the network's own jumps
+        // t → (t + r)/2 → r land, one example at a time.
         let inner = model.with_net(model.net().valid());
         let x_t = rows(x_t.inner());
-        for i in 0..2 {
+        for i in [1, 3] {
             let x = Tensor::<Cpu, 2>::from_data(TensorData::new(x_t[i].clone(), [1, 2]), &device);
             let zero = Tensor::<Cpu, 2>::zeros([1, 2], &device);
             let m = 0.5 * (t[i] + r[i]);
             let x_m = inner
                 .flow_map_step(x.clone(), t[i], m, zero.clone())
                 .unwrap();
-            let x_r = inner.flow_map_step(x_m, m, r[i], zero).unwrap();
+            let x_r = rows(inner.flow_map_step(x_m, m, r[i], zero).unwrap()).remove(0);
             let [c, k] = inner.flow_map_coefficients(t[i], r[i]);
-            let expected = rows((x_r - x.mul_scalar(c)).div_scalar(k)).remove(0);
-            for (got, want) in two_jumps[i].iter().zip(&expected) {
-                assert!((got - want).abs() < 1e-4, "row {i}: {got} against {want}");
+            assert!(
+                c > 1e-3 && (k - 1.0).abs() > 1e-3,
+                "trivial coefficients {c}, {k}"
+            );
+            for d in 0..2 {
+                let landed = c as f32 * x_t[i][d] + k as f32 * two_jumps[i][d];
+                assert!(
+                    (landed - x_r[d]).abs() < 1e-4,
+                    "row {i}: lands at {landed}, the two jumps at {}",
+                    x_r[d]
+                );
             }
             assert_ne!(derivative[i], two_jumps[i], "row {i} did not change");
         }
+    }
+
+    #[test]
+    fn exact_flags_of_the_wrong_length_are_an_error() {
+        let model = model(FlowConfig::Rf(Default::default()));
+        let ema = model.net().valid();
+        let x = Tensor::<CpuAutodiff, 2>::zeros([2, 2], &Default::default());
+        let (t, r) = ([1.0, 0.5], [0.0, 0.0]);
+        let result = super::target(
+            &FlowMapConfig::default(),
+            &model,
+            &ema,
+            (&x, &x, &x),
+            &x,
+            (&t, &r, &[true]),
+            &x,
+        );
+        assert!(matches!(result, Err(Error::ShapeMismatch { .. })));
     }
 }
