@@ -834,24 +834,19 @@ where
                 ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => Ok(net),
             };
             let coupling = coupling.map(Arc::new);
-            match (resume, coupling) {
-                (true, Some(coupling)) => {
-                    let model = self.model.with_net(adapt(self.model.net().clone())?);
-                    Trainer::resume_with_coupling(dir, model, samples, coupling)
-                }
-                (true, None) => {
-                    let model = self.model.with_net(adapt(self.model.net().clone())?);
-                    Trainer::resume(dir, model, samples)
-                }
-                (false, coupling) => {
-                    let (model, mut config) = start()?;
-                    let model = model.with_net(adapt(model.net().clone())?);
-                    config.objective = objective.clone();
-                    match coupling {
-                        Some(coupling) => Trainer::with_coupling(model, samples, config, coupling),
-                        None => Trainer::new(model, samples, config),
-                    }
-                }
+            if resume {
+                let model = self.model.with_net(adapt(self.model.net().clone())?);
+                return match coupling {
+                    Some(coupling) => Trainer::resume_with_coupling(dir, model, samples, coupling),
+                    None => Trainer::resume(dir, model, samples),
+                };
+            }
+            let (model, mut config) = start()?;
+            let model = model.with_net(adapt(model.net().clone())?);
+            config.objective = objective.clone();
+            match coupling {
+                Some(coupling) => Trainer::with_coupling(model, samples, config, coupling),
+                None => Trainer::new(model, samples, config),
             }
         };
         let [latents, samples] = self.pair_paths();

@@ -64,6 +64,24 @@ fn fine_tune(
     student.ema_model()
 }
 
+/// A distillation run in `dir` of the smooth model on `data` by `recipe`, its teacher 600
+/// regression steps at 2e-3.
+fn distillation(
+    dir: &std::path::Path,
+    data: &Dataset,
+    recipe: &integration_flow::pipeline::DistillConfig,
+) -> integration_flow::pipeline::Distillation<CpuAutodiff, Mlp<CpuAutodiff>> {
+    let teacher = config(600, 2e-3, ObjectiveConfig::Regression);
+    integration_flow::pipeline::Distillation::new(
+        dir,
+        smooth_model(),
+        data.clone(),
+        teacher,
+        recipe.clone(),
+    )
+    .unwrap()
+}
+
 fn sw2(samples: burn::tensor::Tensor<Cpu, 2>, data: &Dataset) -> f64 {
     let samples: Vec<f32> = samples.into_data().to_vec().unwrap();
     sliced_wasserstein2(&samples, data.values(), 2, 128, 3).unwrap_or(f64::INFINITY)
@@ -230,7 +248,7 @@ fn the_objective_needs_a_target_time_and_names_a_bad_field() {
 
 #[test]
 fn the_pipeline_trains_a_flow_map_student_and_resumes_it() {
-    use integration_flow::pipeline::{DistillConfig, DistillMethod, Distillation, Stage};
+    use integration_flow::pipeline::{DistillConfig, DistillMethod, Stage};
     let data = Toy::Moons.sample(4096, 2).unwrap();
     let dir = common::scratch("flow_map", "pipeline");
     let recipe = DistillConfig {
@@ -240,17 +258,7 @@ fn the_pipeline_trains_a_flow_map_student_and_resumes_it() {
         student_lr: 5e-4,
         ..Default::default()
     };
-    let teacher = config(600, 2e-3, ObjectiveConfig::Regression);
-    let run = || {
-        Distillation::new(
-            &dir,
-            smooth_model(),
-            data.clone(),
-            teacher.clone(),
-            recipe.clone(),
-        )
-        .unwrap()
-    };
+    let run = || distillation(&dir, &data, &recipe);
     let budget = std::time::Duration::from_secs(3600);
     let mut first = run();
     assert!(first.run_stage(budget).unwrap().is_none());
@@ -281,7 +289,7 @@ fn the_pipeline_trains_a_flow_map_student_and_resumes_it() {
 fn the_flow_map_student_of_generated_pairs_jumps_to_its_samples_and_resumes() {
     use burn::tensor::{Tensor, TensorData};
     use integration_flow::data::{read_npy, NpyData};
-    use integration_flow::pipeline::{DistillConfig, DistillMethod, Distillation};
+    use integration_flow::pipeline::{DistillConfig, DistillMethod};
     let data = Toy::Moons.sample(4096, 3).unwrap();
     let dir = common::scratch("flow_map", "pairs");
     let recipe = DistillConfig {
@@ -292,17 +300,7 @@ fn the_flow_map_student_of_generated_pairs_jumps_to_its_samples_and_resumes() {
         ..Default::default()
     };
     assert_eq!(recipe.student_t_max_share(), 0.25);
-    let teacher = config(600, 2e-3, ObjectiveConfig::Regression);
-    let run = || {
-        Distillation::new(
-            &dir,
-            smooth_model(),
-            data.clone(),
-            teacher.clone(),
-            recipe.clone(),
-        )
-        .unwrap()
-    };
+    let run = || distillation(&dir, &data, &recipe);
     let budget = std::time::Duration::from_secs(3600);
     let student = run().run_for(budget).unwrap();
     assert_eq!(student.step(), 300);

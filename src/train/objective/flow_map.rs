@@ -276,13 +276,7 @@ where
             let teacher = model.with_net(ema.clone());
             let d = teacher.denoise(x_t.clone(), t, anchor.clone())?;
             // The EMA denoiser's ODE step from t to s (exact where its estimate is constant).
-            let [mut c, mut k] = [Vec::with_capacity(n), Vec::with_capacity(n)];
-            for (&ti, &si) in t.iter().zip(&s) {
-                let [ci, ki] = inner.flow_map_coefficients(ti, si);
-                c.push(ci);
-                k.push(ki);
-            }
-            x_t.clone() * column(c, &x_t) + d * column(k, &x_t)
+            jump_with(&inner, x_t.clone(), d, t, &s)
         }
     };
     let g_s = inner.estimate_to(x_s.clone(), &s, r, anchor.clone())?;
@@ -340,28 +334,48 @@ fn two_jump_targets<B: Backend, N: IntegrationNet<B>>(
         .zip(&r_rows)
         .map(|(t, r)| 0.5 * (t + r))
         .collect();
-    let coefficients = |from: &[f64], to: &[f64]| -> [Vec<f64>; 2] {
-        let pairs = from
-            .iter()
-            .zip(to)
-            .map(|(&t, &r)| model.flow_map_coefficients(t, r));
-        let (c, k) = pairs.map(|[c, k]| (c, k)).unzip();
-        [c, k]
-    };
-    // One jump per example: c·x + k·g(x, from, to).
+    // One jump per example by the network: c·x + k·g(x, from, to).
     let jump = |x: Tensor<B, 2>, from: &[f64], to: &[f64]| -> Result<Tensor<B, 2>> {
         let g = model.estimate_to(x.clone(), from, to, a.clone())?;
-        let [c, k] = coefficients(from, to);
-        Ok(x.clone() * column(c, &x) + g * column(k, &x))
+        Ok(jump_with(model, x, g, from, to))
     };
     let x_m = jump(x.clone(), &t_rows, &m_rows)?;
     let x_r = jump(x_m, &m_rows, &r_rows)?;
     // X(x_t, t, r) = c·x_t + k·g, solved for g (k > 0 where r < t).
-    let [c, k] = coefficients(&t_rows, &r_rows);
+    let [c, k] = jump_coefficients(model, &t_rows, &r_rows);
     let k: Vec<f64> = k.iter().map(|k| 1.0 / k).collect();
     let wanted = (x_r - x.clone() * column(c, &x)) * column(k, &x);
     let old = target.clone().select(0, index.clone());
     Ok(target.select_assign(0, index, wanted - old, IndexingUpdateOp::Add))
+}
+
+/// Per row, the coefficients `[c, k]` of the jump from `from` to `to`
+/// ([`IntegrationFlow::flow_map_coefficients`]).
+fn jump_coefficients<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    from: &[f64],
+    to: &[f64],
+) -> [Vec<f64>; 2] {
+    let (c, k) = from
+        .iter()
+        .zip(to)
+        .map(|(&t, &r)| model.flow_map_coefficients(t, r))
+        .map(|[c, k]| (c, k))
+        .unzip();
+    [c, k]
+}
+
+/// Per row, the point at `to` of the ODE path through `x` at `from` whose data end is `g`:
+/// `c·x + k·g`.
+fn jump_with<B: Backend, N: IntegrationNet<B>>(
+    model: &IntegrationFlow<B, N>,
+    x: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+    from: &[f64],
+    to: &[f64],
+) -> Tensor<B, 2> {
+    let [c, k] = jump_coefficients(model, from, to);
+    x.clone() * column(c, &x) + g * column(k, &x)
 }
 
 #[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
@@ -394,6 +408,65 @@ mod tests {
         .unwrap()
     }
 
+    /// A batch of random examples on `model`'s training paths at times `t`, and the network's
+    /// estimates for target times `r`.
+    struct Batch {
+        x0: Tensor<CpuAutodiff, 2>,
+        noise: Tensor<CpuAutodiff, 2>,
+        anchor: Tensor<CpuAutodiff, 2>,
+        x_t: Tensor<CpuAutodiff, 2>,
+        estimate: Tensor<CpuAutodiff, 2>,
+    }
+
+    impl Batch {
+        fn new(
+            model: &IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>>,
+            t: &[f64],
+            r: &[f64],
+        ) -> Self {
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            let x0 = Tensor::random([t.len(), 2], normal, &device);
+            let noise = Tensor::random([t.len(), 2], normal, &device);
+            let anchor = Tensor::zeros([t.len(), 2], &device);
+            let x_t = model
+                .flow()
+                .interpolate(x0.clone(), noise.clone(), t)
+                .unwrap();
+            let estimate = model
+                .estimate_to(x_t.clone(), t, r, anchor.clone())
+                .unwrap();
+            Batch {
+                x0,
+                noise,
+                anchor,
+                x_t,
+                estimate,
+            }
+        }
+
+        /// The targets by `config`, row by row.
+        fn targets(
+            &self,
+            model: &IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>>,
+            config: &FlowMapConfig,
+            (t, r, exact): (&[f64], &[f64], &[bool]),
+        ) -> Vec<Vec<f32>> {
+            let ema = model.net().valid();
+            let tensors = (&self.x0, &self.noise, &self.x_t);
+            let target = super::target(
+                config,
+                model,
+                &ema,
+                tensors,
+                &self.anchor,
+                (t, r, exact),
+                &self.estimate,
+            );
+            rows(target.unwrap().inner())
+        }
+    }
+
     fn rows(tensor: Tensor<Cpu, 2>) -> Vec<Vec<f32>> {
         let values: Vec<f32> = tensor.into_data().to_vec().unwrap();
         values.chunks(2).map(<[f32]>::to_vec).collect()
@@ -402,37 +475,13 @@ mod tests {
     #[test]
     fn exact_rows_target_their_example_and_leave_the_others() {
         let model = model(FlowConfig::Rf(Default::default()));
-        let ema = model.net().valid();
-        let device = Default::default();
-        let normal = Distribution::Normal(0.0, 1.0);
-        let x0 = Tensor::<CpuAutodiff, 2>::random([3, 2], normal, &device);
-        let noise = Tensor::<CpuAutodiff, 2>::random([3, 2], normal, &device);
-        let anchor = Tensor::<CpuAutodiff, 2>::zeros([3, 2], &device);
         let min = model.flow().time_range().min;
         let (t, r) = ([1.0, 1.0, 0.8], [min, min, 0.2]);
-        let x_t = model
-            .flow()
-            .interpolate(x0.clone(), noise.clone(), &t)
-            .unwrap();
-        let estimate = model
-            .estimate_to(x_t.clone(), &t, &r, anchor.clone())
-            .unwrap();
-        let target = |exact: &[bool]| {
-            let tensors = (&x0, &noise, &x_t);
-            let config = FlowMapConfig::default();
-            let target = super::target(
-                &config,
-                &model,
-                &ema,
-                tensors,
-                &anchor,
-                (&t, &r, exact),
-                &estimate,
-            );
-            rows(target.unwrap().inner())
-        };
+        let batch = Batch::new(&model, &t, &r);
+        let config = FlowMapConfig::default();
+        let target = |exact: &[bool]| batch.targets(&model, &config, (&t, &r, exact));
         let (none, first) = (target(&[]), target(&[true, false, false]));
-        assert_eq!(first[0], rows(x0.clone().inner())[0]);
+        assert_eq!(first[0], rows(batch.x0.clone().inner())[0]);
         assert_ne!(none[0], first[0]);
         assert_eq!(none[1..], first[1..]);
     }
@@ -445,40 +494,18 @@ mod tests {
             t_min: 0.2,
             t_max: 0.9,
         }));
-        let ema = model.net().valid();
-        let device = Default::default();
-        let normal = Distribution::Normal(0.0, 1.0);
-        let x0 = Tensor::<CpuAutodiff, 2>::random([5, 2], normal, &device);
-        let noise = Tensor::<CpuAutodiff, 2>::random([5, 2], normal, &device);
-        let anchor = Tensor::<CpuAutodiff, 2>::zeros([5, 2], &device);
         let range = model.flow().time_range();
         let (min, max) = (range.min, range.max);
         // Rows: a shorter jump, a one-step jump, the denoiser, a one-step jump, a shorter one.
         let t = [0.85, max, 0.5, 0.7, 0.6];
         let r = [0.4, min, 0.5, min, 0.3];
-        let x_t = model
-            .flow()
-            .interpolate(x0.clone(), noise.clone(), &t)
-            .unwrap();
-        let estimate = model
-            .estimate_to(x_t.clone(), &t, &r, anchor.clone())
-            .unwrap();
+        let batch = Batch::new(&model, &t, &r);
         let target = |one_step_target| {
             let config = FlowMapConfig {
                 one_step_target,
                 ..Default::default()
             };
-            let tensors = (&x0, &noise, &x_t);
-            let target = super::target(
-                &config,
-                &model,
-                &ema,
-                tensors,
-                &anchor,
-                (&t, &r, &[]),
-                &estimate,
-            );
-            rows(target.unwrap().inner())
+            batch.targets(&model, &config, (&t, &r, &[]))
         };
         let (derivative, two_jumps) = (
             target(OneStepTarget::Derivative),
@@ -490,7 +517,8 @@ mod tests {
         // The one-step rows: the jump X = c·x_t + k·target lands where the network's own jumps
         // t → (t + r)/2 → r land, one example at a time.
         let inner = model.with_net(model.net().valid());
-        let x_t = rows(x_t.inner());
+        let x_t = rows(batch.x_t.clone().inner());
+        let device = Default::default();
         for i in [1, 3] {
             let x = Tensor::<Cpu, 2>::from_data(TensorData::new(x_t[i].clone(), [1, 2]), &device);
             let zero = Tensor::<Cpu, 2>::zeros([1, 2], &device);
