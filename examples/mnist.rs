@@ -36,6 +36,12 @@
 //! `--classifier DIR` (default `runs/mnist_classifier`); FD values compare only with each other
 //! and only at equal sample counts (FD is biased upwards at small counts). `--score FILE.npy`
 //! scores saved samples (`[n, 784]` float32, the first `--count` rows) and trains nothing.
+//! `--classifier-seed S` (with its own `--classifier DIR`) gives a second, independent judge.
+//!
+//! `--perceptual-weight W` adds a perceptual term to the student's loss: the distance in the
+//! convolutions of a second classifier (`--perceptual-seed`, default 1, cached in
+//! `--perceptual-classifier`, default `runs/mnist_perceptual`), trained on the training images
+//! only; its training time is charged to the budget. Off by default (it measured worse).
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
@@ -55,7 +61,7 @@ use integration_flow::sample::{
 };
 use integration_flow::train::{
     AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, FlowMapConfig, FlowMapVelocity,
-    LrDecay, OneStepTarget, OtSpace, TrainConfig, Trainer,
+    LrDecay, OneStepTarget, OtSpace, PerceptualConfig, TrainConfig, Trainer,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -218,6 +224,21 @@ struct Args {
     /// Where the FD classifier is cached.
     #[arg(long, default_value = "runs/mnist_classifier")]
     classifier: PathBuf,
+    /// Seed of the FD classifier (a second seed gives a second, independent judge of the same
+    /// samples; cache it in its own --classifier DIR).
+    #[arg(long, default_value_t = 0)]
+    classifier_seed: u64,
+    /// Weight of a perceptual term in the distillation student's loss (0: none): the
+    /// distance between its image and its target in the convolutions of a second classifier,
+    /// trained on the training images only with its own seed (never the FD's classifier).
+    #[arg(long, default_value_t = 0.0)]
+    perceptual_weight: f64,
+    /// Where the perceptual term's classifier is cached; its training time counts in the budget.
+    #[arg(long, default_value = "runs/mnist_perceptual")]
+    perceptual_classifier: PathBuf,
+    /// Seed of the perceptual term's classifier (must differ from --classifier-seed).
+    #[arg(long, default_value_t = 1)]
+    perceptual_seed: u64,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: usize,
@@ -293,7 +314,10 @@ fn main_run() -> Result<(), Box<dyn std::error::Error>> {
     let classifier = Classifier::<Cpu>::load_or_train::<CpuAutodiff>(
         &args.classifier,
         &digits,
-        &ClassifierConfig::default(),
+        &ClassifierConfig {
+            seed: args.classifier_seed,
+            ..Default::default()
+        },
         &device,
     )?;
     eprintln!(
@@ -444,9 +468,32 @@ fn run<B: AutodiffBackend>(
         })?,
     )?;
 
-    let budget = Duration::from_secs_f64(args.minutes * 60.0);
+    let mut budget = Duration::from_secs_f64(args.minutes * 60.0);
     let (trainer, trained) = if recipe == Recipe::Distill {
-        train_distilled(args, model, &data, config, budget)?
+        let features = match args.perceptual_weight {
+            0.0 => None,
+            _ => {
+                let train = match args.holdout {
+                    0 => digits.clone(),
+                    n => digits.split_off(n)?.0,
+                };
+                let features = perceptual_classifier::<B>(args, &train, &device)?;
+                // The recipe's own network: its training time is the budget's.
+                let spent = Duration::from_secs_f64(features.train_seconds());
+                budget = budget.checked_sub(spent).ok_or_else(|| {
+                    format!(
+                        "the perceptual classifier's {:.0} s exceed the --minutes budget",
+                        spent.as_secs_f64()
+                    )
+                })?;
+                Some(features)
+            }
+        };
+        train_distilled(args, model, &data, config, budget, features)?
+    } else if args.perceptual_weight != 0.0 {
+        return Err(
+            "--perceptual-weight applies to the distillation's student (--policy distill)".into(),
+        );
     } else {
         train_one(args, model, &data, config, budget)?
     };
@@ -460,6 +507,47 @@ fn run<B: AutodiffBackend>(
         [c, h, w],
         started,
     )
+}
+
+/// The perceptual term's classifier on the training images (cached in
+/// `--perceptual-classifier`), frozen, on the training backend. It must not be the classifier
+/// that scores the samples, or the student would be trained on the measurement.
+fn perceptual_classifier<B: AutodiffBackend>(
+    args: &Args,
+    train: &integration_flow::data::Images,
+    device: &B::Device,
+) -> Result<Classifier<B>, Box<dyn std::error::Error>> {
+    if args.perceptual_seed == args.classifier_seed {
+        return Err(format!(
+            "--perceptual-seed {} is the FD classifier's seed: the perceptual term would train on \
+             the measurement; choose another",
+            args.perceptual_seed
+        )
+        .into());
+    }
+    if args.perceptual_classifier == args.classifier {
+        return Err("--perceptual-classifier must not be the FD classifier's --classifier".into());
+    }
+    let config = ClassifierConfig {
+        seed: args.perceptual_seed,
+        ..Default::default()
+    };
+    let trained = Classifier::<Cpu>::load_or_train::<CpuAutodiff>(
+        &args.perceptual_classifier,
+        train,
+        &config,
+        &Default::default(),
+    )?;
+    eprintln!(
+        "perceptual classifier (seed {}): {:.2}% held-out accuracy, {:.0} s of training",
+        args.perceptual_seed,
+        100.0 * trained.test_accuracy(),
+        trained.train_seconds()
+    );
+    // The same weights on the training backend, frozen.
+    let features = Classifier::<B>::load(&args.perceptual_classifier, device)?
+        .ok_or("the perceptual classifier's cache vanished")?;
+    Ok(features.frozen())
 }
 
 /// A trained run: the trainer whose EMA model samples, and what training did.
@@ -501,6 +589,7 @@ fn train_distilled<B: AutodiffBackend>(
     data: &Dataset,
     config: TrainConfig,
     budget: Duration,
+    features: Option<Classifier<B>>,
 ) -> Result<Run<B>, Box<dyn std::error::Error>> {
     let method = match args.method.as_str() {
         "pairs" => DistillMethod::GeneratedPairs,
@@ -561,12 +650,18 @@ fn train_distilled<B: AutodiffBackend>(
         student_steps: args.student_steps.unwrap_or(defaults.student_steps),
         student_distance,
         student_lr_decay,
+        student_perceptual: features.as_ref().map(|_| PerceptualConfig {
+            weight: args.perceptual_weight,
+        }),
         ..defaults
     };
     let mut run = Distillation::new(&args.out, model, data.clone(), config, distill)?
         .with_log(|m| eprintln!("{m}"));
     if let Some(teacher) = &args.teacher {
         run = run.with_teacher(teacher);
+    }
+    if let Some(features) = features {
+        run = run.with_student_features(Box::new(features));
     }
     if !args.resume {
         run.start_over()?;

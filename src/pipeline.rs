@@ -46,8 +46,8 @@ use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use crate::sample::{encoded_pairs, ode_pairs, OdeSolver};
 use crate::train::{
-    checkpoint_path, ConsistencyConfig, Distance, FlowMapConfig, LrDecay, ObjectiveConfig,
-    TrainConfig, Trainer,
+    checkpoint_path, ConsistencyConfig, Distance, FlowMapConfig, ImageFeatures, LrDecay,
+    ObjectiveConfig, PerceptualConfig, TrainConfig, Trainer,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -159,6 +159,9 @@ pub struct DistillConfig {
     /// that pace and the budget left, at most `student_steps` (recorded in the student's
     /// checkpoint, so a resumed run keeps it).
     pub student_lr_decay: LrDecay,
+    /// A perceptual term in the student's loss; its network is given with
+    /// [`Distillation::with_student_features`]. `None` by default.
+    pub student_perceptual: Option<PerceptualConfig>,
 }
 
 impl Default for DistillConfig {
@@ -174,6 +177,7 @@ impl Default for DistillConfig {
             student_steps: 1_000_000,
             student_distance: None,
             student_lr_decay: LrDecay::Constant,
+            student_perceptual: None,
         }
     }
 }
@@ -243,6 +247,9 @@ impl DistillConfig {
         }
         if let Some(distance) = &self.student_distance {
             distance.check(NAME, "student_distance.c")?;
+        }
+        if let Some(perceptual) = &self.student_perceptual {
+            perceptual.check(NAME, "student_perceptual.weight")?;
         }
         self.student_lr_decay
             .check(NAME, "student_lr_decay.floor")?;
@@ -328,6 +335,7 @@ pub struct Distillation<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModul
     config: DistillConfig,
     teacher: Option<PathBuf>,
     log: Box<dyn FnMut(&str)>,
+    student_features: Option<Box<dyn ImageFeatures<B>>>,
 }
 
 impl<B, N> Distillation<B, N>
@@ -363,6 +371,7 @@ where
             config,
             teacher: None,
             log: Box::new(|_| {}),
+            student_features: None,
         })
     }
 
@@ -371,6 +380,13 @@ where
     /// the whole budget goes to the pairs and the student.
     pub fn with_teacher(mut self, dir: impl Into<PathBuf>) -> Self {
         self.teacher = Some(dir.into());
+        self
+    }
+
+    /// The frozen image network of the student's perceptual term
+    /// (`config.student_perceptual`); without the term the student refuses it when it starts.
+    pub fn with_student_features(mut self, features: Box<dyn ImageFeatures<B>>) -> Self {
+        self.student_features = Some(features);
         self
     }
 
@@ -820,6 +836,7 @@ where
             if let Some(distance) = self.config.student_distance {
                 config.distance = distance;
             }
+            config.perceptual = self.config.student_perceptual.clone();
             Ok((self.model.with_net(net), config))
         };
         // A student of `samples` by `objective`, paired with anchors by `coupling` or not; a
@@ -892,6 +909,10 @@ where
                     ..flow_map.clone()
                 }),
             )?,
+        };
+        let student = match &self.student_features {
+            Some(features) => student.with_perceptual_features(features.boxed_clone())?,
+            None => student,
         };
         student
             .with_checkpoint_dir(dir)

@@ -1,9 +1,11 @@
 //! The crate's own MNIST classifier and the Fréchet distance on its features.
 #![cfg(any(feature = "flex", feature = "ndarray"))]
 
+use burn::tensor::{Tensor, TensorData};
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::data::{mnist, Images};
 use integration_flow::metrics::{Classifier, ClassifierConfig};
+use integration_flow::train::{perceptual_distance, ImageFeatures};
 use integration_flow::Error;
 
 #[test]
@@ -72,6 +74,33 @@ fn the_mnist_classifier_reaches_97_percent_and_scores_real_against_noise() {
     );
     let dominant = *collapsed.class_histogram.iter().max().unwrap();
     assert!(dominant as f64 > 0.95 * (ones.len() / 784) as f64);
+
+    // As a perceptual network: its three convolutions, an image at distance 0 from itself and
+    // further from another digit than from a slightly shifted copy of itself.
+    let frozen = cached.frozen();
+    assert_eq!(ImageFeatures::<Cpu>::image_shape(&frozen), [1, 28, 28]);
+    let row = |i: usize| digits.dataset().row(i).to_vec();
+    let mut shifted = vec![-1.0f32; 784];
+    shifted[1..].copy_from_slice(&row(0)[..783]);
+    let rows = |v: Vec<Vec<f32>>| {
+        let n = v.len();
+        Tensor::<Cpu, 2>::from_data(TensorData::new(v.concat(), [n, 784]), &Default::default())
+    };
+    let other = (1..digits.len()).find(|&i| labels[i] != labels[0]).unwrap();
+    let d = perceptual_distance(
+        &frozen,
+        rows(vec![row(0), row(0), row(0)]),
+        rows(vec![row(0), shifted, row(other)]),
+    )
+    .unwrap()
+    .into_data()
+    .to_vec::<f32>()
+    .unwrap();
+    println!(
+        "perceptual distance: self {}, shifted {}, other digit {}",
+        d[0], d[1], d[2]
+    );
+    assert!(d[0].abs() < 1e-5 && d[1] > 0.0 && d[2] > d[1], "{d:?}");
 
     // Bad input: wrong length, NaN, unlabelled training data.
     assert!(matches!(

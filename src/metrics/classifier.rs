@@ -8,6 +8,7 @@
 use super::frechet::{frechet_from_moments, moments};
 use crate::data::{write_atomically, Images};
 use crate::error::{Error, Result};
+use crate::train::ImageFeatures;
 use burn::module::{AutodiffModule, Module};
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
@@ -111,6 +112,15 @@ impl<B: Backend> ClassifierNet<B> {
         let logits = self.classes.forward(features.clone());
         (features, logits)
     }
+
+    /// The three convolutions' activations (after the ReLU) of images `[n, c, h, w]`: the
+    /// layers a perceptual distance compares.
+    pub fn feature_maps(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        let h1 = relu(self.conv1.forward(x));
+        let h2 = relu(self.conv2.forward(h1.clone()));
+        let h3 = relu(self.conv3.forward(h2.clone()));
+        vec![h1, h2, h3]
+    }
 }
 
 /// What is saved beside the weights, to know whether a cached classifier fits the data.
@@ -121,10 +131,17 @@ struct Meta {
     classes: usize,
     data_crc: u32,
     test_accuracy: f64,
+    /// Seconds its training took (0 in caches written before it was recorded).
+    #[serde(default)]
+    train_seconds: f64,
 }
 
 /// A trained classifier, its held-out accuracy, and the feature moments of its real images.
-#[derive(Debug)]
+///
+/// Its convolutions also serve as the network of a perceptual training term
+/// ([`ImageFeatures`]): train one with a seed of its own for that, never the one that scores
+/// the samples.
+#[derive(Clone, Debug)]
 pub struct Classifier<B: Backend> {
     net: ClassifierNet<B>,
     meta: Meta,
@@ -158,6 +175,7 @@ impl<B: Backend> Classifier<B> {
         let train_labels = train.labels().unwrap_or_default();
         let shape = images.shape();
         let dim = shape.iter().product::<usize>();
+        let started = std::time::Instant::now();
         let mut net = ClassifierNet::<A>::new(shape, classes, config.seed, device);
         let mut optim = AdamConfig::new().init::<A, ClassifierNet<A>>();
         let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed);
@@ -197,6 +215,7 @@ impl<B: Backend> Classifier<B> {
                 classes,
                 data_crc: crc(images),
                 test_accuracy: 0.0,
+                train_seconds: started.elapsed().as_secs_f64(),
             },
         };
         let predicted = classifier.classify(test.dataset().values())?;
@@ -280,6 +299,24 @@ impl<B: Backend> Classifier<B> {
         Ok(Some(Classifier { net, meta }))
     }
 
+    /// The configuration it was trained with (its seed among it).
+    pub fn config(&self) -> &ClassifierConfig {
+        &self.meta.config
+    }
+
+    /// The same classifier with its parameters marked as not requiring gradients: frozen, as
+    /// the network of a perceptual term should be (the backward pass then skips them).
+    pub fn frozen(mut self) -> Self {
+        self.net = self.net.no_grad();
+        self
+    }
+
+    /// Seconds its training took, so a recipe that uses it can count them in its budget (0
+    /// for a cache written before this was recorded).
+    pub fn train_seconds(&self) -> f64 {
+        self.meta.train_seconds
+    }
+
     /// Accuracy on the held-out images when it was trained.
     pub fn test_accuracy(&self) -> f64 {
         self.meta.test_accuracy
@@ -359,4 +396,18 @@ fn crc(images: &Images) -> u32 {
         hasher.update(labels);
     }
     hasher.finalize()
+}
+
+impl<B: Backend> ImageFeatures<B> for Classifier<B> {
+    fn image_shape(&self) -> [usize; 3] {
+        self.meta.shape
+    }
+
+    fn feature_maps(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        self.net.feature_maps(images)
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ImageFeatures<B>> {
+        Box::new(self.clone())
+    }
 }

@@ -1,6 +1,7 @@
 //! The training configuration (docs/training.md), serde-serialisable and validated.
 
 use super::objective::ObjectiveConfig;
+use super::perceptual::PerceptualConfig;
 use crate::coupling::AnchorConfig;
 use crate::error::{invalid_config, require_finite, Result};
 use crate::flow::TimeDistribution;
@@ -244,6 +245,10 @@ pub struct TrainConfig {
     pub t_max_fraction: f64,
     /// Loss weight λ(t).
     pub loss_weight: LossWeight,
+    /// A perceptual term beside the pixel distance (image data; the network is given with
+    /// [`Trainer::with_perceptual_features`](super::Trainer::with_perceptual_features)); `None`
+    /// by default.
+    pub perceptual: Option<PerceptualConfig>,
     /// Optimizer.
     pub optimizer: OptimizerConfig,
     /// EMA of the weights.
@@ -300,6 +305,7 @@ impl Default for TrainConfig {
             time: TimeDistribution::default(),
             t_max_fraction: 0.0,
             loss_weight: LossWeight::default(),
+            perceptual: None,
             optimizer: OptimizerConfig::default(),
             ema: EmaConfig::default(),
             checkpoint_every: 0,
@@ -369,6 +375,9 @@ impl TrainConfig {
             }
         }
         self.distance.check(NAME, "distance.c")?;
+        if let Some(perceptual) = &self.perceptual {
+            perceptual.check(NAME, "perceptual.weight")?;
+        }
         self.time.validate()?;
         unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;
         let o = &self.optimizer;

@@ -3,7 +3,8 @@
 //! One concern per file: the loop (`trainer.rs`), one step (`step.rs`), the loss and its
 //! weighting (`loss.rs`), the divergence guard (`guard.rs`), the optimizer and learning-rate
 //! schedule (`optimizer.rs`), the EMA (`ema.rs`), the seeded random streams (`streams.rs`),
-//! what the estimate is pulled towards ([`objective`], one file per objective),
+//! what the estimate is pulled towards ([`objective`], one file per objective), the
+//! perceptual term for images ([`perceptual`]),
 //! the run's position and step statistics (`position.rs`),
 //! progress and the metrics log (`progress.rs`), checkpoints (`checkpoint/`) and Ctrl-C
 //! ([`interrupt`]). How each example gets its anchor is the [`coupling`](crate::coupling)'s.
@@ -16,6 +17,7 @@ pub mod interrupt;
 mod loss;
 pub mod objective;
 mod optimizer;
+pub mod perceptual;
 mod position;
 mod progress;
 mod step;
@@ -35,4 +37,5 @@ pub use objective::{
     OneStepTarget,
 };
 pub use optimizer::FusedAdam;
+pub use perceptual::{perceptual_distance, ImageFeatures, PerceptualConfig};
 pub use trainer::{StepStats, Trainer};

@@ -5,6 +5,7 @@ use super::ema;
 use super::loss;
 use super::objective::{self, ObjectiveConfig};
 use super::optimizer::clip_global_norm;
+use super::perceptual;
 use super::streams::{stream, Stream};
 use super::trainer::{Position, StepStats, Trainer};
 use crate::coupling::{AnchorRole, StepBatch};
@@ -133,7 +134,8 @@ where
             self.model.sigma_data(),
             &t,
         );
-        let loss = loss::integration_flow_loss(
+        let perceptual_target = self.config.perceptual.as_ref().map(|_| target.clone());
+        let mut loss = loss::integration_flow_loss(
             self.config.distance,
             w,
             lambda,
@@ -141,6 +143,20 @@ where
             target,
             anchor_t,
         );
+        if let (Some(config), Some(target)) = (&self.config.perceptual, perceptual_target) {
+            let features = self
+                .perceptual
+                .as_deref()
+                .ok_or_else(|| Error::InvalidConfig {
+                    config: "TrainConfig",
+                    field: "perceptual",
+                    reason: "the perceptual term needs its network: give it with \
+                         Trainer::with_perceptual_features (also after a resume)"
+                        .into(),
+                })?;
+            let d = perceptual::perceptual_distance(features, x_hat.clone(), target)?;
+            loss = loss + d.mean().mul_scalar(config.weight);
+        }
         let loss_value: f64 = loss.clone().into_scalar().elem();
         if !loss_value.is_finite() {
             return Err(Error::Diverged {

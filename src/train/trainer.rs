@@ -7,6 +7,7 @@ use super::config::{LossWeight, TrainConfig};
 use super::guard::GuardCounts;
 use super::interrupt;
 use super::optimizer::{lr_at, Optim};
+use super::perceptual::ImageFeatures;
 pub use super::position::StepStats;
 pub(super) use super::position::{AnchorDrift, Position};
 use super::progress::{progress_bar, MetricsLog};
@@ -66,6 +67,8 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     pub(super) metrics: Option<MetricsLog>,
     pub(super) device: B::Device,
     pub(super) guard: GuardCounts,
+    /// The network of the perceptual term (`config.perceptual`), if one was given.
+    pub(super) perceptual: Option<Box<dyn ImageFeatures<B>>>,
 }
 
 impl<B, N> Trainer<B, N>
@@ -179,6 +182,7 @@ where
             metrics: None,
             device,
             guard: GuardCounts::default(),
+            perceptual: None,
         };
         trainer.order = trainer.epoch_order(position.epoch);
         Ok(trainer)
@@ -188,6 +192,31 @@ where
     pub fn with_checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.checkpoint_dir = Some(dir.into());
         self
+    }
+
+    /// Gives the perceptual term (`config.perceptual`) its frozen image network. Its image
+    /// shape must hold the data's values per example; a configuration without the term refuses
+    /// it (the weight belongs to the configuration, so a checkpoint records it).
+    pub fn with_perceptual_features(mut self, features: Box<dyn ImageFeatures<B>>) -> Result<Self> {
+        if self.config.perceptual.is_none() {
+            return Err(Error::InvalidConfig {
+                config: "TrainConfig",
+                field: "perceptual",
+                reason: "a perceptual network was given but the configuration has no perceptual \
+                         term (set perceptual: {weight})"
+                    .into(),
+            });
+        }
+        let [c, h, w] = features.image_shape();
+        if c * h * w != self.data.dim() {
+            return Err(Error::ShapeMismatch {
+                context: "perceptual features and data",
+                expected: format!("{} values per example ({c}×{h}×{w} images)", c * h * w),
+                found: format!("{} values per example", self.data.dim()),
+            });
+        }
+        self.perceptual = Some(features);
+        Ok(self)
     }
 
     /// Appends a JSON line of [`StepStats`] (plus samples/s) to `path` every `log_every` steps.

@@ -47,7 +47,21 @@ pub fn rf_mlp(
     integration_flow::backend::CpuAutodiff,
     integration_flow::nn::Mlp<integration_flow::backend::CpuAutodiff>,
 > {
+    rf_mlp_of(integration_flow::nn::MlpConfig::default().dim, width, depth)
+}
+
+/// [`rf_mlp`] for data of `dim` values per example.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub fn rf_mlp_of(
+    dim: usize,
+    width: usize,
+    depth: usize,
+) -> integration_flow::model::IntegrationFlow<
+    integration_flow::backend::CpuAutodiff,
+    integration_flow::nn::Mlp<integration_flow::backend::CpuAutodiff>,
+> {
     let net = integration_flow::nn::MlpConfig {
+        dim,
         width,
         depth,
         ..Default::default()

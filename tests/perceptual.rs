@@ -1,0 +1,209 @@
+//! The perceptual training term: it joins the loss with its weight, it needs its network, and a
+//! checkpoint remembers it.
+#![cfg(any(feature = "flex", feature = "ndarray"))]
+
+mod common;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use integration_flow::backend::CpuAutodiff;
+use integration_flow::data::Dataset;
+use integration_flow::model::IntegrationFlow;
+use integration_flow::nn::Mlp;
+use integration_flow::train::{
+    AnchorPolicy, ImageFeatures, PerceptualConfig, TrainConfig, Trainer,
+};
+use integration_flow::Error;
+
+/// A fixed "network" on 1×4×4 images: the image and its 2×2 average pool, each as two
+/// channels (the values and one minus them).
+#[derive(Clone)]
+struct Pools;
+
+impl<B: Backend> ImageFeatures<B> for Pools {
+    fn image_shape(&self) -> [usize; 3] {
+        [1, 4, 4]
+    }
+    fn feature_maps(&self, images: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+        let two = |t: Tensor<B, 4>| Tensor::cat(vec![t.clone(), t.neg().add_scalar(1.0)], 1);
+        let pooled =
+            burn::tensor::module::avg_pool2d(images.clone(), [2, 2], [2, 2], [0, 0], true, false);
+        vec![two(images), two(pooled)]
+    }
+    fn boxed_clone(&self) -> Box<dyn ImageFeatures<B>> {
+        Box::new(Pools)
+    }
+}
+
+/// 64 "images" of 16 pixels: a bright square at one of four places.
+fn squares() -> Dataset {
+    let mut values = Vec::new();
+    for i in 0..64 {
+        let (r, c) = ((i % 4) / 2 * 2, (i % 2) * 2);
+        for y in 0..4 {
+            for x in 0..4 {
+                let on = (r..r + 2).contains(&y) && (c..c + 2).contains(&x);
+                values.push(if on { 1.0 } else { -1.0 });
+            }
+        }
+    }
+    Dataset::new(values, 16).unwrap()
+}
+
+fn model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
+    model_of(16)
+}
+
+fn model_of(dim: usize) -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
+    common::rf_mlp_of(dim, 32, 2)
+}
+
+fn config(weight: Option<f64>) -> TrainConfig {
+    let mut config = TrainConfig {
+        steps: 40,
+        batch_size: 16,
+        progress: false,
+        perceptual: weight.map(|weight| PerceptualConfig { weight }),
+        ..Default::default()
+    };
+    config.anchor.policy = AnchorPolicy::Off;
+    config
+}
+
+/// The first step's loss with weight 0 (no term), 1 and 2: the same estimate and target (same
+/// seed, same weights), so the loss is linear in the weight with a positive slope.
+#[test]
+fn the_term_joins_the_loss_with_its_weight() {
+    let first_loss = |weight: Option<f64>| {
+        let mut trainer = Trainer::new(model(), squares(), config(weight)).unwrap();
+        if weight.is_some() {
+            trainer = trainer.with_perceptual_features(Box::new(Pools)).unwrap();
+        }
+        trainer.train_steps(1).unwrap().unwrap().loss
+    };
+    let (l0, l1, l2) = (
+        first_loss(None),
+        first_loss(Some(1.0)),
+        first_loss(Some(2.0)),
+    );
+    let slope = l1 - l0;
+    assert!(slope > 1e-4, "{l0} {l1} {l2}");
+    assert!(
+        ((l2 - l1) - slope).abs() < 1e-4 * slope.max(1.0),
+        "{l0} {l1} {l2}"
+    );
+}
+
+#[test]
+fn the_term_needs_its_network_also_after_a_resume() {
+    let dir = common::scratch("perceptual", "resume");
+    // Without the network the first step refuses, before anything changes.
+    let mut trainer = Trainer::new(model(), squares(), config(Some(1.0))).unwrap();
+    let err = trainer.train_steps(1).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "perceptual",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(trainer.step(), 0);
+    // With it the run trains; its checkpoint keeps the weight, so a resume without the network
+    // refuses too.
+    let mut trainer = Trainer::new(model(), squares(), config(Some(1.0)))
+        .unwrap()
+        .with_perceptual_features(Box::new(Pools))
+        .unwrap()
+        .with_checkpoint_dir(&dir);
+    trainer.train_steps(5).unwrap();
+    trainer.checkpoint().unwrap();
+    let mut resumed = Trainer::resume(&dir, model(), squares()).unwrap();
+    assert_eq!(
+        resumed.config().perceptual,
+        Some(PerceptualConfig { weight: 1.0 })
+    );
+    assert!(resumed.train_steps(1).is_err());
+    let mut resumed = resumed.with_perceptual_features(Box::new(Pools)).unwrap();
+    resumed.train_steps(1).unwrap();
+    assert_eq!(resumed.step(), 6);
+}
+
+#[test]
+fn a_network_without_the_term_or_of_the_wrong_shape_is_refused() {
+    let trainer = Trainer::new(model(), squares(), config(None)).unwrap();
+    let err = trainer
+        .with_perceptual_features(Box::new(Pools))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "perceptual",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let wide = Dataset::new(vec![0.0; 64 * 25], 25).unwrap();
+    let trainer = Trainer::new(model_of(25), wide, config(Some(1.0))).unwrap();
+    let err = trainer
+        .with_perceptual_features(Box::new(Pools))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let bad = TrainConfig {
+        perceptual: Some(PerceptualConfig { weight: -1.0 }),
+        ..config(None)
+    };
+    let err = Trainer::new(model(), squares(), bad).err().unwrap();
+    assert!(err.to_string().contains("perceptual.weight"), "{err}");
+}
+
+/// The distillation hands the network to its student: without it the student stage refuses,
+/// with it the student trains with the term its checkpoint records.
+#[test]
+fn the_distillation_gives_its_student_the_network() {
+    use integration_flow::pipeline::{DistillConfig, Distillation};
+    use std::time::Duration;
+    let recipe = DistillConfig {
+        pairs: 128,
+        pair_steps: 2,
+        pair_batch: 64,
+        student_steps: 10,
+        student_perceptual: Some(PerceptualConfig { weight: 0.5 }),
+        ..Default::default()
+    };
+    let teacher = TrainConfig {
+        steps: 20,
+        ..config(None)
+    };
+    let run = |name: &str, features: bool| {
+        let dir = common::scratch("perceptual", name);
+        let mut run =
+            Distillation::new(&dir, model(), squares(), teacher.clone(), recipe.clone()).unwrap();
+        if features {
+            run = run.with_student_features(Box::new(Pools));
+        }
+        run.run_for(Duration::from_secs(600))
+    };
+    let err = run("distill_without", false).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "perceptual",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let student = run("distill_with", true).unwrap();
+    assert_eq!(student.step(), 10);
+    assert_eq!(
+        student.config().perceptual,
+        Some(PerceptualConfig { weight: 0.5 })
+    );
+}
