@@ -23,6 +23,8 @@
 //!   network from [`nn`] (an MLP, a UNet);
 //! - [`train`]: the [`Trainer`](train::Trainer) with EMA, atomic checkpoints, exact resume, a
 //!   divergence guard and Ctrl-C that checkpoints;
+//! - [`saved`]: [`IntegrationFlow::load`](model::IntegrationFlow::load) of a checkpoint or an
+//!   export without the training data, and the export (safetensors weights and a JSON card);
 //! - [`sample`]: one-step generation, anchor iteration, re-noising and the classical ODE
 //!   solvers (Euler, Heun, RK4, DOPRI5) on the same model;
 //! - [`data`] (toy 2-D sets, image loaders), [`metrics`] (sliced W2, energy distance, MMD, a
@@ -64,6 +66,7 @@ pub mod pipeline;
 #[cfg(feature = "eval")]
 pub mod plot;
 pub mod sample;
+pub mod saved;
 pub mod train;
 
 pub use error::{Error, Result};

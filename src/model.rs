@@ -418,9 +418,60 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         ))
     }
 
-    /// Generates `n` samples: `x_T` from the prior, a first anchor from the anchor law, then
-    /// `iterations` network calls `a ← f(x_T, T, a)` (1 = one-step generation).
-    pub fn generate(&self, rng: &mut dyn Rng, n: usize, iterations: usize) -> Result<Tensor<B, 2>> {
+    /// Generates `n` samples in `steps` network calls: one call from the prior (`x_T` and a
+    /// first anchor from the anchor law), then for `steps > 1` the re-noising sampler
+    /// ([`sample::renoise`](crate::sample::renoise) on the default
+    /// [`RenoiseSchedule`](crate::sample::RenoiseSchedule), the first anchor held), which
+    /// refines: each further call starts from the estimate perturbed back to a smaller noise
+    /// level.
+    ///
+    /// ```
+    /// # #[cfg(any(feature = "flex", feature = "ndarray"))] {
+    /// use integration_flow::prelude::*;
+    /// use rand::{rngs::StdRng, SeedableRng};
+    /// let net = MlpConfig { width: 32, depth: 2, ..Default::default() }.init::<Cpu>(&Default::default(), 0)?;
+    /// let model = IntegrationFlowConfig::default().init(FlowConfig::Rf(Default::default()).init()?, net)?;
+    /// let one_call = model.generate(&mut StdRng::seed_from_u64(0), 100, 1)?;
+    /// let three_calls = model.generate(&mut StdRng::seed_from_u64(0), 100, 3)?;
+    /// assert_eq!(three_calls.dims(), [100, 2]);
+    /// # }
+    /// # Ok::<(), integration_flow::Error>(())
+    /// ```
+    pub fn generate(&self, rng: &mut dyn Rng, n: usize, steps: usize) -> Result<Tensor<B, 2>> {
+        match steps {
+            0 => Err(Error::InvalidArgument {
+                name: "steps",
+                reason: "generation needs at least one network call".into(),
+            }),
+            1 => self.anchor_iteration(rng, n, 1),
+            _ => {
+                let times =
+                    crate::sample::RenoiseSchedule::default().times(self.flow.as_ref(), steps)?;
+                Ok(crate::sample::renoise(
+                    self,
+                    rng,
+                    n,
+                    &times,
+                    crate::sample::RenoiseAnchor::Fixed,
+                )?
+                .samples)
+            }
+        }
+    }
+
+    /// The papers' multi-step sampler: `x_T` from the prior, a first anchor from the anchor
+    /// law, then `iterations` calls `a ← f(x_T, T, a)`. One iteration is one-step generation.
+    ///
+    /// **It does not refine** a model trained with the crate's default (optimal-transport)
+    /// anchors: their anchor is a latent code, and the network's output fed back is not one,
+    /// so samples move away from the data with every call (docs/evidence.md, "Anchor
+    /// iteration"). Use [`generate`](Self::generate) for more calls.
+    pub fn anchor_iteration(
+        &self,
+        rng: &mut dyn Rng,
+        n: usize,
+        iterations: usize,
+    ) -> Result<Tensor<B, 2>> {
         if iterations == 0 {
             return Err(Error::InvalidArgument {
                 name: "iterations",

@@ -15,7 +15,7 @@ use integration_flow::nn::IntegrationNet;
 use integration_flow::sample::ode::ode_end_time;
 use integration_flow::sample::{
     anchor_iteration, generate_batched, one_step, renoise, renoise_times, solve_ode, OdeSolver,
-    RenoiseAnchor,
+    RenoiseAnchor, RenoiseSchedule,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use std::sync::Arc;
@@ -243,6 +243,49 @@ fn one_step_anchor_iteration_and_renoising_count_their_calls() {
         }
     )
     .is_err());
+}
+
+/// `generate` with more calls is the re-noising sampler on the default schedule (which
+/// refines), not the anchor iteration (which does not).
+#[test]
+fn generate_refines_by_renoising() {
+    let flow: Arc<dyn ProbabilityFlow> = Arc::new(RectifiedFlowConfig::default().init().unwrap());
+    let model = oracle(flow.clone(), 0.7);
+    for steps in [2, 4] {
+        let generated = values(
+            model
+                .generate(&mut StdRng::seed_from_u64(9), 16, steps)
+                .unwrap(),
+        );
+        let times = RenoiseSchedule::default()
+            .times(flow.as_ref(), steps)
+            .unwrap();
+        let renoised = renoise(
+            &model,
+            &mut StdRng::seed_from_u64(9),
+            16,
+            &times,
+            RenoiseAnchor::Fixed,
+        )
+        .unwrap();
+        assert_eq!(generated, values(renoised.samples), "{steps} steps");
+        let iterated = anchor_iteration(&model, &mut StdRng::seed_from_u64(9), 16, steps).unwrap();
+        assert_ne!(generated, values(iterated.samples), "{steps} steps");
+    }
+    let one = values(
+        model
+            .generate(&mut StdRng::seed_from_u64(9), 16, 1)
+            .unwrap(),
+    );
+    let one_call = values(
+        one_step(&model, &mut StdRng::seed_from_u64(9), 16)
+            .unwrap()
+            .samples,
+    );
+    assert_eq!(one, one_call);
+    assert!(model
+        .generate(&mut StdRng::seed_from_u64(9), 16, 0)
+        .is_err());
 }
 
 #[test]

@@ -84,6 +84,10 @@ impl MlpConfig {
             frequencies: self.embedding.frequencies(),
             dim: self.dim,
             target_time: false,
+            config: MlpConfig {
+                target_time: false,
+                ..self.clone()
+            },
         };
         match self.target_time {
             true => mlp.with_target_time(),
@@ -104,6 +108,9 @@ pub struct Mlp<B: Backend> {
     dim: usize,
     #[module(skip)]
     target_time: bool,
+    /// The configuration that builds this architecture (`target_time` follows the network).
+    #[module(skip)]
+    config: MlpConfig,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -143,6 +150,10 @@ impl<B: Backend> IntegrationNet<B> for Mlp<B> {
         self.target_time
     }
 
+    fn network_config(&self) -> Option<super::NetworkConfig> {
+        Some(super::NetworkConfig::Mlp(self.config.clone()))
+    }
+
     fn forward_to(
         &self,
         x: Tensor<B, 2>,
@@ -166,6 +177,7 @@ impl<B: Backend> IntegrationNet<B> for Mlp<B> {
                 self.hidden.insert(0, with_zero_inputs(first, extra));
             }
             self.target_time = true;
+            self.config.target_time = true;
         }
         Ok(self)
     }

@@ -6,6 +6,7 @@ mod embedding;
 mod fused;
 mod init;
 mod mlp;
+mod network_config;
 mod norm;
 mod unet;
 
@@ -21,6 +22,7 @@ pub use fused::{
 };
 pub(crate) use init::{conv as init_conv, linear as init_linear};
 pub use mlp::{Mlp, MlpConfig};
+pub use network_config::{FromNetworkConfig, NetworkConfig};
 pub use unet::{AnchorInput, UNet, UNetConfig};
 
 use burn::module::Module;
@@ -36,6 +38,13 @@ pub trait IntegrationNet<B: Backend>: Module<B> {
     /// `anchor`: the data estimate fed back to the network `[n, dim]`. Returns `[n, dim]`.
     fn forward(&self, x: Tensor<B, 2>, c_noise: Tensor<B, 1>, anchor: Tensor<B, 2>)
         -> Tensor<B, 2>;
+
+    /// The configuration that rebuilds this network's architecture, saved in checkpoints and
+    /// exports so that a model loads without the program that made it; `None` (the default)
+    /// for a network of your own, which then loads with a template you build.
+    fn network_config(&self) -> Option<NetworkConfig> {
+        None
+    }
 
     /// Whether the network takes a target time besides `t` (a *flow-map* network, trained by
     /// the [`flow_map`](crate::train::objective::flow_map) objective): its output then depends

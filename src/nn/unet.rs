@@ -282,6 +282,10 @@ impl UNetConfig {
             shape: [self.channels, self.height, self.width],
             patch: self.patch,
             target_time: false,
+            config: UNetConfig {
+                target_time: false,
+                ..self.clone()
+            },
         };
         match self.target_time {
             true => unet.with_target_time(),
@@ -458,6 +462,9 @@ pub struct UNet<B: Backend> {
     patch: usize,
     #[module(skip)]
     target_time: bool,
+    /// The configuration that builds this architecture (`target_time` follows the network).
+    #[module(skip)]
+    config: UNetConfig,
 }
 
 impl<B: Backend> UNet<B> {
@@ -538,6 +545,10 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
         self.target_time
     }
 
+    fn network_config(&self) -> Option<super::NetworkConfig> {
+        Some(super::NetworkConfig::UNet(self.config.clone()))
+    }
+
     fn forward_to(
         &self,
         x: Tensor<B, 2>,
@@ -554,6 +565,7 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
             // The gap's embedding follows the noise level's in the first embedding layer.
             self.embed_in = with_zero_inputs(self.embed_in, 2 * self.frequencies.len());
             self.target_time = true;
+            self.config.target_time = true;
         }
         Ok(self)
     }

@@ -54,7 +54,7 @@ pub fn anchor_iteration<B: Backend, N: IntegrationNet<B>>(
     k: usize,
 ) -> Result<Generated<B>> {
     Ok(Generated {
-        samples: model.generate(rng, n, k)?,
+        samples: model.anchor_iteration(rng, n, k)?,
         nfe: k,
     })
 }

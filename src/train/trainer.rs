@@ -255,6 +255,16 @@ where
         self.checkpoint_dir.as_deref()
     }
 
+    /// Examples in the training data.
+    pub(crate) fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// CRC-32 of the training data's values.
+    pub(crate) fn data_crc(&self) -> u32 {
+        self.data.crc()
+    }
+
     /// Steps taken so far.
     pub fn step(&self) -> usize {
         self.position.step

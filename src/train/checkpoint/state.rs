@@ -8,7 +8,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::flow::{FlowConfig, Parameterization};
 use crate::model::IntegrationFlow;
-use crate::nn::IntegrationNet;
+use crate::nn::{IntegrationNet, NetworkConfig};
+use crate::saved::{ModelCard, Precision, TrainingRecord};
 use crate::train::guard::{params_finite, GuardCounts};
 use crate::train::trainer::{AnchorDrift, Position, Trainer};
 use crate::train::{AnchorStorage, TrainConfig};
@@ -38,6 +39,9 @@ struct Meta {
     /// Whether an anchor store is saved (absent in older checkpoints: all policies but `off`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     anchors: Option<bool>,
+    /// The network's configuration (absent in older checkpoints and for networks of your own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<NetworkConfig>,
     parameterization: Parameterization,
     sigma_data: f64,
     anchor_law: AnchorLaw,
@@ -137,6 +141,7 @@ where
             flow_config: self.model.flow().flow_config(),
             coupling: Some(self.coupling.name().to_string()),
             anchors: Some(self.has_store),
+            network: self.model.net().network_config(),
             parameterization: self.model.parameterization(),
             sigma_data: self.model.sigma_data(),
             anchor_law: self.model.anchor_law(),
@@ -321,6 +326,15 @@ pub struct CheckpointInfo {
     pub sections: Vec<(String, usize)>,
     /// The anchor store's examples, values per example and storage; `None` without anchors.
     pub anchors: Option<(usize, usize, AnchorStorage)>,
+    /// The network's configuration (`None` for a network of your own, or a checkpoint written
+    /// before it was recorded).
+    pub network: Option<NetworkConfig>,
+    /// The preconditioning form.
+    pub parameterization: Parameterization,
+    /// The data's standard deviation the model was built with.
+    pub sigma_data: f64,
+    /// The law of the anchors sampling starts from.
+    pub anchor_law: AnchorLaw,
 }
 
 impl CheckpointInfo {
@@ -367,8 +381,42 @@ impl CheckpointInfo {
             data_shape: [meta.data_len, meta.data_dim],
             sections: sizes,
             anchors,
+            network: meta.network,
+            parameterization: meta.parameterization,
+            sigma_data: meta.sigma_data,
+            anchor_law: meta.anchor_law,
         })
     }
+}
+
+/// The model a checkpoint holds, for inference: its card (no training record beyond what the
+/// checkpoint knows) and the EMA weights' record bytes.
+pub(crate) fn read_ema(dir: &Path) -> Result<(ModelCard, Vec<u8>)> {
+    let path = format::checkpoint_path(dir);
+    let mut sections = format::read(dir)?;
+    let meta = read_meta(&mut sections, &path)?;
+    let ema = sections.take("ema", &path)?;
+    let coupling = meta.coupling_name(meta.config.anchor.coupling().as_ref());
+    let card = ModelCard {
+        format: crate::saved::CARD_FORMAT,
+        crate_version: String::new(),
+        flow: meta.flow,
+        flow_config: meta.flow_config,
+        parameterization: meta.parameterization,
+        sigma_data: meta.sigma_data,
+        anchor_law: meta.anchor_law,
+        network: meta.network,
+        param_shapes: meta.param_shapes,
+        precision: Precision::F32,
+        training: Some(TrainingRecord {
+            config: meta.config,
+            coupling,
+            step: meta.position.step,
+            data_shape: [meta.data_len, meta.data_dim],
+            data_crc: meta.data_crc,
+        }),
+    };
+    Ok((card, ema))
 }
 
 /// A checkpoint's metadata section, of this crate's format.
@@ -414,7 +462,7 @@ fn read_anchors(sections: &mut Sections, meta: &Meta, path: &Path) -> Result<Opt
     Ok(Some(store))
 }
 
-fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
+pub(crate) fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
     struct Shapes(Vec<Vec<usize>>);
     impl<B: Backend> ModuleVisitor<B> for Shapes {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
