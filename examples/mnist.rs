@@ -37,6 +37,8 @@
 //! and only at equal sample counts (FD is biased upwards at small counts). `--score FILE.npy`
 //! scores saved samples (`[n, 784]` float32, the first `--count` rows) and trains nothing.
 //! `--classifier-seed S` (with its own `--classifier DIR`) gives a second, independent judge.
+//! `--export DIR [--export-precision f16]` also writes the trained model for
+//! `IntegrationFlow::load` and the `generate` example.
 //!
 //! `--perceptual-weight W` adds a perceptual term to the student's loss: the distance in the
 //! convolutions of a second classifier (`--perceptual-seed`, default 1, cached in
@@ -59,6 +61,7 @@ use integration_flow::sample::{
     flow_map_jumps, generate_batched, one_step, renoise, solve_ode, Generated, OdeSolver,
     RenoiseAnchor, RenoiseSchedule,
 };
+use integration_flow::saved::Precision;
 use integration_flow::train::{
     AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, FlowMapConfig, FlowMapVelocity,
     LrDecay, OneStepTarget, OtSpace, PerceptualConfig, TrainConfig, Trainer,
@@ -239,6 +242,13 @@ struct Args {
     /// Seed of the perceptual term's classifier (must differ from --classifier-seed).
     #[arg(long, default_value_t = 1)]
     perceptual_seed: u64,
+    /// Also export the trained model (the EMA, what samples) to DIR: `model.safetensors` and
+    /// `model.json`, for `IntegrationFlow::load` and `examples/generate`.
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// Precision of the exported weights: f32 or f16 (half the size).
+    #[arg(long, default_value = "f32")]
+    export_precision: String,
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: usize,
@@ -468,6 +478,14 @@ fn run<B: AutodiffBackend>(
         })?,
     )?;
 
+    // Checked before training, not after it.
+    let precision = match args.export_precision.as_str() {
+        "f32" => Precision::F32,
+        "f16" => Precision::F16,
+        other => {
+            return Err(format!("unknown --export-precision {other:?}: use f32 or f16").into())
+        }
+    };
     let mut budget = Duration::from_secs_f64(args.minutes * 60.0);
     let (trainer, trained) = if recipe == Recipe::Distill {
         let features = match args.perceptual_weight {
@@ -497,6 +515,10 @@ fn run<B: AutodiffBackend>(
     } else {
         train_one(args, model, &data, config, budget)?
     };
+    if let Some(dir) = &args.export {
+        trainer.export(dir, precision)?;
+        eprintln!("exported to {} ({precision:?})", dir.display());
+    }
     evaluate(
         args,
         &trainer,

@@ -3,24 +3,13 @@
 //! binary that `cargo test` builds beside the tests (`target/<profile>/examples/quickstart`).
 #![cfg(all(unix, any(feature = "flex", feature = "ndarray")))]
 
-use std::path::{Path, PathBuf};
+mod common;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn quickstart() -> PathBuf {
-    // target/<profile>/deps/<this test> → target/<profile>/examples/quickstart
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("examples").join("quickstart"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run the whole suite (`cargo test`), which builds the examples",
-        bin.display()
-    );
-    bin
+    common::example_binary("quickstart")
 }
 
 fn scratch(name: &str) -> PathBuf {

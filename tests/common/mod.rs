@@ -128,3 +128,21 @@ pub fn assert_student_halves_teachers_sw2(
         "one-step SW2 {after:.4} after, {before:.4} before"
     );
 }
+
+/// The example binary `name` that `cargo test` builds beside the tests
+/// (`target/<profile>/examples/<name>`).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    // target/<profile>/deps/<this test> → target/<profile>/examples/<name>
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|p| p.join("examples").join(name))
+        .expect("the test runs from target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the whole suite (`cargo test`), which builds the examples",
+        bin.display()
+    );
+    bin
+}
