@@ -7,6 +7,7 @@ use integration_flow::coupling::{AnchorStore, Coupling, StoreSpec};
 use integration_flow::data::{Dataset, Pca};
 use integration_flow::metrics::sliced_wasserstein2;
 use integration_flow::prelude::*;
+use integration_flow::Result;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::Arc;
 

@@ -115,6 +115,26 @@ pub enum Error {
         /// Why it has no finite value there.
         reason: &'static str,
     },
+    /// A flow of your own failed its self-check ([`flow::check`](crate::flow::check)) when a
+    /// model was built with it.
+    #[error(
+        "flow {flow:?} fails its self-check at `{item}`: relative error {relative_error:.3e} \
+         above the tolerance {tolerance:.1e} ({detail}); fix the flow, or build the model with \
+         IntegrationFlowConfig::init_unchecked"
+    )]
+    FlowCheck {
+        /// The flow's name.
+        flow: String,
+        /// The failed item (`alpha_dot`, `velocity`, `prior_variance`, …).
+        item: String,
+        /// Its measured relative error.
+        relative_error: f64,
+        /// The largest error that passes.
+        tolerance: f64,
+        /// Where it failed, or what.
+        detail: String,
+    },
+
     /// A time budget too small for the stages it has to pay for (the distillation pipeline's
     /// teacher, pairs and student).
     #[error("time budget too small: {reason}")]

@@ -71,21 +71,33 @@ pub mod train;
 
 pub use error::{Error, Result};
 
-/// The names most programs need.
+/// The burn this crate is built on (0.21), so that a program uses the same version without a
+/// dependency line of its own: `integration_flow::burn::tensor::Tensor`.
+pub use burn;
+/// The rand this crate's samplers take (0.10): `integration_flow::rand::SeedableRng`.
+pub use rand;
+
+/// The names most programs need: the README's training program compiles with this import
+/// alone. It leaves std's `Result` alone (the crate's is `integration_flow::Result`), so
+/// `fn main() -> Result<(), Box<dyn std::error::Error>>` still means std's.
 pub mod prelude {
     #[cfg(any(feature = "flex", feature = "ndarray"))]
     pub use crate::backend::{Cpu, CpuAutodiff};
     pub use crate::config::{Config, ValidatedConfig};
     pub use crate::coupling::{AnchorLaw, Coupling};
     pub use crate::data::{Dataset, Toy};
-    pub use crate::error::{Error, Result};
+    pub use crate::error::Error;
     pub use crate::flow::{
         FlowConfig, Parameterization, PfgmPP, PfgmPPConfig, ProbabilityFlow, ProbabilityFlowExt,
         RectifiedFlow, RectifiedFlowConfig, TimeDistribution, Ve, VeConfig, Vp, VpConfig,
     };
     pub use crate::model::{IntegrationFlow, IntegrationFlowConfig};
-    pub use crate::nn::{MlpConfig, UNetConfig};
+    pub use crate::nn::{Mlp, MlpConfig, UNet, UNetConfig};
+    pub use crate::saved::Precision;
     pub use crate::train::{TrainConfig, Trainer};
+    pub use burn::tensor::Tensor;
+    pub use rand::rngs::StdRng;
+    pub use rand::SeedableRng;
 }
 
 /// The README's code examples, compiled and run as doc tests.

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::flow::tensor::column;
 use crate::flow::{Parameterization, ProbabilityFlow, ProbabilityFlowExt};
 use crate::nn::IntegrationNet;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, ElementConversion, Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -76,7 +76,40 @@ impl IntegrationFlowConfig {
 
     /// The model of `flow` around `net` with these settings. The preconditioning is evaluated
     /// at both ends of the flow's time range, so a form that is singular there fails now.
+    ///
+    /// A flow of your own (one without a built-in [`FlowConfig`](crate::flow::FlowConfig)) must
+    /// pass [`flow::check`](crate::flow::check) first: its derivatives, ODE velocity, endpoints
+    /// and prior are measured, and the first item out of tolerance is an
+    /// [`Error::FlowCheck`] (a σ(t) that runs the wrong way would otherwise train without a
+    /// word and generate nothing). [`init_unchecked`](Self::init_unchecked) skips it.
     pub fn init<B: Backend, N: IntegrationNet<B>>(
+        &self,
+        flow: Arc<dyn ProbabilityFlow>,
+        net: N,
+    ) -> Result<IntegrationFlow<B, N>> {
+        if flow.flow_config().is_none() {
+            let device = device_of(&net);
+            let report = crate::flow::check::<B, _>(
+                flow.as_ref(),
+                &device,
+                &crate::flow::CheckConfig::default(),
+            )?;
+            if let Some(item) = report.items.iter().find(|item| !item.passed()) {
+                return Err(Error::FlowCheck {
+                    flow: report.flow.clone(),
+                    item: item.name.clone(),
+                    relative_error: item.relative_error,
+                    tolerance: item.tolerance,
+                    detail: item.detail.clone(),
+                });
+            }
+        }
+        self.init_unchecked(flow, net)
+    }
+
+    /// [`init`](Self::init) without the self-check of a flow of your own: for experts who
+    /// know why their flow fails it (or who checked it once and build many models).
+    pub fn init_unchecked<B: Backend, N: IntegrationNet<B>>(
         &self,
         flow: Arc<dyn ProbabilityFlow>,
         net: N,
@@ -357,6 +390,19 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
                 found: format!("{:?} and {:?}", x_t.dims(), anchor.dims()),
             });
         }
+        for (context, tensor) in [
+            ("IntegrationFlow::estimate input x_t", &x_t),
+            ("IntegrationFlow::estimate input anchor", &anchor),
+        ] {
+            // One reduction and one read back: a NaN in would be NaN samples out, silently.
+            let finite: bool = tensor.clone().is_finite().all().into_scalar().elem();
+            if !finite {
+                return Err(Error::NonFinite {
+                    context,
+                    value: first_non_finite(tensor),
+                });
+            }
+        }
         if t.len() != n && t.len() != 1 {
             return Err(Error::ShapeMismatch {
                 context: "times per example",
@@ -490,4 +536,13 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     fn device(&self) -> B::Device {
         device_of(&self.net)
     }
+}
+
+/// The first non-finite value of `tensor` (read back only on the error path).
+fn first_non_finite<B: Backend>(tensor: &Tensor<B, 2>) -> f64 {
+    tensor
+        .to_data()
+        .iter::<f64>()
+        .find(|v| !v.is_finite())
+        .unwrap_or(f64::NAN)
 }

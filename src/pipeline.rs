@@ -813,7 +813,7 @@ where
     fn read_pair_values(&self, path: &Path) -> Result<Vec<f32>> {
         match read_npy(path)?.data {
             NpyData::F32(values) => Ok(values),
-            _ => Err(Error::Format {
+            NpyData::U8(_) | NpyData::F64(_) => Err(Error::Format {
                 path: path.to_path_buf(),
                 reason: "pairs are float32".into(),
             }),

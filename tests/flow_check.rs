@@ -163,3 +163,77 @@ fn bad_check_config_is_a_typed_error() {
         assert!(err.to_string().contains("CheckConfig"), "{err}");
     }
 }
+
+/// A flow of your own is checked when a model is built with it: each broken flow is a
+/// `FlowCheck` error naming a failed item; `init_unchecked` is the expert's way past it; a
+/// correct flow of your own builds.
+#[test]
+fn a_model_refuses_a_flow_that_fails_its_self_check() {
+    use integration_flow::model::IntegrationFlowConfig;
+    use integration_flow::nn::MlpConfig;
+    use integration_flow::Error;
+    use std::sync::Arc;
+    let net = || {
+        MlpConfig {
+            width: 8,
+            depth: 1,
+            ..Default::default()
+        }
+        .init::<Cpu>(&Default::default(), 0)
+        .unwrap()
+    };
+    for mistake in [
+        Mistake::SigmaDotSign,
+        Mistake::SwappedAlphaSigma,
+        Mistake::PriorVariance,
+        Mistake::DecreasingNoise,
+    ] {
+        let flow: Arc<dyn ProbabilityFlow> = Arc::new(Broken { mistake });
+        let err = IntegrationFlowConfig::default()
+            .init(flow.clone(), net())
+            .unwrap_err();
+        match &err {
+            Error::FlowCheck { flow, item, .. } => {
+                assert_eq!(flow, "broken");
+                assert!(failed_items(mistake).contains(item), "{mistake:?}: {err}");
+            }
+            other => panic!("{mistake:?}: {other}"),
+        }
+        assert!(err.to_string().contains("init_unchecked"), "{err}");
+        assert!(IntegrationFlowConfig::default()
+            .init_unchecked(flow, net())
+            .is_ok());
+    }
+    // Rectified flow's math under a name of its own (no built-in configuration): it passes.
+    #[derive(Debug)]
+    struct Mine(integration_flow::flow::RectifiedFlow);
+    impl ProbabilityFlow for Mine {
+        fn name(&self) -> &str {
+            "mine"
+        }
+        fn alpha(&self, t: f64) -> f64 {
+            self.0.alpha(t)
+        }
+        fn sigma(&self, t: f64) -> f64 {
+            self.0.sigma(t)
+        }
+        fn alpha_dot(&self, t: f64) -> f64 {
+            self.0.alpha_dot(t)
+        }
+        fn sigma_dot(&self, t: f64) -> f64 {
+            self.0.sigma_dot(t)
+        }
+        fn time_range(&self) -> TimeRange {
+            self.0.time_range()
+        }
+    }
+    let mine = Mine(
+        integration_flow::flow::RectifiedFlowConfig::default()
+            .init()
+            .unwrap(),
+    );
+    assert!(mine.flow_config().is_none());
+    assert!(IntegrationFlowConfig::default()
+        .init(Arc::new(mine), net())
+        .is_ok());
+}

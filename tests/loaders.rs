@@ -3,7 +3,7 @@
 
 use flate2::{write::GzEncoder, Compression};
 use integration_flow::data::{
-    mnist, parse_idx, parse_npy, write_npy_f32, Images, NpyData, NpyLayout,
+    mnist, parse_idx, parse_npy, write_npy_f32, Dataset, Images, NpyData, NpyLayout,
 };
 use integration_flow::Error;
 use rand::rngs::StdRng;
@@ -185,9 +185,9 @@ fn npy_reads_bytes_and_floats_in_either_layout() {
         .unwrap_err()
         .to_string()
         .contains("Fortran"));
-    let mut f8 = npy_header("<f8", "(1,)");
+    let mut f8 = npy_header(">f8", "(1,)");
     f8.extend_from_slice(&[0; 8]);
-    assert!(parse_npy(&f8).unwrap_err().to_string().contains("<f8"));
+    assert!(parse_npy(&f8).unwrap_err().to_string().contains(">f8"));
     let parsed = parse_npy(&u8_file).unwrap();
     assert_eq!(parsed.shape, vec![2, 2, 2]);
     assert!(matches!(parsed.data, NpyData::U8(ref v) if v.len() == 8));
@@ -378,4 +378,57 @@ fn the_idx_and_npy_parsers_never_panic_on_random_bytes() {
     }
     // Some corruptions only touch data bytes and still parse: the test reaches both outcomes.
     assert!(parsed > 0);
+}
+
+/// `Dataset::from_npy` reads NumPy's default float64 as well as float32, `[n, d]` or `[n]`;
+/// bytes, 3-D arrays and non-finite values are errors. Tensors and NPY files round-trip.
+#[test]
+fn datasets_load_from_npy_in_float64_and_float32_and_round_trip() {
+    let dir = std::env::temp_dir().join(format!(
+        "integration_flow_dataset_npy_{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut f64_file = npy_header("<f8", "(3, 2)");
+    for v in [0.5f64, -1.25, 2.0, 1e-3, 3.5, -7.0] {
+        f64_file.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(dir.join("f64.npy"), &f64_file).unwrap();
+    let data = Dataset::from_npy(dir.join("f64.npy")).unwrap();
+    assert_eq!((data.len(), data.dim()), (3, 2));
+    assert_eq!(data.values(), &[0.5f32, -1.25, 2.0, 1e-3, 3.5, -7.0]);
+
+    // Through a tensor and back, then through an NPY file.
+    let tensor = data.to_tensor::<integration_flow::backend::Cpu>(&Default::default());
+    assert_eq!(tensor.dims(), [3, 2]);
+    let back = Dataset::from_tensor(tensor).unwrap();
+    assert_eq!(back, data);
+    back.write_npy(dir.join("f32.npy")).unwrap();
+    assert_eq!(Dataset::from_npy(dir.join("f32.npy")).unwrap(), data);
+
+    let mut column = npy_header("<f8", "(2,)");
+    column.extend_from_slice(&1.0f64.to_le_bytes());
+    column.extend_from_slice(&2.0f64.to_le_bytes());
+    std::fs::write(dir.join("column.npy"), &column).unwrap();
+    assert_eq!(Dataset::from_npy(dir.join("column.npy")).unwrap().dim(), 1);
+
+    let mut bytes = npy_header("|u1", "(2, 2)");
+    bytes.extend_from_slice(&[1, 2, 3, 4]);
+    std::fs::write(dir.join("bytes.npy"), &bytes).unwrap();
+    let mut cube = npy_header("<f8", "(1, 1, 2)");
+    cube.extend_from_slice(&[0; 16]);
+    std::fs::write(dir.join("cube.npy"), &cube).unwrap();
+    let mut nan = npy_header("<f8", "(1, 2)");
+    nan.extend_from_slice(&1.0f64.to_le_bytes());
+    nan.extend_from_slice(&f64::NAN.to_le_bytes());
+    std::fs::write(dir.join("nan.npy"), &nan).unwrap();
+    for (name, words) in [
+        ("bytes", "bytes"),
+        ("cube", "[n, d]"),
+        ("nan", "non-finite"),
+    ] {
+        let err = Dataset::from_npy(dir.join(format!("{name}.npy"))).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(words), "{name}: {err}");
+    }
 }

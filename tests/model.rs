@@ -1,7 +1,7 @@
 //! The model: preconditioning forms, generation, input checks.
 #![cfg(any(feature = "flex", feature = "ndarray"))]
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::coupling::AnchorLaw;
 use integration_flow::data::Toy;
@@ -223,4 +223,38 @@ fn bad_model_input_is_a_typed_error() {
         .dim(),
         2
     );
+}
+
+/// A NaN or infinity in `x_t` or the anchor is a typed error, not NaN samples.
+#[test]
+fn non_finite_inputs_are_an_error() {
+    let device = Default::default();
+    let net = MlpConfig {
+        width: 8,
+        depth: 1,
+        ..Default::default()
+    }
+    .init::<Cpu>(&device, 0)
+    .unwrap();
+    let model = IntegrationFlowConfig::default()
+        .init(
+            Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+            net,
+        )
+        .unwrap();
+    let rows =
+        |v: [f32; 4]| Tensor::<Cpu, 2>::from_data(TensorData::new(v.to_vec(), [2, 2]), &device);
+    let fine = rows([0.0, 1.0, -1.0, 0.5]);
+    assert!(model.estimate(fine.clone(), &[0.5], fine.clone()).is_ok());
+    for (x, a, which) in [
+        (rows([0.0, f32::NAN, 0.0, 0.0]), fine.clone(), "x_t"),
+        (fine.clone(), rows([0.0, 0.0, f32::INFINITY, 0.0]), "anchor"),
+    ] {
+        let err = model.estimate(x.clone(), &[0.5], a.clone()).unwrap_err();
+        match err {
+            Error::NonFinite { context, .. } => assert!(context.ends_with(which), "{context}"),
+            other => panic!("{other}"),
+        }
+        assert!(model.denoise(x, &[0.5], a).is_err());
+    }
 }

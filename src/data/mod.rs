@@ -27,6 +27,7 @@ pub(crate) fn body_size_error(what: String, need: usize, found: usize) -> String
 }
 
 use crate::error::{Error, Result};
+use std::path::Path;
 
 /// An in-memory dataset of `n` examples with `dim` values each, row-major `f32`, checked on
 /// construction to be non-empty, rectangular and finite.
@@ -79,6 +80,80 @@ impl Dataset {
             });
         }
         Ok(Dataset { values, dim })
+    }
+
+    /// The `[n, d]` float32 or float64 array in the NPY file at `path` (NumPy's
+    /// `np.save(path, x)`); a 1-D array `[n]` is `n` examples of one value. Float64 values are
+    /// rounded to float32. Bytes, other shapes and non-finite values are errors.
+    ///
+    /// ```
+    /// use integration_flow::data::{write_npy_f32, Dataset};
+    /// let path = std::env::temp_dir().join("integration_flow_from_npy_doc.npy");
+    /// write_npy_f32(&path, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], &[3, 2])?;
+    /// let data = Dataset::from_npy(&path)?;
+    /// assert_eq!((data.len(), data.dim()), (3, 2));
+    /// # Ok::<(), integration_flow::Error>(())
+    /// ```
+    pub fn from_npy(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let array = read_npy(path)?;
+        let format = |reason: String| Error::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let dim = match array.shape.as_slice() {
+            [_] => 1,
+            [_, d] => *d,
+            other => {
+                return Err(format(format!(
+                    "a dataset is an [n, d] array, found shape {other:?} (images: Images::from_npy)"
+                )))
+            }
+        };
+        let values = match &array.data {
+            NpyData::F32(_) | NpyData::F64(_) => array.data.to_f32(),
+            NpyData::U8(_) => {
+                return Err(format(
+                    "a dataset is float32 or float64, found bytes (images: Images::from_npy)"
+                        .into(),
+                ))
+            }
+        };
+        Dataset::new(values, dim).map_err(|e| format(e.to_string()))
+    }
+
+    /// The examples of a `[n, dim]` tensor (read back to the host), e.g. generated samples to
+    /// score or save; non-finite values are an error.
+    pub fn from_tensor<B: burn::tensor::backend::Backend>(
+        tensor: burn::tensor::Tensor<B, 2>,
+    ) -> Result<Self> {
+        let [_, dim] = tensor.dims();
+        let values = tensor
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| Error::InvalidArgument {
+                name: "tensor",
+                reason: format!("cannot read the tensor's values: {e:?}"),
+            })?;
+        Dataset::new(values, dim)
+    }
+
+    /// The examples as a `[len, dim]` tensor on `device`.
+    pub fn to_tensor<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> burn::tensor::Tensor<B, 2> {
+        burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(self.values.clone(), [self.len(), self.dim]),
+            device,
+        )
+    }
+
+    /// Writes the examples to `path` as a float32 `[len, dim]` NPY array, atomically
+    /// (NumPy's `np.load(path)` reads it).
+    pub fn write_npy(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_npy_f32(path, &self.values, &[self.len(), self.dim])
     }
 
     /// Wraps values the caller has already checked (a slice of a valid dataset).

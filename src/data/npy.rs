@@ -13,6 +13,20 @@ pub enum NpyData {
     U8(Vec<u8>),
     /// `<f4`.
     F32(Vec<f32>),
+    /// `<f8` (NumPy's default float).
+    F64(Vec<f64>),
+}
+
+impl NpyData {
+    /// The elements as float32 (bytes as their values 0–255, float64 rounded to the nearest
+    /// float32: values beyond its range become infinite).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            NpyData::U8(v) => v.iter().map(|&b| f32::from(b)).collect(),
+            NpyData::F32(v) => v.clone(),
+            NpyData::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
 }
 
 /// An NPY array read by [`parse_npy`] or [`read_npy`].
@@ -93,9 +107,11 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
     let (width, kind) = match descr {
         "|u1" | "<u1" | "u1" => (1, 0),
         "<f4" | "f4" => (4, 1),
+        "<f8" | "f8" => (8, 2),
         other => {
             return Err(format!(
-                "NPY dtype {other:?} is not supported (unsigned bytes '|u1' or float32 '<f4')"
+                "NPY dtype {other:?} is not supported (unsigned bytes '|u1', float32 '<f4' or \
+                 float64 '<f8', little-endian)"
             ))
         }
     };
@@ -109,14 +125,18 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
             body.len(),
         ));
     }
-    let data = if kind == 0 {
-        NpyData::U8(body.to_vec())
-    } else {
-        NpyData::F32(
+    let data = match kind {
+        0 => NpyData::U8(body.to_vec()),
+        1 => NpyData::F32(
             body.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-        )
+        ),
+        _ => NpyData::F64(
+            body.chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+        ),
     };
     Ok(NpyArray { shape, data })
 }

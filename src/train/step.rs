@@ -70,62 +70,72 @@ where
         // Each objective's estimate and the target it is pulled towards: regression trains the
         // denoiser (for a flow-map network, its r = t estimate), the flow map the jumps to
         // target times r ≤ t, the consistency objective the estimate one-step samplers call.
-        let (x_hat, target) = match &self.config.objective {
-            ObjectiveConfig::Regression => {
-                let x_hat = self.model.denoise(x_t, &t, anchor_t.clone())?;
-                (x_hat, objective::regression::target(x0_t))
-            }
-            ObjectiveConfig::FlowMap(config) => {
-                let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
-                // Where the path's noise is the example's paired latent (generated pairs), the
-                // jump from t_max to the data end is known: the example itself.
-                let paired = match (config.paired_jumps, self.coupling.anchor_role()) {
-                    (false, _) => false,
-                    (true, AnchorRole::Noise) => true,
-                    (true, AnchorRole::Input) => {
-                        return Err(Error::InvalidArgument {
-                            name: "objective",
-                            reason: format!(
+        let estimate = || -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
+            Ok(match &self.config.objective {
+                ObjectiveConfig::Regression => {
+                    let x_hat = self.model.denoise(x_t, &t, anchor_t.clone())?;
+                    (x_hat, objective::regression::target(x0_t))
+                }
+                ObjectiveConfig::FlowMap(config) => {
+                    let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
+                    // Where the path's noise is the example's paired latent (generated pairs), the
+                    // jump from t_max to the data end is known: the example itself.
+                    let paired = match (config.paired_jumps, self.coupling.anchor_role()) {
+                        (false, _) => false,
+                        (true, AnchorRole::Noise) => true,
+                        (true, AnchorRole::Input) => {
+                            return Err(Error::InvalidArgument {
+                                name: "objective",
+                                reason: format!(
                                 "flow_map.paired_jumps needs a coupling whose path noise is the \
                                  paired latent; {:?} gives the network its anchor as an input",
                                 self.coupling.name()
                             ),
-                        })
+                            })
+                        }
+                    };
+                    let exact: Vec<bool> = (0..n).map(|i| paired && i < at_max).collect();
+                    for (ri, _) in r.iter_mut().zip(&exact).filter(|(_, &e)| e) {
+                        *ri = flow.time_range().min;
                     }
-                };
-                let exact: Vec<bool> = (0..n).map(|i| paired && i < at_max).collect();
-                for (ri, _) in r.iter_mut().zip(&exact).filter(|(_, &e)| e) {
-                    *ri = flow.time_range().min;
+                    let x_hat = self
+                        .model
+                        .estimate_to(x_t.clone(), &t, &r, anchor_t.clone())?;
+                    let target = objective::flow_map::target(
+                        config,
+                        &self.model,
+                        &self.ema,
+                        (&x0_t, &noise_t, &x_t),
+                        &anchor_t,
+                        (&t, &r, &exact),
+                        &x_hat,
+                    )?;
+                    (x_hat, target)
                 }
-                let x_hat = self
-                    .model
-                    .estimate_to(x_t.clone(), &t, &r, anchor_t.clone())?;
-                let target = objective::flow_map::target(
-                    config,
-                    &self.model,
-                    &self.ema,
-                    (&x0_t, &noise_t, &x_t),
-                    &anchor_t,
-                    (&t, &r, &exact),
-                    &x_hat,
-                )?;
-                (x_hat, target)
-            }
-            ObjectiveConfig::Consistency(config) => {
-                let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
-                let target = objective::consistency::target(
-                    config,
-                    &self.model,
-                    &self.ema,
-                    step,
-                    &x0_t,
-                    &noise_t,
-                    &anchor_t,
-                    &t,
-                )?;
-                (x_hat, target)
-            }
+                ObjectiveConfig::Consistency(config) => {
+                    let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
+                    let target = objective::consistency::target(
+                        config,
+                        &self.model,
+                        &self.ema,
+                        step,
+                        &x0_t,
+                        &noise_t,
+                        &anchor_t,
+                        &t,
+                    )?;
+                    (x_hat, target)
+                }
+            })
         };
+        // A non-finite input (NaN noise or data) is a divergence of this step, like a NaN loss.
+        let (x_hat, target) = estimate().map_err(|e| match e {
+            Error::NonFinite { context, value } => Error::Diverged {
+                step,
+                reason: format!("{context} is {value}"),
+            },
+            other => other,
+        })?;
 
         let w = self.data_weight(epoch);
         let lambda = loss::loss_weights(
