@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo run --release --example quickstart -- [--flow rf|vp|ve|pfgmpp] [--dataset NAME]
 //!     [--steps N] [--points N] [--seed S] [--out DIR] [--checkpoint-every N] [--resume]
-//!     [--device cpu|cuda]
+//!     [--export DIR] [--device cpu|cuda]
 //! ```
 //!
 //! The run checkpoints to `DIR` every `--checkpoint-every` steps and at the end; `--resume`
@@ -56,6 +56,10 @@ struct Args {
     /// Continue the run whose checkpoint is in --out.
     #[arg(long)]
     resume: bool,
+    /// Also export the trained model (model.safetensors and model.json) to DIR, for
+    /// `IntegrationFlow::load` and the `generate` example.
+    #[arg(long)]
+    export: Option<PathBuf>,
     /// Device: cpu, or cuda (built with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -150,6 +154,10 @@ fn run<B: AutodiffBackend>(
     let train_started = Instant::now();
     trainer.fit()?;
     let train_seconds = train_started.elapsed().as_secs_f64();
+    if let Some(dir) = &args.export {
+        trainer.export(dir, integration_flow::saved::Precision::F32)?;
+        eprintln!("exported to {}", dir.display());
+    }
 
     let ema = trainer.ema_model();
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(1_000_003));
