@@ -1,25 +1,96 @@
-//! Progress on a terminal and the metrics log (one JSON line per logged step or event).
+//! Progress (a bar on a terminal, plain lines elsewhere) and the metrics log (one JSON line per
+//! logged step or event).
 
 use crate::error::{Error, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-/// A progress bar over `count` steps, drawn only when `visible` and stderr is a terminal.
-pub(super) fn progress_bar(visible: bool, count: usize) -> ProgressBar {
-    let target = if visible && std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(Some(count as u64), target);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {per_sec}  eta {eta}")
-    {
-        bar.set_style(style);
+/// Training progress: a bar on a terminal, plain lines (at most one per
+/// [`LINE_INTERVAL`]) on stderr otherwise (a log file, CI), nothing when not `visible`.
+pub(super) struct Progress {
+    bar: Option<ProgressBar>,
+    lines: bool,
+    last_line: Option<Instant>,
+    started: Instant,
+    count: usize,
+}
+
+/// The shortest time between two progress lines off a terminal.
+pub(super) const LINE_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Progress {
+    /// Progress over `count` steps.
+    pub(super) fn new(visible: bool, count: usize) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (visible && terminal).then(|| {
+            let bar =
+                ProgressBar::with_draw_target(Some(count as u64), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  {per_sec}  eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Progress {
+            bar,
+            lines: visible && !terminal,
+            last_line: None,
+            started: Instant::now(),
+            count,
+        }
     }
-    bar
+
+    /// `done` of the `count` steps are done.
+    pub(super) fn set_position(&self, done: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+        }
+    }
+
+    /// A logged step: its loss and the examples per second since the last one.
+    pub(super) fn logged(&mut self, done: usize, step: usize, loss: f64, rate: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+        if self.lines && self.last_line.is_none_or(|t| t.elapsed() >= LINE_INTERVAL) {
+            self.last_line = Some(Instant::now());
+            eprintln!(
+                "{}",
+                line(done, self.count, step, loss, rate, self.started.elapsed())
+            );
+        }
+    }
+
+    /// Clears the bar.
+    pub(super) fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// One progress line: `step 1200 (400/2000 of this run) loss 0.0123 2567 examples/s eta 31 s`.
+pub(super) fn line(
+    done: usize,
+    count: usize,
+    step: usize,
+    loss: f64,
+    rate: f64,
+    elapsed: Duration,
+) -> String {
+    let left = count.saturating_sub(done);
+    let eta = match done {
+        0 => String::new(),
+        _ => format!(
+            " eta {:.0} s",
+            elapsed.as_secs_f64() * left as f64 / done as f64
+        ),
+    };
+    format!("step {step} ({done}/{count} of this run) loss {loss:.4} {rate:.0} examples/s{eta}")
 }
 
 /// An append-only JSON-lines file, flushed after every line so that a killed run keeps what
@@ -55,5 +126,20 @@ impl MetricsLog {
                 path: self.path.clone(),
                 source: e,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_progress_line_rounds_its_rates_and_estimates_the_rest() {
+        let text = line(400, 2000, 1200, 0.012345, 2567.891, Duration::from_secs(10));
+        assert_eq!(
+            text,
+            "step 1200 (400/2000 of this run) loss 0.0123 2568 examples/s eta 40 s"
+        );
+        assert!(!line(0, 10, 0, 1.0, 0.0, Duration::ZERO).contains("eta"));
     }
 }

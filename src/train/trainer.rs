@@ -10,7 +10,7 @@ use super::optimizer::{lr_at, Optim};
 use super::perceptual::ImageFeatures;
 pub use super::position::StepStats;
 pub(super) use super::position::{AnchorDrift, Position};
-use super::progress::{progress_bar, MetricsLog};
+use super::progress::{MetricsLog, Progress};
 use super::streams::{stream, Stream};
 use crate::backend::device_of;
 use crate::coupling::{AnchorBacking, AnchorStore, Coupling, StoreSpec};
@@ -344,7 +344,7 @@ where
             crate::backend::flush_denormals();
         }
         let _running = interrupt::RunningLoop::enter();
-        let bar = progress_bar(self.config.progress, count);
+        let mut progress = Progress::new(self.config.progress, count);
         let mut last = None;
         let mut window = (Instant::now(), self.position.step);
         let mut ran = 0;
@@ -370,16 +370,21 @@ where
                     / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), done);
                 self.log(&stats, rate)?;
-                bar.set_message(format!("loss {:.4}", stats.loss));
+                progress.logged(
+                    (done + count).saturating_sub(target),
+                    done,
+                    stats.loss,
+                    rate,
+                );
             }
-            bar.set_position((done + count).saturating_sub(target) as u64);
+            progress.set_position((done + count).saturating_sub(target));
             if self.config.checkpoint_every > 0 && done.is_multiple_of(self.config.checkpoint_every)
             {
                 self.checkpoint()?;
             }
             last = Some(stats);
         }
-        bar.finish_and_clear();
+        progress.finish();
         let every = self.config.checkpoint_every;
         let missed = every == 0 || !self.position.step.is_multiple_of(every);
         if (ran > 0 && missed) || interrupted {
@@ -408,7 +413,8 @@ where
         }
         let line = serde_json::to_string(&Line {
             stats,
-            samples_per_sec,
+            // A rate to a tenth: its noise is larger than that.
+            samples_per_sec: (samples_per_sec * 10.0).round() / 10.0,
         })
         .unwrap_or_default();
         log.write_line(&line)
