@@ -86,7 +86,7 @@ fn main() -> Result<(), Error> {
     let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), 0)?;
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data,
+        sigma_data: Some(sigma_data),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(Arc::new(RectifiedFlowConfig::default().init()?), net)?;

@@ -155,7 +155,7 @@ fn toy(args: &Args) -> Result<(), Error> {
         let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), seed)?;
         let model = IntegrationFlowConfig {
             parameterization: Parameterization::Integral,
-            sigma_data,
+            sigma_data: Some(sigma_data),
             anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
         }
         .init(flow.clone(), net)?;
@@ -231,7 +231,7 @@ fn images(args: &Args) -> Result<(), Error> {
         let net = unet.init::<CpuAutodiff>(&Default::default(), 0)?;
         let model = IntegrationFlowConfig {
             parameterization: Parameterization::Integral,
-            sigma_data,
+            sigma_data: Some(sigma_data),
             anchor_law: law,
         }
         .init(flow.clone(), net)?;

@@ -58,7 +58,7 @@ fn bench_trainer<B: AutodiffBackend>(c: &mut Criterion, name: &str) {
         .expect("valid flow config");
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(Arc::new(flow), net)

@@ -28,7 +28,7 @@ fn unet(c: &mut Criterion) {
         .expect("valid UNet config");
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data,
+        sigma_data: Some(sigma_data),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(

@@ -59,7 +59,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let net = MlpConfig::default().init::<CpuAutodiff>(&Default::default(), 0)?;
     let flow = "rf".parse::<FlowConfig>()?.init()?;
     let model = IntegrationFlowConfig {
-        sigma_data,
+        sigma_data: Some(sigma_data),
         ..Default::default()
     }
     .init(flow, net)?;

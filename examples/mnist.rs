@@ -439,7 +439,7 @@ fn run<B: AutodiffBackend>(
     };
     let model = IntegrationFlowConfig {
         parameterization: form,
-        sigma_data,
+        sigma_data: Some(sigma_data),
         anchor_law,
     }
     .init(flow, net)?;

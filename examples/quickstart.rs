@@ -110,7 +110,7 @@ fn run<B: AutodiffBackend>(
     let mlp = MlpConfig::default();
     let net = mlp.init::<B>(&device, args.seed)?;
     let model_config = IntegrationFlowConfig {
-        sigma_data,
+        sigma_data: Some(sigma_data),
         ..Default::default()
     };
     let model = model_config.init(flow, net)?;

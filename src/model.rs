@@ -25,7 +25,7 @@ use std::sync::Arc;
 ///
 /// let net = MlpConfig::default().init::<Cpu>(&Default::default(), 0)?;
 /// let flow = "ve:sigma_max=20".parse::<FlowConfig>()?.init()?;
-/// let model = IntegrationFlowConfig { sigma_data: 0.5, ..Default::default() }.init(flow, net)?;
+/// let model = IntegrationFlowConfig { sigma_data: Some(0.5), ..Default::default() }.init(flow, net)?;
 /// assert_eq!(model.flow().name(), "ve");
 /// # }
 /// # Ok::<(), integration_flow::Error>(())
@@ -35,8 +35,10 @@ use std::sync::Arc;
 pub struct IntegrationFlowConfig {
     /// The preconditioning form.
     pub parameterization: Parameterization,
-    /// The data's standard deviation σ_d (0.5 for images in [-1, 1]).
-    pub sigma_data: f64,
+    /// The data's standard deviation σ_d (about 0.5 for images in [-1, 1]); `None` (the
+    /// default): the trainer computes it from the training data when a run starts (until then
+    /// the model assumes 1), and a checkpoint or export records the value.
+    pub sigma_data: Option<f64>,
     /// What sampling feeds as the first anchor.
     pub anchor_law: AnchorLaw,
 }
@@ -45,7 +47,7 @@ impl Default for IntegrationFlowConfig {
     fn default() -> Self {
         IntegrationFlowConfig {
             parameterization: Parameterization::Integral,
-            sigma_data: 1.0,
+            sigma_data: None,
             anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
         }
     }
@@ -55,12 +57,8 @@ impl IntegrationFlowConfig {
     /// Checks `sigma_data` and the anchor law's scale.
     pub fn validate(&self) -> Result<()> {
         const NAME: &str = "IntegrationFlowConfig";
-        if !(self.sigma_data.is_finite() && self.sigma_data > 0.0) {
-            return Err(crate::error::invalid_config(
-                NAME,
-                "sigma_data",
-                format!("must be finite and positive, got {}", self.sigma_data),
-            ));
+        if let Some(sigma_data) = self.sigma_data {
+            check_sigma_data(sigma_data)?;
         }
         match &self.anchor_law {
             AnchorLaw::Gaussian { scale } if !(scale.is_finite() && *scale > 0.0) => {
@@ -125,14 +123,16 @@ impl IntegrationFlowConfig {
             }
         }
         let form = self.parameterization;
+        let sigma_data = self.sigma_data.unwrap_or(1.0);
         let range = flow.time_range();
-        flow.preconditioning(range.min, form, self.sigma_data)?;
-        flow.preconditioning(range.max, form, self.sigma_data)?;
+        flow.preconditioning(range.min, form, sigma_data)?;
+        flow.preconditioning(range.max, form, sigma_data)?;
         Ok(IntegrationFlow {
             flow,
             net,
             form,
-            sigma_data: self.sigma_data,
+            sigma_data,
+            sigma_data_from_data: self.sigma_data.is_none(),
             anchor_law: self.anchor_law.clone(),
             _backend: PhantomData,
         })
@@ -153,7 +153,7 @@ impl IntegrationFlowConfig {
 /// let device = Default::default();
 /// let net = MlpConfig { width: 32, depth: 2, ..Default::default() }.init::<Cpu>(&device, 0)?;
 /// let flow = FlowConfig::Rf(Default::default()).init()?;
-/// let model = IntegrationFlowConfig::default().init(flow, net)?; // integral form, σ_d = 1
+/// let model = IntegrationFlowConfig::default().init(flow, net)?; // integral form, σ_d from the data
 /// let samples = model.generate(&mut StdRng::seed_from_u64(0), 16, 1)?; // one network call
 /// assert_eq!(samples.dims(), [16, 2]);
 /// # }
@@ -165,6 +165,8 @@ pub struct IntegrationFlow<B: Backend, N> {
     net: N,
     form: Parameterization,
     sigma_data: f64,
+    /// σ_d was not given: the trainer sets it from the data when a run starts.
+    sigma_data_from_data: bool,
     anchor_law: AnchorLaw,
     _backend: PhantomData<B>,
 }
@@ -187,6 +189,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
             net,
             form: self.form,
             sigma_data: self.sigma_data,
+            sigma_data_from_data: self.sigma_data_from_data,
             anchor_law: self.anchor_law.clone(),
             _backend: PhantomData,
         }
@@ -211,6 +214,34 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     /// The data standard deviation the preconditioning assumes.
     pub fn sigma_data(&self) -> f64 {
         self.sigma_data
+    }
+
+    /// Whether σ_d was left to the data ([`IntegrationFlowConfig::sigma_data`] `None`) and no
+    /// trainer has set it yet.
+    pub fn sigma_data_from_data(&self) -> bool {
+        self.sigma_data_from_data
+    }
+
+    /// The same model with σ_d set from `data` (its overall standard deviation), where it was
+    /// left to the data; otherwise unchanged. The trainer calls this when a run starts or
+    /// resumes.
+    pub fn with_sigma_data_from(mut self, data: &crate::data::Dataset) -> Result<Self> {
+        if self.sigma_data_from_data {
+            let (_, std) = data.mean_and_std();
+            check_sigma_data(std).map_err(|_| Error::InvalidArgument {
+                name: "data",
+                reason: format!(
+                    "σ_data from the data is {std}: constant data has no scale; give \
+                     IntegrationFlowConfig::sigma_data"
+                ),
+            })?;
+            let range = self.flow.time_range();
+            self.flow.preconditioning(range.min, self.form, std)?;
+            self.flow.preconditioning(range.max, self.form, std)?;
+            self.sigma_data = std;
+            self.sigma_data_from_data = false;
+        }
+        Ok(self)
     }
 
     /// The law of the anchor at sampling.
@@ -545,4 +576,16 @@ fn first_non_finite<B: Backend>(tensor: &Tensor<B, 2>) -> f64 {
         .iter::<f64>()
         .find(|v| !v.is_finite())
         .unwrap_or(f64::NAN)
+}
+
+fn check_sigma_data(sigma_data: f64) -> Result<()> {
+    if sigma_data.is_finite() && sigma_data > 0.0 {
+        Ok(())
+    } else {
+        Err(crate::error::invalid_config(
+            "IntegrationFlowConfig",
+            "sigma_data",
+            format!("must be finite and positive, got {sigma_data}"),
+        ))
+    }
 }

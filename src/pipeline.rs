@@ -360,6 +360,9 @@ where
             // Before the teacher spends its share: the student needs the target-time input.
             model.net().clone().with_target_time()?;
         }
+        // σ_d left to the data is the training data's, fixed now: the student trains on pairs
+        // but keeps its teacher's preconditioning.
+        let model = model.with_sigma_data_from(&data)?;
         teacher_config.anchor.policy = AnchorPolicy::Off;
         teacher_config.objective = ObjectiveConfig::Regression;
         teacher_config.validate()?;

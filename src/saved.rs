@@ -271,7 +271,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         let flow = card.flow(flow)?;
         IntegrationFlowConfig {
             parameterization: card.parameterization,
-            sigma_data: card.sigma_data,
+            sigma_data: Some(card.sigma_data),
             anchor_law: card.anchor_law.clone(),
         }
         .init(flow, net)

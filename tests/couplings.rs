@@ -30,7 +30,7 @@ fn model(flow: Arc<dyn ProbabilityFlow>) -> IntegrationFlow<CpuAutodiff, Mlp<Cpu
     .unwrap();
     IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Zero,
     }
     .init(flow, net)

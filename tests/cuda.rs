@@ -73,7 +73,7 @@ fn training_on_cuda_generates_in_one_step() {
         .unwrap();
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data,
+        sigma_data: Some(sigma_data),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(

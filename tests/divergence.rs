@@ -85,7 +85,7 @@ fn model(flow: impl ProbabilityFlow + 'static) -> Model {
     .unwrap();
     IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     // Unchecked: the self-check would draw noise, and this flow counts its noise draws as the

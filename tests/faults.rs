@@ -43,7 +43,7 @@ fn model() -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
     .unwrap();
     IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(
@@ -491,7 +491,7 @@ fn write_checkpoint_seed() {
     .unwrap();
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(

@@ -30,7 +30,7 @@ fn the_estimate_applies_the_preconditioning() {
     let ve = VeConfig::default().init().unwrap();
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 0.5,
+        sigma_data: Some(0.5),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(Arc::new(ve.clone()), net.clone())
@@ -68,7 +68,7 @@ fn generation_takes_one_or_more_anchor_iterations() {
     let rf = RectifiedFlowConfig::default().init().unwrap();
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(Arc::new(rf), net)
@@ -98,7 +98,7 @@ fn the_edm_form_is_selectable_and_checked() {
     let rf = RectifiedFlowConfig::default().init().unwrap();
     let err = IntegrationFlowConfig {
         parameterization: Parameterization::Edm,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(Arc::new(rf), net())
@@ -113,7 +113,7 @@ fn the_edm_form_is_selectable_and_checked() {
     .unwrap();
     assert!(IntegrationFlowConfig {
         parameterization: Parameterization::Edm,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 }
     }
     .init(Arc::new(rf), net())
@@ -126,7 +126,7 @@ fn the_edm_form_is_selectable_and_checked() {
     .unwrap();
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Edm,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(Arc::new(ve), net())
@@ -156,21 +156,21 @@ fn bad_model_input_is_a_typed_error() {
     let rf = RectifiedFlowConfig::default().init().unwrap();
     assert!(IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 0.0,
+        sigma_data: Some(0.0),
         anchor_law: AnchorLaw::Zero
     }
     .init(Arc::new(rf.clone()), net.clone())
     .is_err());
     assert!(IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: f64::NAN }
     }
     .init(Arc::new(rf.clone()), net.clone())
     .is_err());
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Zero,
     }
     .init(Arc::new(rf), net)
@@ -257,4 +257,71 @@ fn non_finite_inputs_are_an_error() {
         }
         assert!(model.denoise(x, &[0.5], a).is_err());
     }
+}
+
+/// σ_data left to the data is the training data's standard deviation once a trainer starts,
+/// survives a checkpoint and a resume, and a constant dataset (no scale) is refused.
+#[test]
+fn sigma_data_comes_from_the_data_when_not_given() {
+    let net = MlpConfig {
+        width: 16,
+        depth: 1,
+        ..Default::default()
+    }
+    .init::<CpuAutodiff>(&Default::default(), 0)
+    .unwrap();
+    let model = IntegrationFlowConfig::default()
+        .init(
+            Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+            net,
+        )
+        .unwrap();
+    assert!(model.sigma_data_from_data());
+    assert_eq!(model.sigma_data(), 1.0);
+    let data = Toy::Moons.sample(256, 0).unwrap();
+    let (_, std) = data.mean_and_std();
+    let dir = std::env::temp_dir().join(format!(
+        "integration_flow_sigma_auto_{}",
+        std::process::id()
+    ));
+    let config = TrainConfig {
+        steps: 3,
+        batch_size: 64,
+        progress: false,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model.clone(), data.clone(), config)
+        .unwrap()
+        .with_checkpoint_dir(&dir);
+    assert_eq!(trainer.model().sigma_data(), std);
+    assert!(!trainer.model().sigma_data_from_data());
+    trainer.fit().unwrap();
+    let resumed = Trainer::resume(&dir, model.clone(), data).unwrap();
+    assert_eq!(resumed.model().sigma_data(), std);
+    let constant = integration_flow::data::Dataset::new(vec![0.5; 64], 2).unwrap();
+    let small = TrainConfig {
+        batch_size: 16,
+        ..TrainConfig::default()
+    };
+    let err = Trainer::new(model, constant, small).err().unwrap();
+    assert!(err.to_string().contains("constant data"), "{err}");
+    // A value of your own is kept.
+    let given = IntegrationFlowConfig {
+        sigma_data: Some(0.25),
+        ..Default::default()
+    }
+    .init(
+        Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+        MlpConfig::default()
+            .init::<CpuAutodiff>(&Default::default(), 0)
+            .unwrap(),
+    )
+    .unwrap();
+    let trainer = Trainer::new(
+        given,
+        Toy::Moons.sample(1024, 0).unwrap(),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(trainer.model().sigma_data(), 0.25);
 }

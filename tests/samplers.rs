@@ -78,7 +78,7 @@ fn oracle(flow: Arc<dyn ProbabilityFlow>, s: f64) -> IntegrationFlow<Cpu, Oracle
     };
     IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: s,
+        sigma_data: Some(s),
         anchor_law: AnchorLaw::Zero,
     }
     .init(flow, net)

@@ -38,7 +38,7 @@ fn trained(dir: &std::path::Path) -> Trainer<CpuAutodiff, Mlp<CpuAutodiff>> {
     .init::<CpuAutodiff>(&Default::default(), 0)
     .unwrap();
     let model = IntegrationFlowConfig {
-        sigma_data: sd,
+        sigma_data: Some(sd),
         ..Default::default()
     }
     .init(FlowConfig::Vp(Default::default()).init().unwrap(), net)

@@ -31,7 +31,7 @@ fn model(
     .unwrap();
     IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data,
+        sigma_data: Some(sigma_data),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(flow, net)
@@ -274,7 +274,7 @@ fn resume_is_exact() {
             .unwrap();
             IntegrationFlowConfig {
                 parameterization: Parameterization::Integral,
-                sigma_data: 1.0,
+                sigma_data: Some(1.0),
                 anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
             }
             .init(vp.clone(), net)
@@ -565,7 +565,7 @@ fn trainers_on_several_threads_at_once_finish() {
                 .unwrap();
             let model = IntegrationFlowConfig {
                 parameterization: Parameterization::Integral,
-                sigma_data: 0.5,
+                sigma_data: Some(0.5),
                 anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
             }
             .init(

@@ -221,7 +221,7 @@ fn trainer(
         .unwrap();
     let model = IntegrationFlowConfig {
         parameterization: Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
     }
     .init(

@@ -217,7 +217,7 @@ fn model_and_samplers_reject_bad_input() {
         "IntegrationFlowConfig::init, σ_data 0",
         IntegrationFlowConfig {
             parameterization: Integral,
-            sigma_data: 0.0,
+            sigma_data: Some(0.0),
             anchor_law: law.clone(),
         }
         .init(Arc::new(rf()), net.clone()),
@@ -226,14 +226,14 @@ fn model_and_samplers_reject_bad_input() {
         "IntegrationFlowConfig::init, σ_data NaN",
         IntegrationFlowConfig {
             parameterization: Integral,
-            sigma_data: f64::NAN,
+            sigma_data: Some(f64::NAN),
             anchor_law: law.clone(),
         }
         .init(Arc::new(rf()), net.clone()),
     );
     let model = IntegrationFlowConfig {
         parameterization: Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: law,
     }
     .init(Arc::new(rf()), net)
@@ -482,7 +482,7 @@ fn checkpoints_and_trainer_reject_bad_input() {
             "/nonexistent/run",
             IntegrationFlowConfig {
                 parameterization: integration_flow::flow::Parameterization::Integral,
-                sigma_data: 1.0,
+                sigma_data: Some(1.0),
                 anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
             }
             .init(
@@ -503,7 +503,7 @@ fn checkpoints_and_trainer_reject_bad_input() {
     let trainer = Trainer::new(
         IntegrationFlowConfig {
             parameterization: integration_flow::flow::Parameterization::Integral,
-            sigma_data: 1.0,
+            sigma_data: Some(1.0),
             anchor_law: AnchorLaw::Gaussian { scale: 1.0 },
         }
         .init(

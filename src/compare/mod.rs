@@ -201,7 +201,7 @@ pub(crate) fn fresh_model<B: AutodiffBackend>(
     let net = MlpConfig::default().init::<B>(&Default::default(), seed)?;
     IntegrationFlowConfig {
         parameterization,
-        sigma_data: sd,
+        sigma_data: Some(sd),
         anchor_law,
     }
     .init(flow.clone(), net)

@@ -98,7 +98,7 @@ where
         let law = coupling.law(&data)?;
         let mut rng = stream(config.seed, Stream::Anchors, 0);
         let store = coupling.build(&data, &law, StoreSpec::from(&config.anchor), &mut rng)?;
-        let model = model.with_anchor_law(law);
+        let model = model.with_anchor_law(law).with_sigma_data_from(&data)?;
         Self::assemble(
             model,
             data,

@@ -70,7 +70,7 @@ pub fn rf_mlp_of(
     .expect("a valid MLP");
     integration_flow::model::IntegrationFlowConfig {
         parameterization: integration_flow::flow::Parameterization::Integral,
-        sigma_data: 1.0,
+        sigma_data: Some(1.0),
         anchor_law: integration_flow::coupling::AnchorLaw::Zero,
     }
     .init(FlowConfig::Rf(Default::default()).init().expect("rf"), net)

@@ -217,6 +217,8 @@ where
         };
         let mut sections = format::read(dir)?;
         let meta = read_meta(&mut sections, &path)?;
+        // σ_d left to the data comes from the same data as when the run started.
+        let model = model.with_sigma_data_from(&data)?;
         let configured = meta.config.anchor.coupling();
         let saved_coupling = meta.coupling_name(configured.as_ref());
         let coupling = coupling.unwrap_or(configured);

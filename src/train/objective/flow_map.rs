@@ -401,7 +401,7 @@ mod tests {
         .unwrap();
         IntegrationFlowConfig {
             parameterization: Parameterization::Integral,
-            sigma_data: 1.0,
+            sigma_data: Some(1.0),
             anchor_law: AnchorLaw::Zero,
         }
         .init(flow.init().unwrap(), net)
