@@ -1,5 +1,9 @@
 //! The Integration Flow model: a flow's preconditioning around a network.
 
+mod renoise;
+
+pub use renoise::{RenoiseAnchor, RenoiseSchedule};
+
 use crate::backend::device_of;
 use crate::coupling::AnchorLaw;
 use crate::error::{Error, Result};
@@ -497,8 +501,8 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
 
     /// Generates `n` samples in `steps` network calls: one call from the prior (`x_T` and a
     /// first anchor from the anchor law), then for `steps > 1` the re-noising sampler
-    /// ([`sample::renoise`](crate::sample::renoise) on the default
-    /// [`RenoiseSchedule`](crate::sample::RenoiseSchedule), the first anchor held), which
+    /// ([`renoise`](Self::renoise) on the default [`RenoiseSchedule`], the first anchor held),
+    /// which
     /// refines: each further call starts from the estimate perturbed back to a smaller noise
     /// level.
     ///
@@ -522,16 +526,8 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
             }),
             1 => self.anchor_iteration(rng, n, 1),
             _ => {
-                let times =
-                    crate::sample::RenoiseSchedule::default().times(self.flow.as_ref(), steps)?;
-                Ok(crate::sample::renoise(
-                    self,
-                    rng,
-                    n,
-                    &times,
-                    crate::sample::RenoiseAnchor::Fixed,
-                )?
-                .samples)
+                let times = RenoiseSchedule::default().times(self.flow.as_ref(), steps)?;
+                self.renoise(rng, n, &times, RenoiseAnchor::Fixed)
             }
         }
     }
