@@ -48,11 +48,22 @@ struct Args {
     /// `jumps` (a flow-map model's deterministic jumps through the same times; for the released
     /// model two jumps score FD 46.2 against re-noising's 69.4, docs/evidence.md) or `auto`
     /// (jumps for a flow-map model, else re-noising).
-    #[arg(long, default_value = "auto")]
-    sampler: String,
+    #[arg(long, value_enum, default_value_t = Sampler::Auto)]
+    sampler: Sampler,
     /// Samples per network call.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+}
+
+/// How more than one network call refines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Sampler {
+    /// Jumps for a flow-map model, else re-noising.
+    Auto,
+    /// The re-noising sampler (`IntegrationFlow::generate`).
+    Renoise,
+    /// A flow-map model's deterministic jumps.
+    Jumps,
 }
 
 fn main() {
@@ -112,21 +123,18 @@ fn generate<N: FromNetworkConfig<Cpu>>(
     let generating = Instant::now();
     while values.len() < args.count * dim {
         let n = (args.count - values.len() / dim).min(args.batch);
-        let sampler = match args.sampler.as_str() {
-            "auto" if model.net().takes_target_time() => "jumps",
-            "auto" => "renoise",
-            other => other,
+        let sampler = match args.sampler {
+            Sampler::Auto if model.net().takes_target_time() => Sampler::Jumps,
+            Sampler::Auto => Sampler::Renoise,
+            chosen @ (Sampler::Renoise | Sampler::Jumps) => chosen,
         };
         let batch = match (sampler, args.steps) {
-            ("renoise", _) | ("jumps", 1) => model.generate(&mut rng, n, args.steps)?,
-            ("jumps", steps) => {
+            (Sampler::Jumps, steps) if steps > 1 => {
                 let times = RenoiseSchedule::default().times(model.flow().as_ref(), steps)?;
                 flow_map_jumps(&model, &mut rng, n, &times)?.samples
             }
-            (other, _) => {
-                return Err(
-                    format!("unknown --sampler {other:?}: use auto, renoise or jumps").into(),
-                )
+            (Sampler::Auto | Sampler::Renoise | Sampler::Jumps, _) => {
+                model.generate(&mut rng, n, args.steps)?
             }
         };
         values.extend(batch.into_data().iter::<f32>());

@@ -12,7 +12,7 @@
 //! let device = Default::default();
 //! let net = MlpConfig { width: 32, depth: 2, ..Default::default() }.init::<Cpu>(&device, 0)?;
 //! let flow = FlowConfig::Rf(Default::default()).init()?;
-//! let model = IntegrationFlowConfig::default().init(flow, net)?;
+//! let model = IntegrationFlowConfig { sigma_data: Some(1.0), ..Default::default() }.init(flow, net)?;
 //! let dir = std::env::temp_dir().join("integration_flow_saved_doc");
 //! model.export(&dir, Precision::F32)?;
 //! let loaded = IntegrationFlow::<Cpu, Mlp<Cpu>>::load(&dir, &device)?;
@@ -27,7 +27,9 @@ use crate::error::{Error, Result};
 use crate::flow::{FlowConfig, Parameterization, ProbabilityFlow};
 use crate::model::{IntegrationFlow, IntegrationFlowConfig};
 use crate::nn::{FromNetworkConfig, IntegrationNet, NetworkConfig};
-use crate::train::{checkpoint_path, param_shapes, read_ema, RecordBytes, TrainConfig, Trainer};
+use crate::train::{
+    checkpoint_path, param_shapes, read_ema, CheckpointModel, RecordBytes, TrainConfig, Trainer,
+};
 use burn::module::{AutodiffModule, Module};
 use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -61,8 +63,9 @@ pub enum Precision {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingRecord {
-    /// The run's configuration.
-    pub config: TrainConfig,
+    /// The run's configuration (a `TrainConfig` as JSON: kept as written, so that a card stays
+    /// readable when the configuration's fields change).
+    pub config: serde_json::Value,
     /// The coupling's name.
     pub coupling: String,
     /// Steps trained.
@@ -107,10 +110,29 @@ impl ModelCard {
     /// The card of the model saved at `path`: an export directory (`model.json`) or a run's
     /// checkpoint directory (`checkpoint.ifc`).
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
-        match Saved::find(path.as_ref())? {
-            Saved::Export(card_path) => read_card(&card_path),
-            Saved::Checkpoint(dir) => Ok(read_ema(&dir)?.0),
-        }
+        Ok(read_saved(path.as_ref())?.0)
+    }
+
+    fn of_checkpoint(model: &CheckpointModel) -> Result<Self> {
+        Ok(ModelCard {
+            format: CARD_FORMAT,
+            crate_version: String::new(),
+            flow: model.flow.clone(),
+            flow_config: model.flow_config.clone(),
+            parameterization: model.parameterization,
+            sigma_data: model.sigma_data,
+            anchor_law: model.anchor_law.clone(),
+            network: model.network.clone(),
+            param_shapes: model.param_shapes.clone(),
+            precision: Precision::F32,
+            training: Some(TrainingRecord {
+                config: training_json(&model.config)?,
+                coupling: model.coupling.clone(),
+                step: model.step,
+                data_shape: model.data_shape,
+                data_crc: model.data_crc,
+            }),
+        })
     }
 
     fn describe<B: Backend, N: IntegrationNet<B>>(
@@ -167,31 +189,40 @@ impl ModelCard {
     }
 }
 
-/// Where a saved model's files are.
-enum Saved {
-    /// The card's path; the weights are beside it.
-    Export(PathBuf),
-    /// The run's directory.
-    Checkpoint(PathBuf),
+/// Where a saved model's weights are.
+enum Weights {
+    /// An export's safetensors file.
+    Safetensors(PathBuf),
+    /// A checkpoint's EMA record bytes, and the checkpoint file (for errors).
+    Record(Vec<u8>, PathBuf),
 }
 
-impl Saved {
-    fn find(path: &Path) -> Result<Self> {
-        let card = path.join(CARD_FILE);
-        if card.is_file() {
-            return Ok(Saved::Export(card));
-        }
-        if checkpoint_path(path).is_file() {
-            return Ok(Saved::Checkpoint(path.to_path_buf()));
-        }
-        Err(Error::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no saved model here (neither {CARD_FILE} nor a checkpoint)"),
-            ),
-        })
+/// The card and the weights of the model saved at `path` (read once).
+fn read_saved(path: &Path) -> Result<(ModelCard, Weights)> {
+    let card = path.join(CARD_FILE);
+    if card.is_file() {
+        let weights = Weights::Safetensors(path.join(WEIGHTS_FILE));
+        return Ok((read_card(&card)?, weights));
     }
+    if checkpoint_path(path).is_file() {
+        let model = read_ema(path)?;
+        let card = ModelCard::of_checkpoint(&model)?;
+        return Ok((card, Weights::Record(model.ema, checkpoint_path(path))));
+    }
+    Err(Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no saved model here (neither {CARD_FILE} nor a checkpoint)"),
+        ),
+    })
+}
+
+fn training_json(config: &TrainConfig) -> Result<serde_json::Value> {
+    serde_json::to_value(config).map_err(|e| Error::InvalidArgument {
+        name: "config",
+        reason: format!("cannot record the training configuration: {e}"),
+    })
 }
 
 fn read_card(path: &Path) -> Result<ModelCard> {
@@ -221,7 +252,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     where
         N: FromNetworkConfig<B>,
     {
-        let card = ModelCard::read(path.as_ref())?;
+        let (card, weights) = read_saved(path.as_ref())?;
         let config = card
             .network
             .as_ref()
@@ -233,31 +264,35 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
                     .into(),
             })?;
         let net = N::from_network_config(config, device)?;
-        Self::load_with(path, net, None)
+        Self::assemble_saved(card, weights, net, None)
     }
 
     /// [`load`](Self::load) with the network's architecture given by `template` (its weights
     /// are replaced; its parameter shapes must be the saved ones) and, for a flow of your own,
-    /// the flow (checked against the saved one where the card records it).
+    /// the flow (checked against the saved one where the card records it; not self-checked
+    /// again: it was accepted when the model was trained).
     pub fn load_with(
         path: impl AsRef<Path>,
         template: N,
         flow: Option<Arc<dyn ProbabilityFlow>>,
     ) -> Result<Self> {
-        let path = path.as_ref();
-        let saved = Saved::find(path)?;
-        let (card, net) =
-            match saved {
-                Saved::Export(card_path) => {
-                    let card = read_card(&card_path)?;
-                    check_shapes(&card, &template, &card_path)?;
-                    let weights = card_path.with_file_name(WEIGHTS_FILE);
-                    let net = load_safetensors(template, &weights, card.precision)?;
-                    (card, net)
+        let (card, weights) = read_saved(path.as_ref())?;
+        Self::assemble_saved(card, weights, template, flow)
+    }
+
+    fn assemble_saved(
+        card: ModelCard,
+        weights: Weights,
+        template: N,
+        flow: Option<Arc<dyn ProbabilityFlow>>,
+    ) -> Result<Self> {
+        let net =
+            match weights {
+                Weights::Safetensors(file) => {
+                    check_shapes(&card, &template, &file)?;
+                    load_safetensors(template, &file, card.precision)?
                 }
-                Saved::Checkpoint(dir) => {
-                    let (card, ema) = read_ema(&dir)?;
-                    let file = checkpoint_path(&dir);
+                Weights::Record(ema, file) => {
                     check_shapes(&card, &template, &file)?;
                     let device = crate::backend::device_of(&template);
                     let record = Recorder::<B>::load(&RecordBytes::default(), ema, &device)
@@ -265,7 +300,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
                             path: file.clone(),
                             reason: format!("cannot load the EMA weights: {e}"),
                         })?;
-                    (card, template.load_record(record))
+                    template.load_record(record)
                 }
             };
         let flow = card.flow(flow)?;
@@ -274,12 +309,15 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
             sigma_data: Some(card.sigma_data),
             anchor_law: card.anchor_law.clone(),
         }
-        .init(flow, net)
+        .init_unchecked(flow, net)
     }
 
     /// Writes the model to the directory `dir` (created if needed): `model.safetensors` with the
     /// network's weights at `precision` and `model.json`, its card (no training record; a
-    /// trainer's [`export`](Trainer::export) adds one). Each file is written atomically.
+    /// trainer's [`export`](Trainer::export) adds one). Each file is written atomically, an
+    /// earlier card is removed first, and the card comes last, so a directory with a card has
+    /// the weights it describes. A model whose σ_d is still left to the data (never trained)
+    /// is refused: its card would record a value it never had.
     pub fn export(&self, dir: impl AsRef<Path>, precision: Precision) -> Result<()> {
         export(self, dir.as_ref(), precision, None)
     }
@@ -295,7 +333,7 @@ where
     /// configuration, coupling, step and data fingerprint in the card.
     pub fn export(&self, dir: impl AsRef<Path>, precision: Precision) -> Result<()> {
         let record = TrainingRecord {
-            config: self.config().clone(),
+            config: training_json(self.config())?,
             coupling: self.coupling().name().to_string(),
             step: self.step(),
             data_shape: [self.data_len(), self.ema_model().dim()],
@@ -311,10 +349,29 @@ fn export<B: Backend, N: IntegrationNet<B>>(
     precision: Precision,
     training: Option<TrainingRecord>,
 ) -> Result<()> {
+    if model.sigma_data_from_data() {
+        return Err(Error::InvalidArgument {
+            name: "model",
+            reason: "σ_data is still left to the data (no trainer has set it): export a trained \
+                     model, or give IntegrationFlowConfig::sigma_data"
+                .into(),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
     })?;
+    // The old card goes first: new weights beside an old card would load as that model.
+    let card_path = dir.join(CARD_FILE);
+    match std::fs::remove_file(&card_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::Io {
+                path: card_path,
+                source: e,
+            })
+        }
+        _ => {}
+    }
     let weights = dir.join(WEIGHTS_FILE);
     let mut store = SafetensorsStore::from_bytes(None).metadata(
         "producer",

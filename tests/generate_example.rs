@@ -60,9 +60,12 @@ fn an_exported_2d_model_makes_a_scatter_and_bad_flags_fail() {
     }
     .init::<Cpu>(&device, 0)
     .unwrap();
-    let model = IntegrationFlowConfig::default()
-        .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
-        .unwrap();
+    let model = IntegrationFlowConfig {
+        sigma_data: Some(1.0),
+        ..Default::default()
+    }
+    .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+    .unwrap();
     let dir = common::scratch("generate", "model");
     model.export(&dir, Precision::F32).unwrap();
     let out = common::scratch("generate", "out");

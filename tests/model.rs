@@ -56,7 +56,7 @@ fn the_estimate_applies_the_preconditioning() {
 }
 
 #[test]
-fn generation_takes_one_or_more_anchor_iterations() {
+fn generation_takes_one_or_more_calls() {
     let device = Default::default();
     let net = MlpConfig {
         width: 16,
@@ -298,6 +298,10 @@ fn sigma_data_comes_from_the_data_when_not_given() {
     trainer.fit().unwrap();
     let resumed = Trainer::resume(&dir, model.clone(), data).unwrap();
     assert_eq!(resumed.model().sigma_data(), std);
+    // Other data: the checkpoint names the dataset, not σ_data.
+    let other = Toy::Moons.sample(256, 1).unwrap();
+    let err = Trainer::resume(&dir, model.clone(), other).err().unwrap();
+    assert!(err.to_string().contains("dataset"), "{err}");
     let constant = integration_flow::data::Dataset::new(vec![0.5; 64], 2).unwrap();
     let small = TrainConfig {
         batch_size: 16,
@@ -324,4 +328,49 @@ fn sigma_data_comes_from_the_data_when_not_given() {
     )
     .unwrap();
     assert_eq!(trainer.model().sigma_data(), 0.25);
+}
+
+/// In the distillation pipeline σ_data left to the data is the training data's for the teacher
+/// and the student alike (the student trains on generated pairs, whose spread differs).
+#[test]
+fn the_distilled_student_keeps_its_teachers_sigma_data() {
+    use integration_flow::pipeline::{DistillConfig, Distillation};
+    let data = Toy::Moons.sample(512, 0).unwrap();
+    let (_, std) = data.mean_and_std();
+    let net = MlpConfig {
+        width: 16,
+        depth: 1,
+        ..Default::default()
+    }
+    .init::<CpuAutodiff>(&Default::default(), 0)
+    .unwrap();
+    let model = IntegrationFlowConfig::default()
+        .init(
+            Arc::new(RectifiedFlowConfig::default().init().unwrap()),
+            net,
+        )
+        .unwrap();
+    let teacher = TrainConfig {
+        steps: 20,
+        batch_size: 64,
+        progress: false,
+        ..Default::default()
+    };
+    let recipe = DistillConfig {
+        pairs: 128,
+        pair_steps: 2,
+        pair_batch: 64,
+        student_steps: 5,
+        ..Default::default()
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "integration_flow_sigma_distill_{}",
+        std::process::id()
+    ));
+    let student = Distillation::new(&dir, model, data, teacher, recipe)
+        .unwrap()
+        .run_for(std::time::Duration::from_secs(600))
+        .unwrap();
+    assert_eq!(student.step(), 5);
+    assert_eq!(student.model().sigma_data(), std);
 }

@@ -123,9 +123,12 @@ fn a_flow_map_unet_round_trips_with_its_target_time() {
         .unwrap()
         .with_target_time()
         .unwrap();
-    let model = IntegrationFlowConfig::default()
-        .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
-        .unwrap();
+    let model = IntegrationFlowConfig {
+        sigma_data: Some(0.5),
+        ..Default::default()
+    }
+    .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+    .unwrap();
     let dir = common::scratch("saved", "unet");
     model.export(&dir, Precision::F32).unwrap();
     let card = ModelCard::read(&dir).unwrap();
@@ -158,10 +161,15 @@ fn what_does_not_fit_is_a_typed_error() {
     }
     .init::<Cpu>(&device, 0)
     .unwrap();
-    let model = IntegrationFlowConfig::default()
+    let untrained = IntegrationFlowConfig::default()
         .init(FlowConfig::Ve(Default::default()).init().unwrap(), net)
         .unwrap();
     let dir = common::scratch("saved", "errors");
+    // σ_data still left to the data: the card would record a value the model never had.
+    let err = untrained.export(&dir, Precision::F32).unwrap_err();
+    assert!(err.to_string().contains("σ_data"), "{err}");
+    assert!(!dir.join(CARD_FILE).exists());
+    let model = untrained.with_sigma_data(1.0).unwrap();
     model.export(&dir, Precision::F32).unwrap();
 
     // Nothing saved there.
@@ -204,4 +212,63 @@ fn what_does_not_fit_is_a_typed_error() {
     std::fs::write(dir.join(WEIGHTS_FILE), b"not safetensors").unwrap();
     let err = IntegrationFlow::<Cpu, Mlp<Cpu>>::load(&dir, &device).unwrap_err();
     assert!(matches!(err, Error::Format { .. }), "{err}");
+}
+
+/// A flow of your own, trained with `init_unchecked` (it fails the self-check), loads with
+/// `load_with` and its flow; without the flow it is a typed error naming the way.
+#[test]
+fn a_flow_of_ones_own_loads_with_load_with() {
+    #[derive(Debug)]
+    struct Halved(integration_flow::flow::RectifiedFlow);
+    impl ProbabilityFlow for Halved {
+        fn name(&self) -> &str {
+            "halved"
+        }
+        fn alpha(&self, t: f64) -> f64 {
+            self.0.alpha(t)
+        }
+        fn sigma(&self, t: f64) -> f64 {
+            self.0.sigma(t)
+        }
+        // Wrong on purpose: the self-check fails, the expert trained it anyway.
+        fn alpha_dot(&self, t: f64) -> f64 {
+            0.5 * self.0.alpha_dot(t)
+        }
+        fn sigma_dot(&self, t: f64) -> f64 {
+            self.0.sigma_dot(t)
+        }
+        fn time_range(&self) -> integration_flow::flow::TimeRange {
+            self.0.time_range()
+        }
+    }
+    let flow = || -> std::sync::Arc<dyn ProbabilityFlow> {
+        std::sync::Arc::new(Halved(
+            integration_flow::flow::RectifiedFlowConfig::default()
+                .init()
+                .unwrap(),
+        ))
+    };
+    let device = Default::default();
+    let net = || {
+        MlpConfig {
+            width: 16,
+            depth: 1,
+            ..Default::default()
+        }
+        .init::<Cpu>(&device, 0)
+        .unwrap()
+    };
+    let config = IntegrationFlowConfig {
+        sigma_data: Some(0.7),
+        ..Default::default()
+    };
+    assert!(config.init(flow(), net()).is_err());
+    let model = config.init_unchecked(flow(), net()).unwrap();
+    let dir = common::scratch("saved", "own_flow");
+    model.export(&dir, Precision::F32).unwrap();
+    let err = IntegrationFlow::<Cpu, Mlp<Cpu>>::load(&dir, &device).unwrap_err();
+    assert!(err.to_string().contains("load_with"), "{err}");
+    let loaded = IntegrationFlow::load_with(&dir, net(), Some(flow())).unwrap();
+    assert_eq!(loaded.sigma_data(), 0.7);
+    assert_eq!(samples(&loaded), samples(&model));
 }

@@ -104,10 +104,10 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| format!("shape {shape:?} overflows"))?;
     let body = &bytes[header_start + header_len..];
-    let (width, kind) = match descr {
-        "|u1" | "<u1" | "u1" => (1, 0),
-        "<f4" | "f4" => (4, 1),
-        "<f8" | "f8" => (8, 2),
+    let kind = match descr {
+        "|u1" | "<u1" | "u1" => Dtype::U8,
+        "<f4" | "f4" => Dtype::F32,
+        "<f8" | "f8" => Dtype::F64,
         other => {
             return Err(format!(
                 "NPY dtype {other:?} is not supported (unsigned bytes '|u1', float32 '<f4' or \
@@ -116,7 +116,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         }
     };
     let need = count
-        .checked_mul(width)
+        .checked_mul(kind.width())
         .ok_or_else(|| format!("shape {shape:?} overflows"))?;
     if body.len() != need {
         return Err(super::body_size_error(
@@ -126,19 +126,38 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         ));
     }
     let data = match kind {
-        0 => NpyData::U8(body.to_vec()),
-        1 => NpyData::F32(
+        Dtype::U8 => NpyData::U8(body.to_vec()),
+        Dtype::F32 => NpyData::F32(
             body.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
         ),
-        _ => NpyData::F64(
+        Dtype::F64 => NpyData::F64(
             body.chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
         ),
     };
     Ok(NpyArray { shape, data })
+}
+
+/// The element types an NPY file may hold here.
+#[derive(Clone, Copy)]
+enum Dtype {
+    U8,
+    F32,
+    F64,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    fn width(self) -> usize {
+        match self {
+            Dtype::U8 => 1,
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
 }
 
 /// The text after `'key':` in a Python dict literal, up to the next top-level comma or brace.

@@ -229,22 +229,32 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     /// The same model with σ_d set from `data` (its overall standard deviation), where it was
     /// left to the data; otherwise unchanged. The trainer calls this when a run starts or
     /// resumes.
-    pub fn with_sigma_data_from(mut self, data: &crate::data::Dataset) -> Result<Self> {
-        if self.sigma_data_from_data {
-            let (_, std) = data.mean_and_std();
-            check_sigma_data(std).map_err(|_| Error::InvalidArgument {
-                name: "data",
-                reason: format!(
-                    "σ_data from the data is {std}: constant data has no scale; give \
-                     IntegrationFlowConfig::sigma_data"
-                ),
-            })?;
-            let range = self.flow.time_range();
-            self.flow.preconditioning(range.min, self.form, std)?;
-            self.flow.preconditioning(range.max, self.form, std)?;
-            self.sigma_data = std;
-            self.sigma_data_from_data = false;
+    pub fn with_sigma_data_from(self, data: &crate::data::Dataset) -> Result<Self> {
+        if !self.sigma_data_from_data {
+            return Ok(self);
         }
+        let (_, std) = data.mean_and_std();
+        check_sigma_data(std).map_err(|_| Error::InvalidArgument {
+            name: "data",
+            reason: format!(
+                "σ_data from the data is {std}: constant data has no scale; give \
+                 IntegrationFlowConfig::sigma_data"
+            ),
+        })?;
+        self.with_sigma_data(std)
+    }
+
+    /// The same model with σ_d set to `sigma_data` (a value checked like the configuration's):
+    /// how a resumed run restores the σ_d its data gave it.
+    pub fn with_sigma_data(mut self, sigma_data: f64) -> Result<Self> {
+        check_sigma_data(sigma_data)?;
+        let range = self.flow.time_range();
+        self.flow
+            .preconditioning(range.min, self.form, sigma_data)?;
+        self.flow
+            .preconditioning(range.max, self.form, sigma_data)?;
+        self.sigma_data = sigma_data;
+        self.sigma_data_from_data = false;
         Ok(self)
     }
 
@@ -425,17 +435,17 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
                 found: format!("{:?} and {:?}", x_t.dims(), anchor.dims()),
             });
         }
-        for (context, tensor) in [
-            ("IntegrationFlow::estimate input x_t", &x_t),
-            ("IntegrationFlow::estimate input anchor", &anchor),
-        ] {
-            // One reduction and one read back: a NaN in would be NaN samples out, silently.
-            let finite: bool = tensor.clone().is_finite().all().into_scalar().elem();
-            if !finite {
-                return Err(Error::NonFinite {
-                    context,
-                    value: first_non_finite(tensor),
-                });
+        // A NaN in would be NaN samples out, silently. The sums of both inputs are finite
+        // exactly when every value is (short of sums beyond f32's range, ~1e38): two passes
+        // and one read back; only the error path reads more.
+        let total: f64 = (x_t.clone().sum() + anchor.clone().sum())
+            .into_scalar()
+            .elem();
+        if !total.is_finite() {
+            for (context, tensor) in [(NON_FINITE_X_T, &x_t), (NON_FINITE_ANCHOR, &anchor)] {
+                if let Some(value) = first_non_finite(tensor) {
+                    return Err(Error::NonFinite { context, value });
+                }
             }
         }
         if t.len() != n && t.len() != 1 {
@@ -565,14 +575,15 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
     }
 }
 
-/// The first non-finite value of `tensor` (read back only on the error path).
-fn first_non_finite<B: Backend>(tensor: &Tensor<B, 2>) -> f64 {
-    tensor
-        .to_data()
-        .iter::<f64>()
-        .find(|v| !v.is_finite())
-        .unwrap_or(f64::NAN)
+/// The first non-finite value of `tensor`, if any (read back only on the error path).
+fn first_non_finite<B: Backend>(tensor: &Tensor<B, 2>) -> Option<f64> {
+    tensor.to_data().iter::<f64>().find(|v| !v.is_finite())
 }
+
+/// The context of [`Error::NonFinite`] for a non-finite `x_t` given to the model.
+pub(crate) const NON_FINITE_X_T: &str = "IntegrationFlow::estimate input x_t";
+/// The context of [`Error::NonFinite`] for a non-finite anchor given to the model.
+pub(crate) const NON_FINITE_ANCHOR: &str = "IntegrationFlow::estimate input anchor";
 
 fn check_sigma_data(sigma_data: f64) -> Result<()> {
     if sigma_data.is_finite() && sigma_data > 0.0 {

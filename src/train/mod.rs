@@ -28,7 +28,7 @@ pub use crate::coupling::{
     assignment, AnchorBacking, AnchorConfig, AnchorPolicy, AnchorStorage, AnchorStore, OtSpace,
 };
 pub use checkpoint::{checkpoint_path, CheckpointInfo, CHECKPOINT_FILE};
-pub(crate) use checkpoint::{param_shapes, read_ema, RecordBytes};
+pub(crate) use checkpoint::{param_shapes, read_ema, CheckpointModel, RecordBytes};
 pub use config::{
     Distance, DivergencePolicy, EmaConfig, LossWeight, LrDecay, OptimizerConfig, OptimizerKind,
     TrainConfig, Weighting,

@@ -129,11 +129,18 @@ where
             })
         };
         // A non-finite input (NaN noise or data) is a divergence of this step, like a NaN loss.
+        // Only the model's own input check: other non-finite values (a flow's coefficients) are
+        // defects to report, not divergences to skip.
         let (x_hat, target) = estimate().map_err(|e| match e {
-            Error::NonFinite { context, value } => Error::Diverged {
-                step,
-                reason: format!("{context} is {value}"),
-            },
+            Error::NonFinite { context, value }
+                if context == crate::model::NON_FINITE_X_T
+                    || context == crate::model::NON_FINITE_ANCHOR =>
+            {
+                Error::Diverged {
+                    step,
+                    reason: format!("{context} is {value}"),
+                }
+            }
             other => other,
         })?;
 

@@ -41,7 +41,7 @@ use std::time::Instant;
 /// let device = Default::default();
 /// let net = MlpConfig { width: 32, depth: 2, ..Default::default() }.init::<CpuAutodiff>(&device, 0)?;
 /// let flow = FlowConfig::Rf(Default::default()).init()?;
-/// let model = IntegrationFlowConfig::default().init(flow, net)?; // integral form, σ_d = 1
+/// let model = IntegrationFlowConfig::default().init(flow, net)?; // integral form, σ_d from the data
 /// let data = Toy::Moons.sample(256, 0)?;
 /// let config = TrainConfig { steps: 20, batch_size: 64, progress: false, ..Default::default() };
 /// let mut trainer = Trainer::new(model, data, config)?;
@@ -95,10 +95,12 @@ where
         coupling: Arc<dyn Coupling>,
     ) -> Result<Self> {
         config.validate()?;
+        // Before the coupling, which can take long: constant data fails here.
+        let model = model.with_sigma_data_from(&data)?;
         let law = coupling.law(&data)?;
         let mut rng = stream(config.seed, Stream::Anchors, 0);
         let store = coupling.build(&data, &law, StoreSpec::from(&config.anchor), &mut rng)?;
-        let model = model.with_anchor_law(law).with_sigma_data_from(&data)?;
+        let model = model.with_anchor_law(law);
         Self::assemble(
             model,
             data,

@@ -6,7 +6,7 @@ mod state;
 
 pub use format::{checkpoint_path, CHECKPOINT_FILE};
 pub use state::CheckpointInfo;
-pub(crate) use state::{param_shapes, read_ema};
+pub(crate) use state::{param_shapes, read_ema, CheckpointModel};
 
 /// The encoding of burn records (weights, optimizer state) inside a checkpoint.
 pub(crate) type RecordBytes =

@@ -9,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::flow::{FlowConfig, Parameterization};
 use crate::model::IntegrationFlow;
 use crate::nn::{IntegrationNet, NetworkConfig};
-use crate::saved::{ModelCard, Precision, TrainingRecord};
 use crate::train::guard::{params_finite, GuardCounts};
 use crate::train::trainer::{AnchorDrift, Position, Trainer};
 use crate::train::{AnchorStorage, TrainConfig};
@@ -217,8 +216,11 @@ where
         };
         let mut sections = format::read(dir)?;
         let meta = read_meta(&mut sections, &path)?;
-        // σ_d left to the data comes from the same data as when the run started.
-        let model = model.with_sigma_data_from(&data)?;
+        // σ_d left to the data is the value the run started with (its data is checked below).
+        let model = match model.sigma_data_from_data() {
+            true => model.with_sigma_data(meta.sigma_data)?,
+            false => model,
+        };
         let configured = meta.config.anchor.coupling();
         let saved_coupling = meta.coupling_name(configured.as_ref());
         let coupling = coupling.unwrap_or(configured);
@@ -391,17 +393,32 @@ impl CheckpointInfo {
     }
 }
 
-/// The model a checkpoint holds, for inference: its card (no training record beyond what the
-/// checkpoint knows) and the EMA weights' record bytes.
-pub(crate) fn read_ema(dir: &Path) -> Result<(ModelCard, Vec<u8>)> {
+/// The model a checkpoint holds, for inference: what rebuilds it and its EMA weights' record
+/// bytes (the `saved` module makes its card of this).
+pub(crate) struct CheckpointModel {
+    pub(crate) flow: String,
+    pub(crate) flow_config: Option<FlowConfig>,
+    pub(crate) parameterization: Parameterization,
+    pub(crate) sigma_data: f64,
+    pub(crate) anchor_law: AnchorLaw,
+    pub(crate) network: Option<NetworkConfig>,
+    pub(crate) param_shapes: Vec<Vec<usize>>,
+    pub(crate) config: TrainConfig,
+    pub(crate) coupling: String,
+    pub(crate) step: usize,
+    pub(crate) data_shape: [usize; 2],
+    pub(crate) data_crc: u32,
+    pub(crate) ema: Vec<u8>,
+}
+
+/// Reads the model of the checkpoint in `dir` (no optimizer state or anchors are decoded).
+pub(crate) fn read_ema(dir: &Path) -> Result<CheckpointModel> {
     let path = format::checkpoint_path(dir);
     let mut sections = format::read(dir)?;
     let meta = read_meta(&mut sections, &path)?;
     let ema = sections.take("ema", &path)?;
     let coupling = meta.coupling_name(meta.config.anchor.coupling().as_ref());
-    let card = ModelCard {
-        format: crate::saved::CARD_FORMAT,
-        crate_version: String::new(),
+    Ok(CheckpointModel {
         flow: meta.flow,
         flow_config: meta.flow_config,
         parameterization: meta.parameterization,
@@ -409,16 +426,13 @@ pub(crate) fn read_ema(dir: &Path) -> Result<(ModelCard, Vec<u8>)> {
         anchor_law: meta.anchor_law,
         network: meta.network,
         param_shapes: meta.param_shapes,
-        precision: Precision::F32,
-        training: Some(TrainingRecord {
-            config: meta.config,
-            coupling,
-            step: meta.position.step,
-            data_shape: [meta.data_len, meta.data_dim],
-            data_crc: meta.data_crc,
-        }),
-    };
-    Ok((card, ema))
+        config: meta.config,
+        coupling,
+        step: meta.position.step,
+        data_shape: [meta.data_len, meta.data_dim],
+        data_crc: meta.data_crc,
+        ema,
+    })
 }
 
 /// A checkpoint's metadata section, of this crate's format.
