@@ -16,14 +16,15 @@ pub(super) struct Progress {
     last_line: Option<Instant>,
     started: Instant,
     count: usize,
+    deadline: Option<Instant>,
 }
 
 /// The shortest time between two progress lines off a terminal.
 pub(super) const LINE_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Progress {
-    /// Progress over `count` steps.
-    pub(super) fn new(visible: bool, count: usize) -> Self {
+    /// Progress over `count` steps, or until `deadline` where that comes first.
+    pub(super) fn new(visible: bool, count: usize, deadline: Option<Instant>) -> Self {
         let terminal = std::io::stderr().is_terminal();
         let bar = (visible && terminal).then(|| {
             let bar =
@@ -41,6 +42,7 @@ impl Progress {
             last_line: None,
             started: Instant::now(),
             count,
+            deadline,
         }
     }
 
@@ -60,7 +62,16 @@ impl Progress {
             self.last_line = Some(Instant::now());
             eprintln!(
                 "{}",
-                line(done, self.count, step, loss, rate, self.started.elapsed())
+                line(
+                    done,
+                    self.count,
+                    step,
+                    loss,
+                    rate,
+                    self.started.elapsed(),
+                    self.deadline
+                        .map(|d| d.saturating_duration_since(Instant::now())),
+                )
             );
         }
     }
@@ -73,7 +84,8 @@ impl Progress {
     }
 }
 
-/// One progress line: `step 1200 (400/2000 of this run) loss 0.0123 2567 examples/s eta 31 s`.
+/// One progress line: `step 1200 (400/2000 of this run) loss 0.0123 2567 examples/s eta 31 s`;
+/// the estimate is the time to the run's `deadline` where that comes before its last step.
 pub(super) fn line(
     done: usize,
     count: usize,
@@ -81,15 +93,19 @@ pub(super) fn line(
     loss: f64,
     rate: f64,
     elapsed: Duration,
+    deadline: Option<Duration>,
 ) -> String {
     let left = count.saturating_sub(done);
-    let eta = match done {
-        0 => String::new(),
-        _ => format!(
-            " eta {:.0} s",
-            elapsed.as_secs_f64() * left as f64 / done as f64
-        ),
+    let by_steps = (done > 0).then(|| elapsed.as_secs_f64() * left as f64 / done as f64);
+    let seconds = match (by_steps, deadline) {
+        (Some(steps), Some(time)) => Some(steps.min(time.as_secs_f64())),
+        (Some(steps), None) => Some(steps),
+        (None, Some(time)) => Some(time.as_secs_f64()),
+        (None, None) => None,
     };
+    let eta = seconds
+        .map(|s| format!(" eta {s:.0} s"))
+        .unwrap_or_default();
     format!("step {step} ({done}/{count} of this run) loss {loss:.4} {rate:.0} examples/s{eta}")
 }
 
@@ -135,11 +151,31 @@ mod tests {
 
     #[test]
     fn a_progress_line_rounds_its_rates_and_estimates_the_rest() {
-        let text = line(400, 2000, 1200, 0.012345, 2567.891, Duration::from_secs(10));
+        let text = line(
+            400,
+            2000,
+            1200,
+            0.012345,
+            2567.891,
+            Duration::from_secs(10),
+            None,
+        );
         assert_eq!(
             text,
             "step 1200 (400/2000 of this run) loss 0.0123 2568 examples/s eta 40 s"
         );
-        assert!(!line(0, 10, 0, 1.0, 0.0, Duration::ZERO).contains("eta"));
+        assert!(!line(0, 10, 0, 1.0, 0.0, Duration::ZERO, None).contains("eta"));
+        // A time budget that ends before the steps do sets the estimate.
+        let budget = Some(Duration::from_secs(12));
+        let text = line(
+            25,
+            1_000_000,
+            25,
+            0.5,
+            490.0,
+            Duration::from_secs(3),
+            budget,
+        );
+        assert!(text.ends_with("eta 12 s"), "{text}");
     }
 }

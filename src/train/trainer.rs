@@ -346,7 +346,7 @@ where
             crate::backend::flush_denormals();
         }
         let _running = interrupt::RunningLoop::enter();
-        let mut progress = Progress::new(self.config.progress, count);
+        let mut progress = Progress::new(self.config.progress, count, deadline);
         let mut last = None;
         let mut window = (Instant::now(), self.position.step);
         let mut ran = 0;
