@@ -286,14 +286,14 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         template: N,
         flow: Option<Arc<dyn ProbabilityFlow>>,
     ) -> Result<Self> {
+        let file = match &weights {
+            Weights::Safetensors(file) | Weights::Record(_, file) => file,
+        };
+        check_shapes(&card, &template, file)?;
         let net =
             match weights {
-                Weights::Safetensors(file) => {
-                    check_shapes(&card, &template, &file)?;
-                    load_safetensors(template, &file, card.precision)?
-                }
+                Weights::Safetensors(file) => load_safetensors(template, &file, card.precision)?,
                 Weights::Record(ema, file) => {
-                    check_shapes(&card, &template, &file)?;
                     let device = crate::backend::device_of(&template);
                     let record = Recorder::<B>::load(&RecordBytes::default(), ema, &device)
                         .map_err(|e| Error::Checkpoint {

@@ -259,10 +259,9 @@ fn non_finite_inputs_are_an_error() {
     }
 }
 
-/// σ_data left to the data is the training data's standard deviation once a trainer starts,
-/// survives a checkpoint and a resume, and a constant dataset (no scale) is refused.
-#[test]
-fn sigma_data_comes_from_the_data_when_not_given() {
+/// A small rectified-flow model whose σ_data is left to the data.
+fn rf_model_scaled_by_data(
+) -> integration_flow::model::IntegrationFlow<CpuAutodiff, integration_flow::nn::Mlp<CpuAutodiff>> {
     let net = MlpConfig {
         width: 16,
         depth: 1,
@@ -270,12 +269,19 @@ fn sigma_data_comes_from_the_data_when_not_given() {
     }
     .init::<CpuAutodiff>(&Default::default(), 0)
     .unwrap();
-    let model = IntegrationFlowConfig::default()
+    IntegrationFlowConfig::default()
         .init(
             Arc::new(RectifiedFlowConfig::default().init().unwrap()),
             net,
         )
-        .unwrap();
+        .unwrap()
+}
+
+/// σ_data left to the data is the training data's standard deviation once a trainer starts,
+/// survives a checkpoint and a resume, and a constant dataset (no scale) is refused.
+#[test]
+fn sigma_data_comes_from_the_data_when_not_given() {
+    let model = rf_model_scaled_by_data();
     assert!(model.sigma_data_from_data());
     assert_eq!(model.sigma_data(), 1.0);
     let data = Toy::Moons.sample(256, 0).unwrap();
@@ -337,19 +343,7 @@ fn the_distilled_student_keeps_its_teachers_sigma_data() {
     use integration_flow::pipeline::{DistillConfig, Distillation};
     let data = Toy::Moons.sample(512, 0).unwrap();
     let (_, std) = data.mean_and_std();
-    let net = MlpConfig {
-        width: 16,
-        depth: 1,
-        ..Default::default()
-    }
-    .init::<CpuAutodiff>(&Default::default(), 0)
-    .unwrap();
-    let model = IntegrationFlowConfig::default()
-        .init(
-            Arc::new(RectifiedFlowConfig::default().init().unwrap()),
-            net,
-        )
-        .unwrap();
+    let model = rf_model_scaled_by_data();
     let teacher = TrainConfig {
         steps: 20,
         batch_size: 64,

@@ -23,7 +23,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,27 +75,7 @@ class UNet(reference.UNet):
                          heads=config["heads"], groups=config["groups"], emb_dim=emb)
 
     def run(self, x, c_noise, gap, anchor):
-        # reference.UNet.forward with the model's own embedding (and the target time's).
-        n, p, s = x.shape[0], self.patch, self.side
-        image = lambda t: F.pixel_unshuffle(t.reshape(n, 1, s, s), p)
-        e = embed_times(self.embed, c_noise, gap)
-        emb = F.silu(self.embed_out(F.silu(self.embed_in(e))))
-        h = self.stem(torch.cat([image(x), image(anchor)], dim=1))
-        skips = [h]
-        for kind, stage in zip(self.kinds_down, self.down):
-            h = stage(h, emb) if kind == "block" else stage(h)
-            skips.append(h)
-        for stage in self.middle:
-            h = stage(h, emb)
-        for kind, stage in zip(self.kinds_up, self.up):
-            if kind == "up":
-                sh, sw = skips[-1].shape[2:]
-                h = F.interpolate(h, scale_factor=2, mode="nearest")[:, :, :sh, :sw]
-                h = stage(h)
-            else:
-                h = stage(torch.cat([h, skips.pop()], dim=1), emb)
-        out = self.out_conv(F.silu(self.out_norm(h)))
-        return F.pixel_shuffle(out, p).reshape(n, s * s)
+        return self.trunk(x, embed_times(self.embed, c_noise, gap), anchor)
 
 
 def mirror_state(tensors, network):

@@ -150,9 +150,13 @@ class UNet(nn.Module):
         return s
 
     def forward(self, x, c_noise, anchor):
+        return self.trunk(x, embed(c_noise), anchor)
+
+    def trunk(self, x, times, anchor):
+        """The network after the time embedding ``times`` (check_export.py gives its own)."""
         n, p, s = x.shape[0], self.patch, self.side
         image = lambda t: F.pixel_unshuffle(t.reshape(n, 1, s, s), p)
-        emb = F.silu(self.embed_out(F.silu(self.embed_in(embed(c_noise)))))
+        emb = F.silu(self.embed_out(F.silu(self.embed_in(times))))
         h = self.stem(torch.cat([image(x), image(anchor)], dim=1))
         skips = [h]
         for kind, stage in zip(self.kinds_down, self.down):

@@ -105,9 +105,7 @@ impl<B: Backend> ClassifierNet<B> {
 
     /// Penultimate features `[n, 128]` and class logits `[n, classes]` of images `[n, c, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let h = relu(self.conv1.forward(x));
-        let h = relu(self.conv2.forward(h));
-        let h = relu(self.conv3.forward(h));
+        let h = self.convolutions(x);
         let features = relu(self.features.forward(h.flatten(1, 3)));
         let logits = self.classes.forward(features.clone());
         (features, logits)
@@ -116,10 +114,24 @@ impl<B: Backend> ClassifierNet<B> {
     /// The three convolutions' activations (after the ReLU) of images `[n, c, h, w]`: the
     /// layers a perceptual distance compares.
     pub fn feature_maps(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        let h1 = relu(self.conv1.forward(x));
-        let h2 = relu(self.conv2.forward(h1.clone()));
-        let h3 = relu(self.conv3.forward(h2.clone()));
-        vec![h1, h2, h3]
+        let mut maps = Vec::with_capacity(3);
+        self.convolutions_into(x, &mut maps);
+        maps
+    }
+
+    /// The last convolution's activations (what the feature layer reads).
+    fn convolutions(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.convolutions_into(x, &mut Vec::new())
+    }
+
+    /// The three convolutions with their ReLUs; each activation is also pushed to `maps`.
+    fn convolutions_into(&self, x: Tensor<B, 4>, maps: &mut Vec<Tensor<B, 4>>) -> Tensor<B, 4> {
+        let mut h = x;
+        for conv in [&self.conv1, &self.conv2, &self.conv3] {
+            h = relu(conv.forward(h));
+            maps.push(h.clone());
+        }
+        h
     }
 }
 

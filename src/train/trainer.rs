@@ -364,6 +364,8 @@ where
             let stats = self.train_step()?;
             ran += 1;
             let done = self.position.step;
+            // Steps done in this call (a rollback can move the position back).
+            let this_run = (done + count).saturating_sub(target);
             if done.is_multiple_of(self.config.log_every)
                 || done == self.config.steps
                 || stats.anchor_drift.is_some()
@@ -372,14 +374,9 @@ where
                     / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), done);
                 self.log(&stats, rate)?;
-                progress.logged(
-                    (done + count).saturating_sub(target),
-                    done,
-                    stats.loss,
-                    rate,
-                );
+                progress.logged(this_run, done, stats.loss, rate);
             }
-            progress.set_position((done + count).saturating_sub(target));
+            progress.set_position(this_run);
             if self.config.checkpoint_every > 0 && done.is_multiple_of(self.config.checkpoint_every)
             {
                 self.checkpoint()?;
