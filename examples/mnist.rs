@@ -44,6 +44,11 @@
 //! convolutions of a second classifier (`--perceptual-seed`, default 1, cached in
 //! `--perceptual-classifier`, default `runs/mnist_perceptual`), trained on the training images
 //! only; its training time is charged to the budget. Off by default (it measured worse).
+//!
+//! `--adversarial-weight W` adds an adversarial term to a pairs, encoded or mixed student's
+//! loss: a small convolutional critic, trained beside the student on the same batches, tells
+//! the student's images from their targets (`--adversarial-lr`, `--adversarial-width`,
+//! `--adversarial-warmup` steps where only the critic learns).
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
@@ -63,8 +68,8 @@ use integration_flow::sample::{
 };
 use integration_flow::saved::Precision;
 use integration_flow::train::{
-    AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, FlowMapConfig, FlowMapVelocity,
-    LrDecay, OneStepTarget, OtSpace, PerceptualConfig, TrainConfig, Trainer,
+    AdversarialConfig, AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, FlowMapConfig,
+    FlowMapVelocity, LrDecay, OneStepTarget, OtSpace, PerceptualConfig, TrainConfig, Trainer,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -242,6 +247,19 @@ struct Args {
     /// Seed of the perceptual term's classifier (must differ from --classifier-seed).
     #[arg(long, default_value_t = 1)]
     perceptual_seed: u64,
+    /// Weight of an adversarial term in a pairs, encoded or mixed student's loss (0: none): a
+    /// critic trained beside the student tells its images from their targets.
+    #[arg(long, default_value_t = 0.0)]
+    adversarial_weight: f64,
+    /// The adversarial critic's learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    adversarial_lr: f64,
+    /// Channels of the adversarial critic's first convolution.
+    #[arg(long, default_value_t = 32)]
+    adversarial_width: usize,
+    /// Student steps at the start where only the adversarial critic learns.
+    #[arg(long, default_value_t = 0)]
+    adversarial_warmup: usize,
     /// Also export the trained model (the EMA, what samples) to DIR: `model.safetensors` and
     /// `model.json`, for `IntegrationFlow::load` and `examples/generate`.
     #[arg(long)]
@@ -508,9 +526,11 @@ fn run<B: AutodiffBackend>(
             }
         };
         train_distilled(args, model, &data, config, budget, features)?
-    } else if args.perceptual_weight != 0.0 {
+    } else if args.perceptual_weight != 0.0 || args.adversarial_weight != 0.0 {
         return Err(
-            "--perceptual-weight applies to the distillation's student (--policy distill)".into(),
+            "--perceptual-weight and --adversarial-weight apply to the distillation's \
+                    student (--policy distill)"
+                .into(),
         );
     } else {
         train_one(args, model, &data, config, budget)?
@@ -674,6 +694,13 @@ fn train_distilled<B: AutodiffBackend>(
         student_lr_decay,
         student_perceptual: features.as_ref().map(|_| PerceptualConfig {
             weight: args.perceptual_weight,
+        }),
+        student_adversarial: (args.adversarial_weight != 0.0).then_some(AdversarialConfig {
+            weight: args.adversarial_weight,
+            image: [1, 28, 28],
+            width: args.adversarial_width,
+            lr: args.adversarial_lr,
+            critic_warmup: args.adversarial_warmup,
         }),
         ..defaults
     };

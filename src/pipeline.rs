@@ -46,8 +46,8 @@ use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use crate::sample::{encoded_pairs, ode_pairs, OdeSolver};
 use crate::train::{
-    checkpoint_path, ConsistencyConfig, Distance, FlowMapConfig, ImageFeatures, LrDecay,
-    ObjectiveConfig, PerceptualConfig, TrainConfig, Trainer,
+    checkpoint_path, AdversarialConfig, ConsistencyConfig, Distance, FlowMapConfig, ImageFeatures,
+    LrDecay, ObjectiveConfig, PerceptualConfig, TrainConfig, Trainer,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -162,6 +162,10 @@ pub struct DistillConfig {
     /// A perceptual term in the student's loss; its network is given with
     /// [`Distillation::with_student_features`]. `None` by default.
     pub student_perceptual: Option<PerceptualConfig>,
+    /// An adversarial term in the student's loss (a critic trained beside it tells the
+    /// student's estimates from its targets); needs a student of the regression objective
+    /// (the pairs methods). `None` by default.
+    pub student_adversarial: Option<AdversarialConfig>,
 }
 
 impl Default for DistillConfig {
@@ -178,6 +182,7 @@ impl Default for DistillConfig {
             student_distance: None,
             student_lr_decay: LrDecay::Constant,
             student_perceptual: None,
+            student_adversarial: None,
         }
     }
 }
@@ -250,6 +255,22 @@ impl DistillConfig {
         }
         if let Some(perceptual) = &self.student_perceptual {
             perceptual.check(NAME, "student_perceptual.weight")?;
+        }
+        if let Some(adversarial) = &self.student_adversarial {
+            adversarial.check(NAME, "student_adversarial")?;
+            match self.method {
+                DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => {}
+                DistillMethod::Consistency(_)
+                | DistillMethod::FlowMap(_)
+                | DistillMethod::FlowMapPairs(_) => {
+                    return Err(invalid_config(
+                        NAME,
+                        "student_adversarial",
+                        "needs a student of the regression objective (the pairs, encoded or \
+                         mixed methods)",
+                    ))
+                }
+            }
         }
         self.student_lr_decay
             .check(NAME, "student_lr_decay.floor")?;
@@ -840,6 +861,7 @@ where
                 config.distance = distance;
             }
             config.perceptual = self.config.student_perceptual.clone();
+            config.adversarial = self.config.student_adversarial.clone();
             Ok((self.model.with_net(net), config))
         };
         // A student of `samples` by `objective`, paired with anchors by `coupling` or not; a

@@ -1,5 +1,6 @@
 //! The training configuration (docs/training.md), serde-serialisable and validated.
 
+use super::adversarial::AdversarialConfig;
 use super::objective::ObjectiveConfig;
 use super::perceptual::PerceptualConfig;
 use crate::coupling::AnchorConfig;
@@ -249,6 +250,10 @@ pub struct TrainConfig {
     /// [`Trainer::with_perceptual_features`](super::Trainer::with_perceptual_features)); `None`
     /// by default.
     pub perceptual: Option<PerceptualConfig>,
+    /// An adversarial term beside the pixel distance (image data, the regression objective): a
+    /// critic trained with the model judges its estimates against their targets; `None` by
+    /// default.
+    pub adversarial: Option<AdversarialConfig>,
     /// Optimizer.
     pub optimizer: OptimizerConfig,
     /// EMA of the weights.
@@ -306,6 +311,7 @@ impl Default for TrainConfig {
             t_max_fraction: 0.0,
             loss_weight: LossWeight::default(),
             perceptual: None,
+            adversarial: None,
             optimizer: OptimizerConfig::default(),
             ema: EmaConfig::default(),
             checkpoint_every: 0,
@@ -377,6 +383,20 @@ impl TrainConfig {
         self.distance.check(NAME, "distance.c")?;
         if let Some(perceptual) = &self.perceptual {
             perceptual.check(NAME, "perceptual.weight")?;
+        }
+        if let Some(adversarial) = &self.adversarial {
+            adversarial.check(NAME, "adversarial")?;
+            match self.objective {
+                ObjectiveConfig::Regression => {}
+                ObjectiveConfig::FlowMap(_) | ObjectiveConfig::Consistency(_) => {
+                    return Err(invalid_config(
+                        NAME,
+                        "adversarial",
+                        "the adversarial term needs the regression objective (its critic \
+                         tells the data from the estimates of it)",
+                    ))
+                }
+            }
         }
         self.time.validate()?;
         unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;

@@ -61,6 +61,7 @@ where
                     lr: self.lr_at(step),
                     w,
                     anchor_drift,
+                    critic_loss: None,
                     skipped: true,
                 })
             }
@@ -99,6 +100,7 @@ where
         self.ema = back.ema;
         self.optim = back.optim;
         self.anchors = back.anchors;
+        self.critic = back.critic;
         self.config = back.config;
         self.position = back.position;
         self.drift = back.drift;

@@ -4,11 +4,12 @@
 //! weighting (`loss.rs`), the divergence guard (`guard.rs`), the optimizer and learning-rate
 //! schedule (`optimizer.rs`), the EMA (`ema.rs`), the seeded random streams (`streams.rs`),
 //! what the estimate is pulled towards ([`objective`], one file per objective), the
-//! perceptual term for images ([`perceptual`]),
+//! perceptual and adversarial terms for images ([`perceptual`], [`adversarial`]),
 //! the run's position and step statistics (`position.rs`),
 //! progress and the metrics log (`progress.rs`), checkpoints (`checkpoint/`) and Ctrl-C
 //! ([`interrupt`]). How each example gets its anchor is the [`coupling`](crate::coupling)'s.
 
+pub mod adversarial;
 mod checkpoint;
 mod config;
 mod ema;
@@ -27,6 +28,7 @@ mod trainer;
 pub use crate::coupling::{
     assignment, AnchorBacking, AnchorConfig, AnchorPolicy, AnchorStorage, AnchorStore, OtSpace,
 };
+pub use adversarial::{AdversarialConfig, Critic};
 pub use checkpoint::{checkpoint_path, CheckpointInfo, CHECKPOINT_FILE};
 pub(crate) use checkpoint::{param_shapes, read_ema, CheckpointModel, RecordBytes};
 pub use config::{

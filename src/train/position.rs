@@ -20,6 +20,10 @@ pub struct StepStats {
     /// When this step finished an epoch: that epoch's mean anchor change per example.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor_drift: Option<f64>,
+    /// The adversarial critic's loss before its update this step (runs with an adversarial
+    /// term; about 2 while it cannot tell estimates from targets, 0 once it always can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critic_loss: Option<f64>,
     /// The step diverged and was skipped ([`DivergencePolicy::Skip`](super::DivergencePolicy)):
     /// nothing was updated, and `loss` and `grad_norm` are what diverged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -152,6 +152,7 @@ where
             &t,
         );
         let perceptual_target = self.config.perceptual.as_ref().map(|_| target.clone());
+        let critic_target = self.critic.as_ref().map(|_| target.clone());
         let mut loss = loss::integration_flow_loss(
             self.config.distance,
             w,
@@ -174,6 +175,13 @@ where
             let d = perceptual::perceptual_distance(features, x_hat.clone(), target)?;
             loss = loss + d.mean().mul_scalar(config.weight);
         }
+        if let (Some(config), Some(critic)) = (&self.config.adversarial, &self.critic) {
+            // After the critic's warm-up the model learns from it too.
+            if step >= config.critic_warmup {
+                let adversarial = critic.model_loss(x_hat.clone())?;
+                loss = loss + adversarial.mul_scalar(config.weight);
+            }
+        }
         let loss_value: f64 = loss.clone().into_scalar().elem();
         if !loss_value.is_finite() {
             return Err(Error::Diverged {
@@ -190,6 +198,21 @@ where
                 reason: format!("gradient norm is {grad_norm}"),
             });
         }
+        // The critic learns from this step's estimates; the model's gradient above used it as
+        // it was. A non-finite critic loss leaves everything as it was.
+        let critic_loss = match (&mut self.critic, critic_target) {
+            (Some(critic), Some(target)) => {
+                let value = critic.update(target, x_hat.clone())?;
+                if !value.is_finite() {
+                    return Err(Error::Diverged {
+                        step,
+                        reason: format!("the adversarial critic's loss is {value}"),
+                    });
+                }
+                Some(value)
+            }
+            _ => None,
+        };
         let lr = self.lr_at(step);
         let net = self.optim.step(lr, self.model.net().clone(), grads);
         let decay = ema::decay_at(self.config.ema.decay, self.config.ema.warmup, step);
@@ -220,6 +243,7 @@ where
             lr,
             w,
             anchor_drift,
+            critic_loss,
             skipped: false,
         })
     }

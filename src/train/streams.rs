@@ -15,6 +15,8 @@ pub(crate) enum Stream {
     Shuffle = 2,
     /// A step's times and noise; index = step.
     Step = 3,
+    /// The adversarial critic's initial weights; index 0.
+    Critic = 4,
 }
 
 /// The generator of `stream` at `index` for a run seeded with `seed`.

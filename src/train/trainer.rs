@@ -3,6 +3,7 @@
 //! The step itself is in `step.rs`, the divergence guard in `guard.rs`, checkpoints and resume
 //! in `checkpoint/`, the optimizer in `optimizer.rs`, the random streams in `streams.rs`.
 
+use super::adversarial::CriticState;
 use super::config::{LossWeight, TrainConfig};
 use super::guard::GuardCounts;
 use super::interrupt;
@@ -21,6 +22,7 @@ use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     pub(super) guard: GuardCounts,
     /// The network of the perceptual term (`config.perceptual`), if one was given.
     pub(super) perceptual: Option<Box<dyn ImageFeatures<B>>>,
+    /// The critic of the adversarial term (`config.adversarial`) and its optimizer.
+    pub(super) critic: Option<CriticState<B>>,
 }
 
 impl<B, N> Trainer<B, N>
@@ -165,8 +169,22 @@ where
             }
             LossWeight::Edm => {}
         }
+        if let Some(adversarial) = &config.adversarial {
+            let [c, h, w] = adversarial.image;
+            if adversarial.image_len() != data.dim() {
+                return Err(Error::ShapeMismatch {
+                    context: "adversarial image shape and data",
+                    expected: format!("{} values per example ({c}×{h}×{w} images)", c * h * w),
+                    found: format!("{} values per example", data.dim()),
+                });
+            }
+        }
         let optim = Optim::new(&config.optimizer);
         let device = device_of(model.net());
+        let critic = config.adversarial.as_ref().map(|adversarial| {
+            let seed = stream(config.seed, Stream::Critic, 0).next_u64();
+            CriticState::new(adversarial, seed, &device)
+        });
         let ema = ema.unwrap_or_else(|| model.net().valid());
         let mut trainer = Trainer {
             model,
@@ -185,6 +203,7 @@ where
             device,
             guard: GuardCounts::default(),
             perceptual: None,
+            critic,
         };
         trainer.order = trainer.epoch_order(position.epoch);
         Ok(trainer)

@@ -125,6 +125,13 @@ where
             .to_bytes()
             .map_err(|e| record_error("optimizer", e))?;
         sections.push("optimizer", optim);
+        if let Some(critic) = &self.critic {
+            let [weights, optim] = critic
+                .to_bytes()
+                .map_err(|e| record_error("adversarial critic", e))?;
+            sections.push("critic", weights);
+            sections.push("critic_optimizer", optim);
+        }
         if let Some(store) = &self.anchors {
             sections.push_parts("anchors", store.to_parts());
         }
@@ -287,6 +294,13 @@ where
             .map(|store| store.into_backing(&meta.config.anchor.backing))
             .transpose()?;
         let optim_bytes = sections.take("optimizer", &path)?;
+        let critic_bytes = match meta.config.adversarial {
+            Some(_) => Some([
+                sections.take("critic", &path)?,
+                sections.take("critic_optimizer", &path)?,
+            ]),
+            None => None,
+        };
         let model = model.with_net(net).with_anchor_law(meta.anchor_law);
         let mut trainer = Self::assemble(
             model,
@@ -303,6 +317,13 @@ where
             .optim
             .load_bytes(optim_bytes, &device)
             .map_err(|e| load_error("optimizer", e))?;
+        if let (Some(critic), Some(bytes)) = (trainer.critic.take(), critic_bytes) {
+            trainer.critic = Some(
+                critic
+                    .load_bytes(bytes, &device)
+                    .map_err(|e| load_error("adversarial critic", e))?,
+            );
+        }
         Ok(trainer.with_checkpoint_dir(dir))
     }
 }

@@ -1,5 +1,7 @@
-//! The perceptual training term: it joins the loss with its weight, it needs its network, and a
-//! checkpoint remembers it.
+//! The image terms of the loss. The perceptual term: it joins the loss with its weight, it needs
+//! its network, and a checkpoint remembers it. The adversarial term: it joins the loss with its
+//! weight, its critic learns, a checkpoint holds the critic so a resumed run continues exactly,
+//! and the configurations it cannot serve are refused.
 #![cfg(any(feature = "flex", feature = "ndarray"))]
 
 mod common;
@@ -10,7 +12,8 @@ use integration_flow::data::Dataset;
 use integration_flow::model::IntegrationFlow;
 use integration_flow::nn::Mlp;
 use integration_flow::train::{
-    AnchorPolicy, ImageFeatures, PerceptualConfig, TrainConfig, Trainer,
+    AdversarialConfig, AnchorPolicy, FlowMapConfig, ImageFeatures, ObjectiveConfig,
+    PerceptualConfig, TrainConfig, Trainer,
 };
 use integration_flow::Error;
 
@@ -206,4 +209,165 @@ fn the_distillation_gives_its_student_the_network() {
         student.config().perceptual,
         Some(PerceptualConfig { weight: 0.5 })
     );
+}
+
+fn adversarial(weight: f64) -> AdversarialConfig {
+    AdversarialConfig {
+        weight,
+        image: [1, 4, 4],
+        width: 4,
+        lr: 1e-3,
+        critic_warmup: 0,
+    }
+}
+
+fn adversarial_config(weight: Option<f64>) -> TrainConfig {
+    TrainConfig {
+        adversarial: weight.map(adversarial),
+        ..config(None)
+    }
+}
+
+/// The first step's loss without the term and with weights 1 and 2: the estimate and the
+/// critic's first weights are the same, so the loss is linear in the weight, its slope the
+/// critic's mean score negated (not zero for a random critic).
+#[test]
+fn the_adversarial_term_joins_the_loss_with_its_weight() {
+    let first = |weight: Option<f64>| {
+        let mut trainer = Trainer::new(model(), squares(), adversarial_config(weight)).unwrap();
+        trainer.train_steps(1).unwrap().unwrap()
+    };
+    let (s0, s1, s2) = (first(None), first(Some(1.0)), first(Some(2.0)));
+    assert_eq!(s0.critic_loss, None);
+    assert!(s1.critic_loss.is_some_and(f64::is_finite), "{s1:?}");
+    let slope = s1.loss - s0.loss;
+    assert!(slope.abs() > 1e-6, "{} {} {}", s0.loss, s1.loss, s2.loss);
+    assert!(
+        ((s2.loss - s1.loss) - slope).abs() < 1e-4 * slope.abs().max(1.0),
+        "{} {} {}",
+        s0.loss,
+        s1.loss,
+        s2.loss
+    );
+}
+
+/// With a model that barely learns, the critic learns to tell its poor estimates from the
+/// squares: its hinge loss falls from about 2 (no separation).
+#[test]
+fn the_critic_learns_to_tell_estimates_from_targets() {
+    let mut config = adversarial_config(Some(1e-6));
+    config.optimizer.lr = 1e-9;
+    let mut trainer = Trainer::new(model(), squares(), config).unwrap();
+    let first = trainer
+        .train_steps(1)
+        .unwrap()
+        .unwrap()
+        .critic_loss
+        .unwrap();
+    let mut last = first;
+    for _ in 0..299 {
+        last = trainer
+            .train_steps(1)
+            .unwrap()
+            .unwrap()
+            .critic_loss
+            .unwrap();
+    }
+    assert!(first > 1.5, "{first}");
+    assert!(last < 0.5 * first, "{first} -> {last}");
+}
+
+/// Eight steps straight, and four, a checkpoint, a resume and four more: the same weights and
+/// the same losses, the critic's included (it is restored, not re-drawn).
+#[test]
+fn a_resumed_adversarial_run_continues_exactly() {
+    let dir = common::scratch("image_terms", "adversarial_resume");
+    let config = adversarial_config(Some(0.1));
+    let mut straight = Trainer::new(model(), squares(), config.clone()).unwrap();
+    straight.train_steps(4).unwrap();
+    let expected: Vec<_> = (0..4)
+        .map(|_| straight.train_steps(1).unwrap().unwrap())
+        .collect();
+    let mut first = Trainer::new(model(), squares(), config)
+        .unwrap()
+        .with_checkpoint_dir(&dir);
+    first.train_steps(4).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(&dir, model(), squares()).unwrap();
+    assert_eq!(resumed.config().adversarial, Some(adversarial(0.1)));
+    let got: Vec<_> = (0..4)
+        .map(|_| resumed.train_steps(1).unwrap().unwrap())
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        common::weights(resumed.model().net()),
+        common::weights(straight.model().net())
+    );
+}
+
+#[test]
+fn the_adversarial_term_refuses_what_it_cannot_serve() {
+    // Another objective: its estimates are not images of the data.
+    let flow_map = TrainConfig {
+        objective: ObjectiveConfig::FlowMap(FlowMapConfig::default()),
+        ..adversarial_config(Some(0.1))
+    };
+    let err = flow_map.validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "adversarial",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Images of another shape than the data's rows.
+    let wide = Dataset::new(vec![0.0; 64 * 25], 25).unwrap();
+    let err = Trainer::new(model_of(25), wide, adversarial_config(Some(0.1)))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    // A distillation whose student is not a regression student.
+    use integration_flow::pipeline::{DistillConfig, DistillMethod};
+    let recipe = DistillConfig {
+        student_adversarial: Some(adversarial(0.1)),
+        ..DistillConfig::with_method(DistillMethod::FlowMap(FlowMapConfig::default()))
+    };
+    let err = recipe.validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "student_adversarial",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// The distillation gives its pairs student the term, which the student's checkpoint records.
+#[test]
+fn the_distillation_trains_its_student_with_the_critic() {
+    use integration_flow::pipeline::{DistillConfig, Distillation};
+    use std::time::Duration;
+    let recipe = DistillConfig {
+        pairs: 128,
+        pair_steps: 2,
+        pair_batch: 64,
+        student_steps: 10,
+        student_adversarial: Some(adversarial(0.1)),
+        ..Default::default()
+    };
+    let teacher = TrainConfig {
+        steps: 20,
+        ..config(None)
+    };
+    let dir = common::scratch("image_terms", "adversarial_distill");
+    let mut run = Distillation::new(&dir, model(), squares(), teacher, recipe).unwrap();
+    let student = run.run_for(Duration::from_secs(600)).unwrap();
+    assert_eq!(student.step(), 10);
+    assert_eq!(student.config().adversarial, Some(adversarial(0.1)));
 }
