@@ -45,10 +45,11 @@
 //! `--perceptual-classifier`, default `runs/mnist_perceptual`), trained on the training images
 //! only; its training time is charged to the budget. Off by default (it measured worse).
 //!
-//! `--adversarial-weight W` adds an adversarial term to a pairs, encoded or mixed student's
-//! loss: a small convolutional critic, trained beside the student on the same batches, tells
-//! the student's images from their targets (`--adversarial-lr`, `--adversarial-width`,
-//! `--adversarial-warmup` steps where only the critic learns).
+//! `--adversarial-weight W` adds an adversarial term to the student's loss: a small
+//! convolutional critic, trained beside the student on the same batches, tells the student's
+//! images of the data end (a flow-map student's jumps to it) from the batch's examples
+//! (`--adversarial-lr`, `--adversarial-width`, `--adversarial-warmup` steps where only the
+//! critic learns).
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
@@ -247,8 +248,8 @@ struct Args {
     /// Seed of the perceptual term's classifier (must differ from --classifier-seed).
     #[arg(long, default_value_t = 1)]
     perceptual_seed: u64,
-    /// Weight of an adversarial term in a pairs, encoded or mixed student's loss (0: none): a
-    /// critic trained beside the student tells its images from their targets.
+    /// Weight of an adversarial term in the distillation student's loss (0: none): a critic
+    /// trained beside the student tells its images of the data end from the batch's examples.
     #[arg(long, default_value_t = 0.0)]
     adversarial_weight: f64,
     /// The adversarial critic's learning rate.

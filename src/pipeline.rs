@@ -163,8 +163,7 @@ pub struct DistillConfig {
     /// [`Distillation::with_student_features`]. `None` by default.
     pub student_perceptual: Option<PerceptualConfig>,
     /// An adversarial term in the student's loss (a critic trained beside it tells the
-    /// student's estimates from its targets); needs a student of the regression objective
-    /// (the pairs methods). `None` by default.
+    /// student's images of the data end from its data). `None` by default.
     pub student_adversarial: Option<AdversarialConfig>,
 }
 
@@ -258,19 +257,6 @@ impl DistillConfig {
         }
         if let Some(adversarial) = &self.student_adversarial {
             adversarial.check(NAME, "student_adversarial")?;
-            match self.method {
-                DistillMethod::GeneratedPairs | DistillMethod::Encoded | DistillMethod::Mixed => {}
-                DistillMethod::Consistency(_)
-                | DistillMethod::FlowMap(_)
-                | DistillMethod::FlowMapPairs(_) => {
-                    return Err(invalid_config(
-                        NAME,
-                        "student_adversarial",
-                        "needs a student of the regression objective (the pairs, encoded or \
-                         mixed methods)",
-                    ))
-                }
-            }
         }
         self.student_lr_decay
             .check(NAME, "student_lr_decay.floor")?;

@@ -1,7 +1,7 @@
 //! The image terms of the loss. The perceptual term: it joins the loss with its weight, it needs
 //! its network, and a checkpoint remembers it. The adversarial term: it joins the loss with its
 //! weight, its critic learns, a checkpoint holds the critic so a resumed run continues exactly,
-//! and the configurations it cannot serve are refused.
+//! images of another shape are refused, and the flow map's jumps to the data end are judged.
 #![cfg(any(feature = "flex", feature = "ndarray"))]
 
 mod common;
@@ -10,7 +10,7 @@ use burn::tensor::Tensor;
 use integration_flow::backend::CpuAutodiff;
 use integration_flow::data::Dataset;
 use integration_flow::model::IntegrationFlow;
-use integration_flow::nn::Mlp;
+use integration_flow::nn::{IntegrationNet, Mlp};
 use integration_flow::train::{
     AdversarialConfig, AnchorPolicy, FlowMapConfig, ImageFeatures, ObjectiveConfig,
     PerceptualConfig, TrainConfig, Trainer,
@@ -238,6 +238,18 @@ fn the_adversarial_term_joins_the_loss_with_its_weight() {
         trainer.train_steps(1).unwrap().unwrap()
     };
     let (s0, s1, s2) = (first(None), first(Some(1.0)), first(Some(2.0)));
+    // During the critic's warm-up only the critic learns: the model's loss has no term.
+    let mut warm = adversarial_config(Some(1.0));
+    if let Some(a) = warm.adversarial.as_mut() {
+        a.critic_warmup = 1;
+    }
+    let warming = Trainer::new(model(), squares(), warm)
+        .unwrap()
+        .train_steps(1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(warming.loss, s0.loss);
+    assert!(warming.critic_loss.is_some());
     assert_eq!(s0.critic_loss, None);
     assert!(s1.critic_loss.is_some_and(f64::is_finite), "{s1:?}");
     let slope = s1.loss - s0.loss;
@@ -306,13 +318,20 @@ fn a_resumed_adversarial_run_continues_exactly() {
 }
 
 #[test]
-fn the_adversarial_term_refuses_what_it_cannot_serve() {
-    // Another objective: its estimates are not images of the data.
-    let flow_map = TrainConfig {
-        objective: ObjectiveConfig::FlowMap(FlowMapConfig::default()),
-        ..adversarial_config(Some(0.1))
+fn images_of_another_shape_are_refused() {
+    let wide = Dataset::new(vec![0.0; 64 * 25], 25).unwrap();
+    let err = Trainer::new(model_of(25), wide, adversarial_config(Some(0.1)))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    let bad = TrainConfig {
+        adversarial: Some(AdversarialConfig {
+            lr: 0.0,
+            ..adversarial(0.1)
+        }),
+        ..config(None)
     };
-    let err = flow_map.validate().unwrap_err();
+    let err = Trainer::new(model(), squares(), bad).err().unwrap();
     assert!(
         matches!(
             err,
@@ -323,29 +342,41 @@ fn the_adversarial_term_refuses_what_it_cannot_serve() {
         ),
         "{err}"
     );
-    // Images of another shape than the data's rows.
-    let wide = Dataset::new(vec![0.0; 64 * 25], 25).unwrap();
-    let err = Trainer::new(model_of(25), wide, adversarial_config(Some(0.1)))
-        .err()
-        .unwrap();
-    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
-    // A distillation whose student is not a regression student.
-    use integration_flow::pipeline::{DistillConfig, DistillMethod};
-    let recipe = DistillConfig {
-        student_adversarial: Some(adversarial(0.1)),
-        ..DistillConfig::with_method(DistillMethod::FlowMap(FlowMapConfig::default()))
+}
+
+/// A flow-map run: the critic judges the rows that jump to the data end. With every row there
+/// (`data_share` 1) it learns on each step; with none (`denoise_share` 1: every row is r = t)
+/// it is left out and the loss is the run's without the term.
+#[test]
+fn the_flow_map_s_jumps_to_the_data_end_are_judged() {
+    let net = |share: (f64, f64)| {
+        let objective = ObjectiveConfig::FlowMap(FlowMapConfig {
+            denoise_share: share.0,
+            data_share: share.1,
+            ..Default::default()
+        });
+        let plain = model();
+        let model = plain.with_net(plain.net().clone().with_target_time().unwrap());
+        (model, objective)
     };
-    let err = recipe.validate().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidConfig {
-                field: "student_adversarial",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let first = |share: (f64, f64), weight: Option<f64>| {
+        let (model, objective) = net(share);
+        let config = TrainConfig {
+            objective,
+            ..adversarial_config(weight)
+        };
+        Trainer::new(model, squares(), config)
+            .unwrap()
+            .train_steps(1)
+            .unwrap()
+            .unwrap()
+    };
+    let judged = first((0.0, 1.0), Some(1.0));
+    assert!(judged.critic_loss.is_some_and(f64::is_finite), "{judged:?}");
+    assert_ne!(judged.loss, first((0.0, 1.0), None).loss);
+    let unjudged = first((1.0, 0.0), Some(1.0));
+    assert_eq!(unjudged.critic_loss, None);
+    assert_eq!(unjudged.loss, first((1.0, 0.0), None).loss);
 }
 
 /// The distillation gives its pairs student the term, which the student's checkpoint records.

@@ -1,6 +1,6 @@
 //! An adversarial term for image models: a critic network, trained beside the model, learns to
-//! tell the regression targets from the model's estimates, and the model is pulled towards
-//! estimates the critic takes for targets.
+//! tell the data from the model's images of it, and the model is pulled towards images the
+//! critic takes for data.
 //!
 //! A pixel distance pulls an estimate the model cannot pin down to the mean of what it might
 //! be: a blur, and for a one-step student of an ODE a shape between shapes. A critic judges
@@ -8,13 +8,14 @@
 //! strokes, broken shapes) rather than at the average. One-step students that match their
 //! teachers in the literature add such a term to the regression (CTM, Kim et al. 2023; ADD,
 //! Sauer et al. 2023). The losses are the hinge losses of Lim & Ye (2017): the critic minimises
-//! `mean(relu(1 − D(target))) + mean(relu(1 + D(estimate)))`, the model adds
+//! `mean(relu(1 − D(data))) + mean(relu(1 + D(estimate)))`, the model adds
 //! `weight · mean(−D(estimate))` to its pixel loss.
 //!
-//! The targets are what the objective regresses on; the term needs the regression objective,
-//! where they are the data (for a student of generated pairs, the teacher's samples). The
-//! critic and its optimizer state are part of the trainer's checkpoint, so a resumed run goes
-//! on with the same critic.
+//! The critic sees each step's training examples (for a student of generated pairs, the
+//! teacher's samples) against the model's estimates of the data end: every row's for the
+//! regression and consistency objectives, the rows that jump to `t_min` for the flow map (a
+//! step without such rows leaves the critic and the term out). The critic and its optimizer
+//! state are part of the trainer's checkpoint, so a resumed run goes on with the same critic.
 
 use super::checkpoint::RecordBytes;
 use super::optimizer::FusedAdam;
@@ -33,12 +34,23 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 /// The adversarial term's settings.
+///
+/// ```
+/// use integration_flow::train::{AdversarialConfig, TrainConfig};
+/// let config = TrainConfig {
+///     adversarial: Some(AdversarialConfig { weight: 0.01, image: [1, 28, 28], ..Default::default() }),
+///     ..Default::default()
+/// };
+/// config.validate()?;
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdversarialConfig {
     /// Weight of the model's adversarial loss beside the pixel loss (which keeps weight 1).
     pub weight: f64,
-    /// The image shape `[channels, height, width]` the data's rows are reshaped to.
+    /// The image shape `[channels, height, width]` the data's rows are reshaped to (default
+    /// `[1, 28, 28]`, MNIST's); its product must be the data's values per example.
     pub image: [usize; 3],
     /// Channels of the critic's first convolution (the next two have twice as many).
     pub width: usize,
@@ -124,7 +136,7 @@ impl<B: Backend> Critic<B> {
     }
 
     /// One score per image row of `x` (`[n, c·h·w]` reshaped to `image`): higher is "more like
-    /// a target". A [`ShapeMismatch`](Error::ShapeMismatch) where the rows are not such images.
+    /// the data". A [`ShapeMismatch`](Error::ShapeMismatch) where the rows are not such images.
     pub fn scores(&self, x: Tensor<B, 2>, image: [usize; 3]) -> Result<Tensor<B, 1>> {
         let [n, dim] = x.dims();
         let [c, h, w] = image;
@@ -171,12 +183,12 @@ impl<B: AutodiffBackend> CriticState<B> {
         ))
     }
 
-    /// One update of the critic on `targets` (real) against `estimates` (fake, detached from
-    /// the model); returns its loss before the update.
-    pub(crate) fn update(&mut self, targets: Tensor<B, 2>, estimates: Tensor<B, 2>) -> Result<f64> {
-        let n = targets.dims()[0];
+    /// One update of the critic on `data` (real) against `estimates` (fake, detached from the
+    /// model); returns its loss before the update.
+    pub(crate) fn update(&mut self, data: Tensor<B, 2>, estimates: Tensor<B, 2>) -> Result<f64> {
+        let n = data.dims()[0];
         // One pass over both halves.
-        let both = Tensor::cat(vec![targets, estimates.detach()], 0);
+        let both = Tensor::cat(vec![data, estimates.detach()], 0);
         let scores = self.critic.scores(both, self.config.image)?;
         let real = scores.clone().narrow(0, 0, n);
         let fake = scores.narrow(0, n, n);
@@ -215,7 +227,7 @@ impl<B: AutodiffBackend> CriticState<B> {
     }
 }
 
-/// The critic's hinge loss: targets pushed above +1, estimates below −1.
+/// The critic's hinge loss: the data pushed above +1, the estimates below −1.
 pub fn critic_loss<B: Backend>(real: Tensor<B, 1>, fake: Tensor<B, 1>) -> Tensor<B, 1> {
     relu(real.neg().add_scalar(1.0)).mean() + relu(fake.add_scalar(1.0)).mean()
 }

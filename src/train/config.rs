@@ -250,9 +250,8 @@ pub struct TrainConfig {
     /// [`Trainer::with_perceptual_features`](super::Trainer::with_perceptual_features)); `None`
     /// by default.
     pub perceptual: Option<PerceptualConfig>,
-    /// An adversarial term beside the pixel distance (image data, the regression objective): a
-    /// critic trained with the model judges its estimates against their targets; `None` by
-    /// default.
+    /// An adversarial term beside the pixel distance (image data): a critic trained with the
+    /// model tells its images of the data end from the data; `None` by default.
     pub adversarial: Option<AdversarialConfig>,
     /// Optimizer.
     pub optimizer: OptimizerConfig,
@@ -386,17 +385,6 @@ impl TrainConfig {
         }
         if let Some(adversarial) = &self.adversarial {
             adversarial.check(NAME, "adversarial")?;
-            match self.objective {
-                ObjectiveConfig::Regression => {}
-                ObjectiveConfig::FlowMap(_) | ObjectiveConfig::Consistency(_) => {
-                    return Err(invalid_config(
-                        NAME,
-                        "adversarial",
-                        "the adversarial term needs the regression objective (its critic \
-                         tells the data from the estimates of it)",
-                    ))
-                }
-            }
         }
         self.time.validate()?;
         unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;

@@ -15,7 +15,7 @@ use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 impl<B, N> Trainer<B, N>
 where
@@ -70,11 +70,14 @@ where
         // Each objective's estimate and the target it is pulled towards: regression trains the
         // denoiser (for a flow-map network, its r = t estimate), the flow map the jumps to
         // target times r ≤ t, the consistency objective the estimate one-step samplers call.
-        let estimate = || -> Result<(Tensor<B, 2>, Tensor<B, 2>)> {
+        // Third: the rows whose estimate is an image of the data end (all, or the flow map's
+        // jumps to t_min), which an adversarial critic judges.
+        let x0_rows = x0_t.clone();
+        let estimate = || -> Result<(Tensor<B, 2>, Tensor<B, 2>, DataEnd)> {
             Ok(match &self.config.objective {
                 ObjectiveConfig::Regression => {
                     let x_hat = self.model.denoise(x_t, &t, anchor_t.clone())?;
-                    (x_hat, objective::regression::target(x0_t))
+                    (x_hat, objective::regression::target(x0_t), DataEnd::All)
                 }
                 ObjectiveConfig::FlowMap(config) => {
                     let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
@@ -110,7 +113,9 @@ where
                         (&t, &r, &exact),
                         &x_hat,
                     )?;
-                    (x_hat, target)
+                    let min = flow.time_range().min;
+                    let rows = (0..n).filter(|&i| r[i] <= min && t[i] > min).collect();
+                    (x_hat, target, DataEnd::Rows(rows))
                 }
                 ObjectiveConfig::Consistency(config) => {
                     let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
@@ -124,14 +129,14 @@ where
                         &anchor_t,
                         &t,
                     )?;
-                    (x_hat, target)
+                    (x_hat, target, DataEnd::All)
                 }
             })
         };
         // A non-finite input (NaN noise or data) is a divergence of this step, like a NaN loss.
         // Only the model's own input check: other non-finite values (a flow's coefficients) are
         // defects to report, not divergences to skip.
-        let (x_hat, target) = estimate().map_err(|e| match e {
+        let (x_hat, target, data_end) = estimate().map_err(|e| match e {
             Error::NonFinite { context, value }
                 if context == crate::model::NON_FINITE_X_T
                     || context == crate::model::NON_FINITE_ANCHOR =>
@@ -152,7 +157,26 @@ where
             &t,
         );
         let perceptual_target = self.config.perceptual.as_ref().map(|_| target.clone());
-        let critic_target = self.critic.as_ref().map(|_| target.clone());
+        // The critic's pair: the data rows and their data-end estimates (none this step where
+        // no row jumps to the data end).
+        let critic_pair = match (&self.critic, &data_end) {
+            (None, _) => None,
+            (Some(_), DataEnd::All) => Some((x0_rows, x_hat.clone())),
+            (Some(_), DataEnd::Rows(rows)) if rows.is_empty() => None,
+            (Some(_), DataEnd::Rows(rows)) => {
+                let index = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(
+                        rows.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                        [rows.len()],
+                    ),
+                    &self.device,
+                );
+                Some((
+                    x0_rows.select(0, index.clone()),
+                    x_hat.clone().select(0, index),
+                ))
+            }
+        };
         let mut loss = loss::integration_flow_loss(
             self.config.distance,
             w,
@@ -175,10 +199,12 @@ where
             let d = perceptual::perceptual_distance(features, x_hat.clone(), target)?;
             loss = loss + d.mean().mul_scalar(config.weight);
         }
-        if let (Some(config), Some(critic)) = (&self.config.adversarial, &self.critic) {
+        if let (Some(config), Some(critic), Some((_, images))) =
+            (&self.config.adversarial, &self.critic, &critic_pair)
+        {
             // After the critic's warm-up the model learns from it too.
             if step >= config.critic_warmup {
-                let adversarial = critic.model_loss(x_hat.clone())?;
+                let adversarial = critic.model_loss(images.clone())?;
                 loss = loss + adversarial.mul_scalar(config.weight);
             }
         }
@@ -200,9 +226,9 @@ where
         }
         // The critic learns from this step's estimates; the model's gradient above used it as
         // it was. A non-finite critic loss leaves everything as it was.
-        let critic_loss = match (&mut self.critic, critic_target) {
-            (Some(critic), Some(target)) => {
-                let value = critic.update(target, x_hat.clone())?;
+        let critic_loss = match (&mut self.critic, critic_pair) {
+            (Some(critic), Some((data, images))) => {
+                let value = critic.update(data, images)?;
                 if !value.is_finite() {
                     return Err(Error::Diverged {
                         step,
@@ -247,6 +273,14 @@ where
             skipped: false,
         })
     }
+}
+
+/// Which rows of a step's estimate are images of the data end.
+enum DataEnd {
+    /// Every row (regression's denoiser, the consistency function).
+    All,
+    /// These rows (the flow map's jumps to `t_min`).
+    Rows(Vec<usize>),
 }
 
 /// The sum over examples of `‖new − old‖`.
