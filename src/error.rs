@@ -205,6 +205,22 @@ pub(crate) fn invalid_config(
     }
 }
 
+/// `Error::ShapeMismatch` unless rows of `dim` values are images of shape `[c, h, w]`.
+pub(crate) fn require_image_rows(
+    context: &'static str,
+    [c, h, w]: [usize; 3],
+    dim: usize,
+) -> Result<()> {
+    if c * h * w == dim {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch {
+        context,
+        expected: format!("{} values per example ({c}×{h}×{w} images)", c * h * w),
+        found: format!("{dim} values per example"),
+    })
+}
+
 /// `Error::ShapeMismatch` unless a `what` has `expected` values.
 pub(crate) fn check_len(
     context: &'static str,

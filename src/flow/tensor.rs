@@ -9,7 +9,7 @@ use super::{
     TimeDistribution, VelocityCoefficients,
 };
 use crate::error::{Error, Result};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution, StandardNormal};
 
@@ -276,6 +276,12 @@ pub(crate) fn column<B: Backend, const D: usize>(
         TensorData::new(values, shape),
         (&like.device(), like.dtype()),
     )
+}
+
+/// The indices `rows` as an index tensor on `device`, for `Tensor::select` along the rows.
+pub(crate) fn row_index<B: Backend>(rows: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let values: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(values, [rows.len()]), device)
 }
 
 /// `(n, values per example)` of a shape `[n, …]`.

@@ -19,7 +19,7 @@
 
 use super::checkpoint::RecordBytes;
 use super::optimizer::FusedAdam;
-use crate::error::{invalid_config, require_finite, Error, Result};
+use crate::error::{invalid_config, require_finite, require_image_rows, Result};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
@@ -136,17 +136,11 @@ impl<B: Backend> Critic<B> {
     }
 
     /// One score per image row of `x` (`[n, c·h·w]` reshaped to `image`): higher is "more like
-    /// the data". A [`ShapeMismatch`](Error::ShapeMismatch) where the rows are not such images.
+    /// the data". A [`ShapeMismatch`](crate::Error::ShapeMismatch) where the rows are not such images.
     pub fn scores(&self, x: Tensor<B, 2>, image: [usize; 3]) -> Result<Tensor<B, 1>> {
         let [n, dim] = x.dims();
+        require_image_rows("adversarial critic and data", image, dim)?;
         let [c, h, w] = image;
-        if c * h * w != dim {
-            return Err(Error::ShapeMismatch {
-                context: "adversarial critic and data",
-                expected: format!("{} values per example ({c}×{h}×{w} images)", c * h * w),
-                found: format!("{dim} values per example"),
-            });
-        }
         let mut y = x.reshape([n, c, h, w]);
         for conv in [&self.conv1, &self.conv2, &self.conv3] {
             // The crate's convolution: on the default CPU backend its backward is a few matrix
@@ -162,7 +156,6 @@ impl<B: Backend> Critic<B> {
 pub(crate) struct CriticState<B: AutodiffBackend> {
     critic: Critic<B>,
     optim: OptimizerAdaptor<FusedAdam, Critic<B>, B>,
-    config: AdversarialConfig,
 }
 
 impl<B: AutodiffBackend> CriticState<B> {
@@ -171,25 +164,33 @@ impl<B: AutodiffBackend> CriticState<B> {
         CriticState {
             critic: config.init_critic(seed, device),
             optim: FusedAdam::new(0.5, 0.999, 1e-8, 0.0).init(),
-            config: config.clone(),
         }
     }
 
-    /// The model's adversarial loss on its estimates `[n, dim]`, unweighted (the gradient
-    /// reaches the estimates through the critic; the critic's own gradients are not used).
-    pub(crate) fn model_loss(&self, estimates: Tensor<B, 2>) -> Result<Tensor<B, 1>> {
-        Ok(generator_loss(
-            self.critic.scores(estimates, self.config.image)?,
-        ))
+    /// The model's adversarial loss on its estimates `[n, dim]` (images of `config.image`),
+    /// unweighted. The gradient reaches the estimates through a copy of the critic whose
+    /// weights track no gradient: the model's backward pass computes none for them.
+    pub(crate) fn model_loss(
+        &self,
+        estimates: Tensor<B, 2>,
+        config: &AdversarialConfig,
+    ) -> Result<Tensor<B, 1>> {
+        let frozen = self.critic.clone().no_grad();
+        Ok(generator_loss(frozen.scores(estimates, config.image)?))
     }
 
     /// One update of the critic on `data` (real) against `estimates` (fake, detached from the
-    /// model); returns its loss before the update.
-    pub(crate) fn update(&mut self, data: Tensor<B, 2>, estimates: Tensor<B, 2>) -> Result<f64> {
+    /// model), as `config` says; returns its loss before the update.
+    pub(crate) fn update(
+        &mut self,
+        data: Tensor<B, 2>,
+        estimates: Tensor<B, 2>,
+        config: &AdversarialConfig,
+    ) -> Result<f64> {
         let n = data.dims()[0];
         // One pass over both halves.
         let both = Tensor::cat(vec![data, estimates.detach()], 0);
-        let scores = self.critic.scores(both, self.config.image)?;
+        let scores = self.critic.scores(both, config.image)?;
         let real = scores.clone().narrow(0, 0, n);
         let fake = scores.narrow(0, n, n);
         let loss = critic_loss(real, fake);
@@ -198,7 +199,7 @@ impl<B: AutodiffBackend> CriticState<B> {
             return Ok(value);
         }
         let grads = GradientsParams::from_grads(loss.backward(), &self.critic);
-        self.critic = self.optim.step(self.config.lr, self.critic.clone(), grads);
+        self.critic = self.optim.step(config.lr, self.critic.clone(), grads);
         Ok(value)
     }
 
@@ -241,6 +242,7 @@ pub fn generator_loss<B: Backend>(fake: Tensor<B, 1>) -> Tensor<B, 1> {
 mod tests {
     use super::*;
     use crate::backend::{Cpu, CpuAutodiff};
+    use crate::Error;
     use burn::tensor::TensorData;
 
     fn vector<B: Backend>(values: &[f32]) -> Tensor<B, 1> {

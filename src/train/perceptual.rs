@@ -15,7 +15,7 @@
 //! loss. A network that also scores the samples (the classifier of an FD) would let training
 //! optimise the measurement: use one trained separately.
 
-use crate::error::{invalid_config, require_finite, Error, Result};
+use crate::error::{invalid_config, require_finite, require_image_rows, Error, Result};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -78,13 +78,7 @@ pub fn perceptual_distance<B: Backend>(
 ) -> Result<Tensor<B, 2>> {
     let [n, dim] = x.dims();
     let [c, h, w] = features.image_shape();
-    if c * h * w != dim {
-        return Err(Error::ShapeMismatch {
-            context: "perceptual features and data",
-            expected: format!("{} values per example ({c}×{h}×{w} images)", c * h * w),
-            found: format!("{dim} values per example"),
-        });
-    }
+    require_image_rows("perceptual features and data", [c, h, w], dim)?;
     // One pass over both halves: the network sees 2n images.
     let images = Tensor::cat(vec![x, y], 0).reshape([2 * n, c, h, w]);
     let mut total: Option<Tensor<B, 2>> = None;

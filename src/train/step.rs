@@ -10,12 +10,13 @@ use super::streams::{stream, Stream};
 use super::trainer::{Position, StepStats, Trainer};
 use crate::coupling::{AnchorRole, StepBatch};
 use crate::error::{Error, Result};
+use crate::flow::tensor::row_index;
 use crate::flow::ProbabilityFlowExt;
 use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 impl<B, N> Trainer<B, N>
 where
@@ -164,13 +165,7 @@ where
             (Some(_), DataEnd::All) => Some((x0_rows, x_hat.clone())),
             (Some(_), DataEnd::Rows(rows)) if rows.is_empty() => None,
             (Some(_), DataEnd::Rows(rows)) => {
-                let index = Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(
-                        rows.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                        [rows.len()],
-                    ),
-                    &self.device,
-                );
+                let index = row_index::<B>(rows, &self.device);
                 Some((
                     x0_rows.select(0, index.clone()),
                     x_hat.clone().select(0, index),
@@ -204,7 +199,7 @@ where
         {
             // After the critic's warm-up the model learns from it too.
             if step >= config.critic_warmup {
-                let adversarial = critic.model_loss(images.clone())?;
+                let adversarial = critic.model_loss(images.clone(), config)?;
                 loss = loss + adversarial.mul_scalar(config.weight);
             }
         }
@@ -226,9 +221,9 @@ where
         }
         // The critic learns from this step's estimates; the model's gradient above used it as
         // it was. A non-finite critic loss leaves everything as it was.
-        let critic_loss = match (&mut self.critic, critic_pair) {
-            (Some(critic), Some((data, images))) => {
-                let value = critic.update(data, images)?;
+        let critic_loss = match (&mut self.critic, &self.config.adversarial, critic_pair) {
+            (Some(critic), Some(config), Some((data, images))) => {
+                let value = critic.update(data, images, config)?;
                 if !value.is_finite() {
                     return Err(Error::Diverged {
                         step,

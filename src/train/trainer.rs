@@ -16,7 +16,7 @@ use super::streams::{stream, Stream};
 use crate::backend::device_of;
 use crate::coupling::{AnchorBacking, AnchorStore, Coupling, StoreSpec};
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::{require_image_rows, Error, Result};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
@@ -170,14 +170,11 @@ where
             LossWeight::Edm => {}
         }
         if let Some(adversarial) = &config.adversarial {
-            let [c, h, w] = adversarial.image;
-            if adversarial.image_len() != data.dim() {
-                return Err(Error::ShapeMismatch {
-                    context: "adversarial image shape and data",
-                    expected: format!("{} values per example ({c}×{h}×{w} images)", c * h * w),
-                    found: format!("{} values per example", data.dim()),
-                });
-            }
+            require_image_rows(
+                "adversarial image shape and data",
+                adversarial.image,
+                data.dim(),
+            )?;
         }
         let optim = Optim::new(&config.optimizer);
         let device = device_of(model.net());
@@ -228,14 +225,11 @@ where
                     .into(),
             });
         }
-        let [c, h, w] = features.image_shape();
-        if c * h * w != self.data.dim() {
-            return Err(Error::ShapeMismatch {
-                context: "perceptual features and data",
-                expected: format!("{} values per example ({c}×{h}×{w} images)", c * h * w),
-                found: format!("{} values per example", self.data.dim()),
-            });
-        }
+        require_image_rows(
+            "perceptual features and data",
+            features.image_shape(),
+            self.data.dim(),
+        )?;
         self.perceptual = Some(features);
         Ok(self)
     }

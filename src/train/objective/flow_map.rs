@@ -23,14 +23,14 @@
 //! ([`FlowMapVelocity::Ema`]: lower variance, the network distils itself).
 
 use crate::error::{invalid_config, require_finite, Error, Result};
-use crate::flow::tensor::column;
+use crate::flow::tensor::{column, row_index};
 use crate::flow::{ProbabilityFlow, ProbabilityFlowExt};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Tensor};
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
@@ -316,13 +316,7 @@ fn two_jump_targets<B: Backend, N: IntegrationNet<B>>(
         return Ok(target);
     }
     let device = x_t.device();
-    let index = Tensor::<B, 1, Int>::from_data(
-        TensorData::new(
-            rows.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-            [rows.len()],
-        ),
-        &device,
-    );
+    let index = row_index::<B>(rows, &device);
     let (x, a) = (
         x_t.clone().select(0, index.clone()),
         anchor.clone().select(0, index.clone()),
@@ -387,6 +381,7 @@ mod tests {
     use crate::model::IntegrationFlowConfig;
     use crate::nn::{Mlp, MlpConfig, NoiseEmbedding};
     use burn::tensor::Distribution;
+    use burn::tensor::TensorData;
 
     fn model(flow: FlowConfig) -> IntegrationFlow<CpuAutodiff, Mlp<CpuAutodiff>> {
         let net = MlpConfig {
