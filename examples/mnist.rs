@@ -50,6 +50,11 @@
 //! images of the data end (a flow-map student's jumps to it) from the batch's examples
 //! (`--adversarial-lr`, `--adversarial-width`, `--adversarial-warmup` steps where only the
 //! critic learns).
+//!
+//! `--dm-weight W` adds distribution matching (DMD) to the student's loss: its images of the
+//! data end, noised to a random time, are pulled towards the teacher's denoising of them and
+//! away from that of a second denoiser (a copy of the teacher) trained beside the student on
+//! its own images (`--dm-lr`, `--dm-fake-updates` per step, `--dm-warmup` steps without it first).
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
@@ -69,8 +74,9 @@ use integration_flow::sample::{
 };
 use integration_flow::saved::Precision;
 use integration_flow::train::{
-    AdversarialConfig, AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance, FlowMapConfig,
-    FlowMapVelocity, LrDecay, OneStepTarget, OtSpace, PerceptualConfig, TrainConfig, Trainer,
+    AdversarialConfig, AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance,
+    DistributionMatchingConfig, FlowMapConfig, FlowMapVelocity, LrDecay, OneStepTarget, OtSpace,
+    PerceptualConfig, TrainConfig, Trainer,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -261,6 +267,20 @@ struct Args {
     /// Student steps at the start where only the adversarial critic learns.
     #[arg(long, default_value_t = 0)]
     adversarial_warmup: usize,
+    /// Weight of a distribution-matching term in the distillation student's loss (0: none):
+    /// its images of the data end are noised and pulled towards the teacher's denoising of
+    /// them, away from that of a denoiser trained beside it on its own images (DMD).
+    #[arg(long, default_value_t = 0.0)]
+    dm_weight: f64,
+    /// The distribution-matching fake denoiser's learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    dm_lr: f64,
+    /// Updates of the distribution-matching fake denoiser per student step.
+    #[arg(long, default_value_t = 1)]
+    dm_fake_updates: usize,
+    /// Student steps at the start without the distribution-matching term.
+    #[arg(long, default_value_t = 0)]
+    dm_warmup: usize,
     /// Also export the trained model (the EMA, what samples) to DIR: `model.safetensors` and
     /// `model.json`, for `IntegrationFlow::load` and `examples/generate`.
     #[arg(long)]
@@ -527,10 +547,13 @@ fn run<B: AutodiffBackend>(
             }
         };
         train_distilled(args, model, &data, config, budget, features)?
-    } else if args.perceptual_weight != 0.0 || args.adversarial_weight != 0.0 {
+    } else if args.perceptual_weight != 0.0
+        || args.adversarial_weight != 0.0
+        || args.dm_weight != 0.0
+    {
         return Err(
-            "--perceptual-weight and --adversarial-weight apply to the distillation's \
-                    student (--policy distill)"
+            "--perceptual-weight, --adversarial-weight and --dm-weight apply to the \
+                    distillation's student (--policy distill)"
                 .into(),
         );
     } else {
@@ -703,6 +726,14 @@ fn train_distilled<B: AutodiffBackend>(
             lr: args.adversarial_lr,
             critic_warmup: args.adversarial_warmup,
         }),
+        student_distribution_matching: (args.dm_weight != 0.0).then_some(
+            DistributionMatchingConfig {
+                weight: args.dm_weight,
+                lr: args.dm_lr,
+                fake_updates: args.dm_fake_updates,
+                warmup: args.dm_warmup,
+            },
+        ),
         ..defaults
     };
     let mut run = Distillation::new(&args.out, model, data.clone(), config, distill)?

@@ -192,6 +192,33 @@ pub(crate) fn require_finite(config: &'static str, field: &'static str, value: f
     }
 }
 
+/// An image term's weight and learning rate: finite and positive (a weight of zero is the
+/// term left out, said so).
+pub(crate) fn require_term_rates(
+    config: &'static str,
+    field: &'static str,
+    weight: f64,
+    lr: f64,
+) -> Result<()> {
+    require_finite(config, field, weight)?;
+    require_finite(config, field, lr)?;
+    if weight <= 0.0 {
+        return Err(invalid_config(
+            config,
+            field,
+            format!("weight must be positive (leave the term out for none), got {weight}"),
+        ));
+    }
+    if lr <= 0.0 {
+        return Err(invalid_config(
+            config,
+            field,
+            format!("lr must be positive, got {lr}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Builds an [`Error::InvalidConfig`].
 pub(crate) fn invalid_config(
     config: &'static str,

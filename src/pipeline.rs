@@ -46,8 +46,8 @@ use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use crate::sample::{encoded_pairs, ode_pairs, OdeSolver};
 use crate::train::{
-    checkpoint_path, AdversarialConfig, ConsistencyConfig, Distance, FlowMapConfig, ImageFeatures,
-    LrDecay, ObjectiveConfig, PerceptualConfig, TrainConfig, Trainer,
+    checkpoint_path, AdversarialConfig, ConsistencyConfig, Distance, DistributionMatchingConfig,
+    FlowMapConfig, ImageFeatures, LrDecay, ObjectiveConfig, PerceptualConfig, TrainConfig, Trainer,
 };
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -165,6 +165,10 @@ pub struct DistillConfig {
     /// An adversarial term in the student's loss (a critic trained beside it tells the
     /// student's images of the data end from its data). `None` by default.
     pub student_adversarial: Option<AdversarialConfig>,
+    /// A distribution-matching term in the student's loss (its images of the data end pulled
+    /// towards where the teacher's denoiser takes them, away from where a denoiser of the
+    /// student's own images does). `None` by default.
+    pub student_distribution_matching: Option<DistributionMatchingConfig>,
 }
 
 impl Default for DistillConfig {
@@ -182,6 +186,7 @@ impl Default for DistillConfig {
             student_lr_decay: LrDecay::Constant,
             student_perceptual: None,
             student_adversarial: None,
+            student_distribution_matching: None,
         }
     }
 }
@@ -257,6 +262,9 @@ impl DistillConfig {
         }
         if let Some(adversarial) = &self.student_adversarial {
             adversarial.check(NAME, "student_adversarial")?;
+        }
+        if let Some(matching) = &self.student_distribution_matching {
+            matching.check(NAME, "student_distribution_matching")?;
         }
         self.student_lr_decay
             .check(NAME, "student_lr_decay.floor")?;
@@ -848,6 +856,7 @@ where
             }
             config.perceptual = self.config.student_perceptual.clone();
             config.adversarial = self.config.student_adversarial.clone();
+            config.distribution_matching = self.config.student_distribution_matching.clone();
             Ok((self.model.with_net(net), config))
         };
         // A student of `samples` by `objective`, paired with anchors by `coupling` or not; a
@@ -923,6 +932,21 @@ where
         };
         let student = match &self.student_features {
             Some(features) => student.with_perceptual_features(features.boxed_clone())?,
+            None => student,
+        };
+        // Distribution matching denoises with the teacher, given as the student's network type
+        // (a flow-map student's gains its target-time input).
+        let student = match &student.config().distribution_matching {
+            Some(_) => {
+                let teacher =
+                    Trainer::resume(self.teacher_dir(), self.model.clone(), self.data.clone())?;
+                let net = teacher.ema_as_trainable(self.model.net().clone())?;
+                let net = match student.config().objective {
+                    ObjectiveConfig::FlowMap(_) => net.with_target_time()?,
+                    ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => net,
+                };
+                student.with_score_teacher(net)?
+            }
             None => student,
         };
         student

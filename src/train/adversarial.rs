@@ -19,7 +19,7 @@
 
 use super::checkpoint::RecordBytes;
 use super::optimizer::FusedAdam;
-use crate::error::{invalid_config, require_finite, require_image_rows, Result};
+use crate::error::{invalid_config, require_image_rows, require_term_rates, Result};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
@@ -78,17 +78,7 @@ impl AdversarialConfig {
     /// says which setting is wrong.
     pub fn check(&self, config: &'static str, field: &'static str) -> Result<()> {
         let bad = |reason: String| -> Result<()> { Err(invalid_config(config, field, reason)) };
-        require_finite(config, field, self.weight)?;
-        require_finite(config, field, self.lr)?;
-        if self.weight <= 0.0 {
-            return bad(format!(
-                "weight must be positive (leave the term out for none), got {}",
-                self.weight
-            ));
-        }
-        if self.lr <= 0.0 {
-            return bad(format!("lr must be positive, got {}", self.lr));
-        }
+        require_term_rates(config, field, self.weight, self.lr)?;
         if self.width == 0 {
             return bad("width must be at least 1".into());
         }

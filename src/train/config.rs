@@ -1,6 +1,7 @@
 //! The training configuration (docs/training.md), serde-serialisable and validated.
 
 use super::adversarial::AdversarialConfig;
+use super::distribution_matching::DistributionMatchingConfig;
 use super::objective::ObjectiveConfig;
 use super::perceptual::PerceptualConfig;
 use crate::coupling::AnchorConfig;
@@ -253,6 +254,10 @@ pub struct TrainConfig {
     /// An adversarial term beside the pixel distance (image data): a critic trained with the
     /// model tells its images of the data end from the data; `None` by default.
     pub adversarial: Option<AdversarialConfig>,
+    /// A distribution-matching term beside the pixel distance (a student of a denoiser; the
+    /// teacher is given with
+    /// [`Trainer::with_score_teacher`](super::Trainer::with_score_teacher)); `None` by default.
+    pub distribution_matching: Option<DistributionMatchingConfig>,
     /// Optimizer.
     pub optimizer: OptimizerConfig,
     /// EMA of the weights.
@@ -311,6 +316,7 @@ impl Default for TrainConfig {
             loss_weight: LossWeight::default(),
             perceptual: None,
             adversarial: None,
+            distribution_matching: None,
             optimizer: OptimizerConfig::default(),
             ema: EmaConfig::default(),
             checkpoint_every: 0,
@@ -385,6 +391,9 @@ impl TrainConfig {
         }
         if let Some(adversarial) = &self.adversarial {
             adversarial.check(NAME, "adversarial")?;
+        }
+        if let Some(matching) = &self.distribution_matching {
+            matching.check(NAME, "distribution_matching")?;
         }
         self.time.validate()?;
         unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;

@@ -4,7 +4,8 @@
 //! weighting (`loss.rs`), the divergence guard (`guard.rs`), the optimizer and learning-rate
 //! schedule (`optimizer.rs`), the EMA (`ema.rs`), the seeded random streams (`streams.rs`),
 //! what the estimate is pulled towards ([`objective`], one file per objective), the
-//! perceptual and adversarial terms for images ([`perceptual`], [`adversarial`]),
+//! perceptual and adversarial terms for images ([`perceptual`], [`adversarial`]), distribution
+//! matching against a teacher ([`distribution_matching`]),
 //! the run's position and step statistics (`position.rs`),
 //! progress and the metrics log (`progress.rs`), checkpoints (`checkpoint/`) and Ctrl-C
 //! ([`interrupt`]). How each example gets its anchor is the [`coupling`](crate::coupling)'s.
@@ -12,6 +13,7 @@
 pub mod adversarial;
 mod checkpoint;
 mod config;
+pub mod distribution_matching;
 mod ema;
 mod guard;
 pub mod interrupt;
@@ -35,6 +37,7 @@ pub use config::{
     Distance, DivergencePolicy, EmaConfig, LossWeight, LrDecay, OptimizerConfig, OptimizerKind,
     TrainConfig, Weighting,
 };
+pub use distribution_matching::DistributionMatchingConfig;
 pub use objective::{
     ConsistencyConfig, ConsistencyTarget, FlowMapConfig, FlowMapVelocity, ObjectiveConfig,
     OneStepTarget,

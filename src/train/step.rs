@@ -1,6 +1,7 @@
 //! One training step: a batch, its times and noise, the estimate, the loss, the update of the
 //! weights, the EMA and the anchors.
 
+use super::distribution_matching;
 use super::ema;
 use super::loss;
 use super::objective::{self, ObjectiveConfig};
@@ -158,13 +159,14 @@ where
             &t,
         );
         let perceptual_target = self.config.perceptual.as_ref().map(|_| target.clone());
-        // The critic's pair: the data rows and their data-end estimates (none this step where
-        // no row jumps to the data end).
-        let critic_pair = match (&self.critic, &data_end) {
-            (None, _) => None,
-            (Some(_), DataEnd::All) => Some((x0_rows, x_hat.clone())),
-            (Some(_), DataEnd::Rows(rows)) if rows.is_empty() => None,
-            (Some(_), DataEnd::Rows(rows)) => {
+        // The image terms' pair: the data rows and their data-end estimates (none this step
+        // where no row jumps to the data end), for the critic and distribution matching.
+        let wanted = self.critic.is_some() || self.config.distribution_matching.is_some();
+        let data_end_pair = match (wanted, &data_end) {
+            (false, _) => None,
+            (true, DataEnd::All) => Some((x0_rows, x_hat.clone())),
+            (true, DataEnd::Rows(rows)) if rows.is_empty() => None,
+            (true, DataEnd::Rows(rows)) => {
                 let index = row_index::<B>(rows, &self.device);
                 Some((
                     x0_rows.select(0, index.clone()),
@@ -195,7 +197,7 @@ where
             loss = loss + d.mean().mul_scalar(config.weight);
         }
         if let (Some(config), Some(critic), Some((_, images))) =
-            (&self.config.adversarial, &self.critic, &critic_pair)
+            (&self.config.adversarial, &self.critic, &data_end_pair)
         {
             // After the critic's warm-up the model learns from it too.
             if step >= config.critic_warmup {
@@ -203,37 +205,59 @@ where
                 loss = loss + adversarial.mul_scalar(config.weight);
             }
         }
-        let loss_value: f64 = loss.clone().into_scalar().elem();
-        if !loss_value.is_finite() {
-            return Err(Error::Diverged {
-                step,
-                reason: format!("loss is {loss_value}"),
-            });
+        let mut score_rng = stream(self.config.seed, Stream::Score, step as u64);
+        let matching = self
+            .config
+            .distribution_matching
+            .as_ref()
+            .filter(|config| step >= config.warmup);
+        if let (Some(config), Some((_, images))) = (matching, &data_end_pair) {
+            let state = self
+                .score
+                .as_ref()
+                .ok_or_else(distribution_matching::missing_teacher)?;
+            let matching = state.model_loss(
+                &self.model,
+                images.clone(),
+                &self.config,
+                config,
+                &mut score_rng,
+            )?;
+            loss = loss + matching;
         }
+        let loss_value: f64 = loss.clone().into_scalar().elem();
+        finite_or_diverged(step, "loss", loss_value)?;
         let grads = GradientsParams::from_grads(loss.backward(), self.model.net());
         let (grads, grad_norm) =
             clip_global_norm::<B, N>(self.model.net(), grads, self.config.optimizer.grad_clip);
-        if !grad_norm.is_finite() {
-            return Err(Error::Diverged {
-                step,
-                reason: format!("gradient norm is {grad_norm}"),
-            });
-        }
+        finite_or_diverged(step, "gradient norm", grad_norm)?;
         // The critic learns from this step's estimates; the model's gradient above used it as
         // it was. A non-finite critic loss leaves everything as it was.
-        let critic_loss = match (&mut self.critic, &self.config.adversarial, critic_pair) {
+        let critic_loss = match (&mut self.critic, &self.config.adversarial, &data_end_pair) {
             (Some(critic), Some(config), Some((data, images))) => {
-                let value = critic.update(data, images, config)?;
-                if !value.is_finite() {
-                    return Err(Error::Diverged {
-                        step,
-                        reason: format!("the adversarial critic's loss is {value}"),
-                    });
-                }
+                let value = critic.update(data.clone(), images.clone(), config)?;
+                finite_or_diverged(step, "the adversarial critic's loss", value)?;
                 Some(value)
             }
             _ => None,
         };
+        // The fake denoiser learns this step's images, after the model's gradient used it.
+        if let (Some(config), Some(state), Some((_, images))) =
+            (matching, &mut self.score, &data_end_pair)
+        {
+            let value = state.update(
+                &self.model,
+                images.clone(),
+                &self.config,
+                config,
+                &mut score_rng,
+            )?;
+            finite_or_diverged(
+                step,
+                "the distribution-matching fake denoiser's loss",
+                value,
+            )?;
+        }
         let lr = self.lr_at(step);
         let net = self.optim.step(lr, self.model.net().clone(), grads);
         let decay = ema::decay_at(self.config.ema.decay, self.config.ema.warmup, step);
@@ -266,6 +290,18 @@ where
             anchor_drift,
             critic_loss,
             skipped: false,
+        })
+    }
+}
+
+/// [`Error::Diverged`] at `step` where `value` (named `what`) is not finite.
+fn finite_or_diverged(step: usize, what: &str, value: f64) -> Result<()> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Diverged {
+            step,
+            reason: format!("{what} is {value}"),
         })
     }
 }

@@ -17,6 +17,8 @@ pub(crate) enum Stream {
     Step = 3,
     /// The adversarial critic's initial weights; index 0.
     Critic = 4,
+    /// The distribution-matching term's times and noise; index = step.
+    Score = 5,
 }
 
 /// The generator of `stream` at `index` for a run seeded with `seed`.

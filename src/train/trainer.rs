@@ -5,6 +5,7 @@
 
 use super::adversarial::CriticState;
 use super::config::{LossWeight, TrainConfig};
+use super::distribution_matching::ScoreState;
 use super::guard::GuardCounts;
 use super::interrupt;
 use super::optimizer::{lr_at, Optim};
@@ -73,6 +74,9 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     pub(super) perceptual: Option<Box<dyn ImageFeatures<B>>>,
     /// The critic of the adversarial term (`config.adversarial`) and its optimizer.
     pub(super) critic: Option<CriticState<B>>,
+    /// The denoisers of the distribution-matching term (`config.distribution_matching`): set
+    /// when the teacher is given, or restored (without the teacher) by a resume.
+    pub(super) score: Option<ScoreState<B, N>>,
 }
 
 impl<B, N> Trainer<B, N>
@@ -201,6 +205,7 @@ where
             guard: GuardCounts::default(),
             perceptual: None,
             critic,
+            score: None,
         };
         trainer.order = trainer.epoch_order(position.epoch);
         Ok(trainer)
@@ -231,6 +236,40 @@ where
             self.data.dim(),
         )?;
         self.perceptual = Some(features);
+        Ok(self)
+    }
+
+    /// Gives the distribution-matching term (`config.distribution_matching`) its teacher: a
+    /// denoiser of the model's flow with the model's network shape (a distilled student's
+    /// teacher). A new run's fake denoiser starts as a copy of it; a resumed run keeps the one
+    /// of its checkpoint. A configuration without the term, or a teacher of another shape,
+    /// refuses it.
+    pub fn with_score_teacher(mut self, teacher: N) -> Result<Self> {
+        if self.config.distribution_matching.is_none() {
+            return Err(Error::InvalidConfig {
+                config: "TrainConfig",
+                field: "distribution_matching",
+                reason: "a teacher was given but the configuration has no distribution-matching \
+                         term (set distribution_matching: {weight})"
+                    .into(),
+            });
+        }
+        let (have, given) = (
+            crate::train::param_shapes(self.model.net()),
+            crate::train::param_shapes(&teacher),
+        );
+        if have != given {
+            return Err(Error::ShapeMismatch {
+                context:
+                    "Trainer::with_score_teacher (the teacher's parameters against the model's)",
+                expected: format!("{have:?}"),
+                found: format!("{given:?}"),
+            });
+        }
+        match &mut self.score {
+            Some(state) => state.set_teacher(&teacher),
+            None => self.score = Some(ScoreState::from_teacher(teacher)),
+        }
         Ok(self)
     }
 

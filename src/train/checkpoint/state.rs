@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::flow::{FlowConfig, Parameterization};
 use crate::model::IntegrationFlow;
 use crate::nn::{IntegrationNet, NetworkConfig};
+use crate::train::distribution_matching::ScoreState;
 use crate::train::guard::{params_finite, GuardCounts};
 use crate::train::trainer::{AnchorDrift, Position, Trainer};
 use crate::train::{AnchorStorage, TrainConfig};
@@ -131,6 +132,13 @@ where
                 .map_err(|e| record_error("adversarial critic", e))?;
             sections.push("critic", weights);
             sections.push("critic_optimizer", optim);
+        }
+        if let Some(score) = &self.score {
+            let [weights, optim] = score
+                .to_bytes()
+                .map_err(|e| record_error("distribution-matching fake denoiser", e))?;
+            sections.push("fake_denoiser", weights);
+            sections.push("fake_denoiser_optimizer", optim);
         }
         if let Some(store) = &self.anchors {
             sections.push_parts("anchors", store.to_parts());
@@ -301,6 +309,16 @@ where
             ]),
             None => None,
         };
+        // A run with distribution matching saved its fake denoiser once its teacher was given
+        // (a checkpoint before that has none, and the teacher given later starts it afresh).
+        let score_bytes = match meta.config.distribution_matching {
+            Some(_) if sections.has("fake_denoiser") => Some([
+                sections.take("fake_denoiser", &path)?,
+                sections.take("fake_denoiser_optimizer", &path)?,
+            ]),
+            Some(_) | None => None,
+        };
+        let template = net.clone();
         let model = model.with_net(net).with_anchor_law(meta.anchor_law);
         let mut trainer = Self::assemble(
             model,
@@ -322,6 +340,12 @@ where
                 critic
                     .load_bytes(bytes, &device)
                     .map_err(|e| load_error("adversarial critic", e))?,
+            );
+        }
+        if let Some(bytes) = score_bytes {
+            trainer.score = Some(
+                ScoreState::from_bytes(template, bytes, &device)
+                    .map_err(|e| load_error("distribution-matching fake denoiser", e))?,
             );
         }
         Ok(trainer.with_checkpoint_dir(dir))

@@ -1,0 +1,240 @@
+//! Distribution matching for a student of a denoiser (DMD, Yin et al. 2024): the student's
+//! images of the data end are pulled towards where the teacher's denoiser takes them and away
+//! from where a second denoiser, trained on the student's own images, takes them.
+//!
+//! A pixel distance to paired targets pulls a one-step estimate the student cannot pin down to
+//! the mean of what it might be. Distribution matching looks at the student's images as a
+//! distribution instead: each image is noised to a random time, and the difference of the two
+//! denoisers' estimates there is the gradient of the KL divergence from the data's law (the
+//! teacher's) to the student's (the "fake" denoiser's), so it points from the student's images
+//! towards the teacher's data rather than to a mean. The fake denoiser starts as a copy of the
+//! teacher and learns each step, by the teacher's own loss, on the student's current images.
+//!
+//! The gradient of the term for an image `x` noised to `x_t` is
+//! `(D_fake(x_t) − D_teacher(x_t)) / mean|x − D_teacher(x_t)|` (DMD's normalisation, per image),
+//! applied as the loss `½·mean((x − sg(x − g))²)`. Which rows are images of the data end is the
+//! step's (as for the adversarial critic). The fake denoiser and its optimizer are part of the
+//! trainer's checkpoint; the teacher is given again after a resume
+//! ([`Trainer::with_score_teacher`](super::Trainer::with_score_teacher)).
+
+use super::checkpoint::RecordBytes;
+use super::config::TrainConfig;
+use super::loss;
+use super::optimizer::FusedAdam;
+use crate::error::{invalid_config, require_term_rates, Error, Result};
+use crate::flow::ProbabilityFlowExt;
+use crate::model::IntegrationFlow;
+use crate::nn::IntegrationNet;
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::record::{Recorder, RecorderError};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// The distribution-matching term's settings.
+///
+/// ```
+/// use integration_flow::train::{DistributionMatchingConfig, TrainConfig};
+/// let config = TrainConfig {
+///     distribution_matching: Some(DistributionMatchingConfig { weight: 0.5, ..Default::default() }),
+///     ..Default::default()
+/// };
+/// config.validate()?;
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributionMatchingConfig {
+    /// Weight of the term beside the pixel loss (which keeps weight 1).
+    pub weight: f64,
+    /// The fake denoiser's learning rate (Adam, β₁ = 0.9, β₂ = 0.999).
+    pub lr: f64,
+    /// Updates of the fake denoiser per step, each on a fresh noising of the step's images
+    /// (DMD2 uses 5 against 1 to keep the fake denoiser tracking the student).
+    pub fake_updates: usize,
+    /// Steps at the start of the run without the term (and without fake-denoiser updates):
+    /// the student first learns its teacher's map at full speed, the term refines it after.
+    pub warmup: usize,
+}
+
+impl Default for DistributionMatchingConfig {
+    fn default() -> Self {
+        DistributionMatchingConfig {
+            weight: 1.0,
+            lr: 1e-4,
+            fake_updates: 1,
+            warmup: 0,
+        }
+    }
+}
+
+impl DistributionMatchingConfig {
+    /// Checks the settings; an error names `config` and `field`.
+    pub fn check(&self, config: &'static str, field: &'static str) -> Result<()> {
+        let bad = |reason: String| -> Result<()> { Err(invalid_config(config, field, reason)) };
+        require_term_rates(config, field, self.weight, self.lr)?;
+        if self.fake_updates == 0 {
+            return bad("fake_updates must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The two denoisers of the term: the teacher (frozen, given by the user) and the fake one
+/// with its optimizer (trained here, checkpointed).
+pub(crate) struct ScoreState<B: AutodiffBackend, N: AutodiffModule<B>> {
+    teacher: Option<N::InnerModule>,
+    fake: N,
+    optim: OptimizerAdaptor<FusedAdam, N, B>,
+}
+
+impl<B, N> ScoreState<B, N>
+where
+    B: AutodiffBackend,
+    N: IntegrationNet<B> + AutodiffModule<B>,
+    N::InnerModule: IntegrationNet<B::InnerBackend>,
+{
+    /// The state of a new run: the fake denoiser starts as the teacher.
+    pub(crate) fn from_teacher(teacher: N) -> Self {
+        ScoreState {
+            teacher: Some(teacher.valid()),
+            fake: teacher,
+            optim: FusedAdam::new(0.9, 0.999, 1e-8, 0.0).init(),
+        }
+    }
+
+    /// Gives the teacher (after a resume, where only the fake denoiser was restored).
+    pub(crate) fn set_teacher(&mut self, teacher: &N) {
+        self.teacher = Some(teacher.valid());
+    }
+
+    /// The term's loss on the model's `images` of the data end `[n, dim]`, weighted by
+    /// `config.weight`; its gradient reaches the images only.
+    pub(crate) fn model_loss(
+        &self,
+        model: &IntegrationFlow<B, N>,
+        images: Tensor<B, 2>,
+        train: &TrainConfig,
+        config: &DistributionMatchingConfig,
+        rng: &mut dyn Rng,
+    ) -> Result<Tensor<B, 1>> {
+        let teacher = self.teacher.clone().ok_or_else(missing_teacher)?;
+        let x = images.clone().detach().inner();
+        let [n, dim] = x.dims();
+        let flow = model.flow();
+        let t = flow.sample_time(&train.time, rng, n)?;
+        let noise = noise_like(flow.as_ref(), rng, &x)?;
+        let x_t = flow.interpolate(x.clone(), noise, &t)?;
+        let zeros = Tensor::zeros([n, dim], &x.device());
+        let real = model
+            .with_net(teacher)
+            .denoise(x_t.clone(), &t, zeros.clone())?;
+        let fake = model.with_net(self.fake.valid()).denoise(x_t, &t, zeros)?;
+        // DMD's per-image normalisation keeps the step size independent of how far off the
+        // image is.
+        let scale = (x.clone() - real.clone()).abs().mean_dim(1).clamp_min(1e-6);
+        let gradient = (fake - real) / scale;
+        let target = Tensor::<B, 2>::from_inner(x - gradient);
+        Ok((images - target)
+            .powi_scalar(2)
+            .mean()
+            .mul_scalar(0.5 * config.weight))
+    }
+
+    /// `config.fake_updates` updates of the fake denoiser on the model's `images` (detached
+    /// here) by the teacher's loss; returns the last update's loss before it.
+    pub(crate) fn update(
+        &mut self,
+        model: &IntegrationFlow<B, N>,
+        images: Tensor<B, 2>,
+        train: &TrainConfig,
+        config: &DistributionMatchingConfig,
+        rng: &mut dyn Rng,
+    ) -> Result<f64> {
+        let x = images.detach();
+        let [n, dim] = x.dims();
+        let flow = model.flow().clone();
+        let zeros = Tensor::<B, 2>::zeros([n, dim], &x.device());
+        let mut value: f64 = 0.0;
+        for _ in 0..config.fake_updates {
+            let t = flow.sample_time(&train.time, rng, n)?;
+            let noise = noise_like(flow.as_ref(), rng, &x)?;
+            let x_t = flow.interpolate(x.clone(), noise, &t)?;
+            let estimate = model
+                .with_net(self.fake.clone())
+                .denoise(x_t, &t, zeros.clone())?;
+            let lambda =
+                loss::loss_weights(train.loss_weight, flow.as_ref(), model.sigma_data(), &t);
+            let loss = loss::integration_flow_loss(
+                train.distance,
+                1.0,
+                lambda,
+                estimate,
+                x.clone(),
+                zeros.clone(),
+            );
+            value = loss.clone().into_scalar().elem();
+            if !value.is_finite() {
+                return Ok(value);
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &self.fake);
+            self.fake = self.optim.step(config.lr, self.fake.clone(), grads);
+        }
+        Ok(value)
+    }
+
+    /// The fake denoiser's weights and its optimizer state, for a checkpoint.
+    pub(crate) fn to_bytes(&self) -> std::result::Result<[Vec<u8>; 2], RecorderError> {
+        let bytes = RecordBytes::default();
+        let weights = Recorder::<B>::record(&bytes, self.fake.clone().into_record(), ())?;
+        let optim = Recorder::<B>::record(&bytes, self.optim.to_record(), ())?;
+        Ok([weights, optim])
+    }
+
+    /// The state of a checkpoint: the fake denoiser loaded into `template` (the model's
+    /// network), its optimizer state, no teacher yet.
+    pub(crate) fn from_bytes(
+        template: N,
+        [weights, optim]: [Vec<u8>; 2],
+        device: &B::Device,
+    ) -> std::result::Result<Self, RecorderError> {
+        let bytes = RecordBytes::default();
+        let fake = template.load_record(Recorder::<B>::load(&bytes, weights, device)?);
+        let optim = FusedAdam::new(0.9, 0.999, 1e-8, 0.0)
+            .init()
+            .load_record(Recorder::<B>::load(&bytes, optim, device)?);
+        Ok(ScoreState {
+            teacher: None,
+            fake,
+            optim,
+        })
+    }
+}
+
+/// The error of a step whose distribution-matching term has no teacher.
+pub(crate) fn missing_teacher() -> Error {
+    Error::InvalidConfig {
+        config: "TrainConfig",
+        field: "distribution_matching",
+        reason: "distribution matching needs its teacher: give it with \
+                 Trainer::with_score_teacher (also after a resume)"
+            .into(),
+    }
+}
+
+/// The flow's noise in the shape of `x`, on its device.
+fn noise_like<B: Backend>(
+    flow: &dyn crate::flow::ProbabilityFlow,
+    rng: &mut dyn Rng,
+    x: &Tensor<B, 2>,
+) -> Result<Tensor<B, 2>> {
+    let [n, dim] = x.dims();
+    let values = flow.sample_noise(rng, n, dim)?;
+    Ok(Tensor::from_data(
+        TensorData::new(values, [n, dim]),
+        &x.device(),
+    ))
+}
