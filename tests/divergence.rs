@@ -324,3 +324,36 @@ fn divergence_policies_are_validated() {
     let parsed: TrainConfig = serde_json::from_str(json).unwrap();
     assert_eq!(parsed.on_divergence, DivergencePolicy::Skip { max: 3 });
 }
+
+/// A NaN in the distribution-matching fake denoiser's update is a divergence like one in the
+/// model's step: with three noise draws per step (the step's, the term's, the fake's update),
+/// draw 29 is step 9's fake update; the run rolls back to step 8 (the fake denoiser restored
+/// with the rest, the teacher kept) and finishes with finite weights.
+#[test]
+fn a_diverged_fake_denoiser_rolls_back_with_the_run() {
+    let dir = scratch("rollback_fake");
+    let log = dir.join("metrics.jsonl");
+    let mut config = config(
+        12,
+        DivergencePolicy::Rollback {
+            lr_factor: 0.5,
+            max: 2,
+        },
+    );
+    config.checkpoint_every = 4;
+    config.t_max_fraction = 1.0;
+    config.distribution_matching = Some(Default::default());
+    let model = model(poisoned(&[29], usize::MAX));
+    let teacher = model.net().clone();
+    let mut trainer = Trainer::new(model, data(), config)
+        .unwrap()
+        .with_score_teacher(teacher)
+        .unwrap()
+        .with_checkpoint_dir(&dir)
+        .with_metrics_log(&log)
+        .unwrap();
+    trainer.fit().unwrap();
+    assert_eq!(trainer.step(), 12);
+    assert_eq!(events(&log), vec![("rollback".to_string(), 9)]);
+    assert!(weights(trainer.model().net()).iter().all(|v| v.is_finite()));
+}

@@ -1,7 +1,8 @@
 //! The image terms of the loss. The perceptual term: it joins the loss with its weight, it needs
 //! its network, and a checkpoint remembers it. The adversarial term: it joins the loss with its
 //! weight, its critic learns, a checkpoint holds the critic so a resumed run continues exactly,
-//! images of another shape are refused, and the flow map's jumps to the data end are judged.
+//! images of another shape are refused, a regression run's rows at `t_max` and the flow map's
+//! jumps to the data end are judged.
 #![cfg(any(feature = "flex", feature = "ndarray"))]
 
 mod common;
@@ -221,11 +222,37 @@ fn adversarial(weight: f64) -> AdversarialConfig {
     }
 }
 
+/// A regression run whose every row trains at `t_max`, where its estimates are one-step
+/// samples, the rows the critic judges.
 fn adversarial_config(weight: Option<f64>) -> TrainConfig {
     TrainConfig {
         adversarial: weight.map(adversarial),
+        t_max_fraction: 1.0,
         ..config(None)
     }
+}
+
+/// A regression run judges only its rows at `t_max`: with none there (times drawn from the
+/// open interval) the critic and the term are left out and the loss is the plain run's.
+#[test]
+fn a_regression_run_judges_its_rows_at_t_max_only() {
+    let first = |weight: Option<f64>, t_max_fraction: f64| {
+        let config = TrainConfig {
+            t_max_fraction,
+            ..adversarial_config(weight)
+        };
+        Trainer::new(model(), squares(), config)
+            .unwrap()
+            .train_steps(1)
+            .unwrap()
+            .unwrap()
+    };
+    let none_at_max = first(Some(1.0), 0.0);
+    assert_eq!(none_at_max.critic_loss, None);
+    assert_eq!(none_at_max.loss, first(None, 0.0).loss);
+    let half = first(Some(1.0), 0.5);
+    assert!(half.critic_loss.is_some_and(f64::is_finite), "{half:?}");
+    assert_ne!(half.loss, first(None, 0.5).loss);
 }
 
 /// The first step's loss without the term and with weights 1 and 2: the estimate and the

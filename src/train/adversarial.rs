@@ -12,9 +12,10 @@
 //! `weight · mean(−D(estimate))` to its pixel loss.
 //!
 //! The critic sees each step's training examples (for a student of generated pairs, the
-//! teacher's samples) against the model's estimates of the data end: every row's for the
-//! regression and consistency objectives, the rows that jump to `t_min` for the flow map (a
-//! step without such rows leaves the critic and the term out). The critic and its optimizer
+//! teacher's samples) against the model's estimates of the data end: the rows at `t_max` (where
+//! one-step sampling evaluates) for the regression objective, every row for the consistency
+//! objective, the rows that jump to `t_min` for the flow map (a step without such rows leaves
+//! the critic and the term out). The critic and its optimizer
 //! state are part of the trainer's checkpoint, so a resumed run goes on with the same critic.
 
 use super::checkpoint::RecordBytes;
@@ -143,6 +144,7 @@ impl<B: Backend> Critic<B> {
 }
 
 /// The critic of a run and its optimizer: what the trainer holds and checkpoints.
+#[derive(Clone)]
 pub(crate) struct CriticState<B: AutodiffBackend> {
     critic: Critic<B>,
     optim: OptimizerAdaptor<FusedAdam, Critic<B>, B>,

@@ -8,17 +8,19 @@
 //! denoisers' estimates there is the gradient of the KL divergence from the data's law (the
 //! teacher's) to the student's (the "fake" denoiser's), so it points from the student's images
 //! towards the teacher's data rather than to a mean. The fake denoiser starts as a copy of the
-//! teacher and learns each step, by the teacher's own loss, on the student's current images.
+//! teacher and learns each step, by the squared-L2 denoising loss (whose minimiser, the
+//! conditional mean, is what the teacher estimates), on the student's current images.
 //!
-//! The gradient of the term for an image `x` noised to `x_t` is
-//! `(D_fake(x_t) − D_teacher(x_t)) / mean|x − D_teacher(x_t)|` (DMD's normalisation, per image),
-//! applied as the loss `½·mean((x − sg(x − g))²)`. Which rows are images of the data end is the
-//! step's (as for the adversarial critic). The fake denoiser and its optimizer are part of the
-//! trainer's checkpoint; the teacher is given again after a resume
+//! For an image `x` noised to `x_t` let `g = (D_fake(x_t) − D_teacher(x_t)) / mean|x −
+//! D_teacher(x_t)|` (DMD's normalisation, per image); the term is the loss
+//! `½·weight·mean((x − sg(x − g))²)` over the judged rows and pixels, whose gradient moves `x`
+//! along `−g`: towards the teacher's estimate, away from the fake's. Which rows are images of
+//! the data end is the step's (as for the adversarial critic). The fake denoiser and its
+//! optimizer are part of the trainer's checkpoint; the teacher is given again after a resume
 //! ([`Trainer::with_score_teacher`](super::Trainer::with_score_teacher)).
 
 use super::checkpoint::RecordBytes;
-use super::config::TrainConfig;
+use super::config::{Distance, TrainConfig};
 use super::loss;
 use super::optimizer::FusedAdam;
 use crate::error::{invalid_config, require_term_rates, Error, Result};
@@ -85,8 +87,9 @@ impl DistributionMatchingConfig {
 
 /// The two denoisers of the term: the teacher (frozen, given by the user) and the fake one
 /// with its optimizer (trained here, checkpointed).
+#[derive(Clone)]
 pub(crate) struct ScoreState<B: AutodiffBackend, N: AutodiffModule<B>> {
-    teacher: Option<N::InnerModule>,
+    teacher: Option<N>,
     fake: N,
     optim: OptimizerAdaptor<FusedAdam, N, B>,
 }
@@ -100,7 +103,7 @@ where
     /// The state of a new run: the fake denoiser starts as the teacher.
     pub(crate) fn from_teacher(teacher: N) -> Self {
         ScoreState {
-            teacher: Some(teacher.valid()),
+            teacher: Some(teacher.clone()),
             fake: teacher,
             optim: FusedAdam::new(0.9, 0.999, 1e-8, 0.0).init(),
         }
@@ -108,7 +111,12 @@ where
 
     /// Gives the teacher (after a resume, where only the fake denoiser was restored).
     pub(crate) fn set_teacher(&mut self, teacher: &N) {
-        self.teacher = Some(teacher.valid());
+        self.teacher = Some(teacher.clone());
+    }
+
+    /// The teacher, once given.
+    pub(crate) fn teacher(&self) -> Option<&N> {
+        self.teacher.as_ref()
     }
 
     /// The term's loss on the model's `images` of the data end `[n, dim]`, weighted by
@@ -121,7 +129,7 @@ where
         config: &DistributionMatchingConfig,
         rng: &mut dyn Rng,
     ) -> Result<Tensor<B, 1>> {
-        let teacher = self.teacher.clone().ok_or_else(missing_teacher)?;
+        let teacher = self.teacher.as_ref().ok_or_else(missing_teacher)?.valid();
         let x = images.clone().detach().inner();
         let [n, dim] = x.dims();
         let flow = model.flow();
@@ -145,7 +153,9 @@ where
     }
 
     /// `config.fake_updates` updates of the fake denoiser on the model's `images` (detached
-    /// here) by the teacher's loss; returns the last update's loss before it.
+    /// here) by the denoising loss (squared L2, weighted by the run's λ(t)); returns the last
+    /// update's loss before it. A non-finite loss returns that value at once: the caller
+    /// discards the state (it updates a copy).
     pub(crate) fn update(
         &mut self,
         model: &IntegrationFlow<B, N>,
@@ -168,8 +178,10 @@ where
                 .denoise(x_t, &t, zeros.clone())?;
             let lambda =
                 loss::loss_weights(train.loss_weight, flow.as_ref(), model.sigma_data(), &t);
+            // The squared L2 whatever the model's distance: its minimiser is the conditional
+            // mean, the teacher's estimate the term compares it with.
             let loss = loss::integration_flow_loss(
-                train.distance,
+                Distance::SquaredL2,
                 1.0,
                 lambda,
                 estimate,
@@ -237,4 +249,84 @@ fn noise_like<B: Backend>(
         TensorData::new(values, [n, dim]),
         &x.device(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuAutodiff;
+    use crate::flow::FlowConfig;
+    use crate::model::IntegrationFlowConfig;
+    use crate::nn::{Mlp, MlpConfig};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    type B = CpuAutodiff;
+
+    fn net(seed: u64) -> Mlp<B> {
+        MlpConfig {
+            dim: 3,
+            width: 16,
+            depth: 2,
+            ..Default::default()
+        }
+        .init(&Default::default(), seed)
+        .unwrap()
+    }
+
+    /// The gradient the term gives the images, against the formula recomputed from the same
+    /// draws: `weight·(D_fake − D_teacher)/mean|x − D_teacher| / (rows·dim)` per value, so the
+    /// images move towards the teacher's estimate and away from the fake's.
+    #[test]
+    fn the_gradient_is_the_normalised_difference_of_the_denoisers() {
+        let flow = FlowConfig::Rf(Default::default()).init().unwrap();
+        let model = IntegrationFlowConfig::default()
+            .init(flow.clone(), net(0))
+            .unwrap();
+        let mut state = ScoreState::<B, Mlp<B>>::from_teacher(net(1));
+        state.fake = net(2);
+        let train = TrainConfig::default();
+        let config = DistributionMatchingConfig {
+            weight: 3.0,
+            ..Default::default()
+        };
+        let values: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Tensor::<B, 2>::from_data(TensorData::new(values, [4, 3]), &Default::default())
+            .require_grad();
+        let loss = state
+            .model_loss(
+                &model,
+                x.clone(),
+                &train,
+                &config,
+                &mut StdRng::seed_from_u64(5),
+            )
+            .unwrap();
+        let grads = loss.backward();
+        let got = x.grad(&grads).unwrap().to_data().to_vec::<f32>().unwrap();
+
+        let mut rng = StdRng::seed_from_u64(5);
+        let x = x.detach();
+        let t = flow.sample_time(&train.time, &mut rng, 4).unwrap();
+        let noise = noise_like(flow.as_ref(), &mut rng, &x).unwrap();
+        let x_t = flow.interpolate(x.clone(), noise, &t).unwrap();
+        let zeros = Tensor::zeros([4, 3], &Default::default());
+        let denoise = |n: Mlp<B>| {
+            model
+                .with_net(n)
+                .denoise(x_t.clone(), &t, zeros.clone())
+                .unwrap()
+        };
+        let (real, fake) = (denoise(net(1)), denoise(net(2)));
+        let scale = (x - real.clone()).abs().mean_dim(1);
+        let expected = ((fake - real) / scale).mul_scalar(3.0 / 12.0);
+        let expected = expected.to_data().to_vec::<f32>().unwrap();
+        assert!(expected.iter().any(|v| v.abs() > 1e-4), "{expected:?}");
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(
+                (g - e).abs() <= 1e-5 + 1e-4 * e.abs(),
+                "{got:?} {expected:?}"
+            );
+        }
+    }
 }

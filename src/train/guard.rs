@@ -2,6 +2,7 @@
 //! ([`DivergencePolicy`]).
 
 use super::config::DivergencePolicy;
+use super::distribution_matching::ScoreState;
 use super::trainer::{StepStats, Trainer};
 use crate::error::{Error, Result};
 use crate::nn::IntegrationNet;
@@ -101,6 +102,17 @@ where
         self.optim = back.optim;
         self.anchors = back.anchors;
         self.critic = back.critic;
+        // The fake denoiser as the checkpoint had it (or, where it had none, a fresh copy of
+        // the teacher), with the teacher this run was given.
+        let teacher = self.score.as_ref().and_then(|s| s.teacher().cloned());
+        self.score = match (back.score, teacher) {
+            (Some(mut score), Some(teacher)) => {
+                score.set_teacher(&teacher);
+                Some(score)
+            }
+            (None, Some(teacher)) => Some(ScoreState::from_teacher(teacher)),
+            (score, None) => score,
+        };
         self.config = back.config;
         self.position = back.position;
         self.drift = back.drift;

@@ -25,8 +25,8 @@ where
     N: IntegrationNet<B> + AutodiffModule<B>,
     N::InnerModule: IntegrationNet<B::InnerBackend>,
 {
-    /// The step at the current position; a non-finite loss or gradient is
-    /// [`Error::Diverged`] before anything is updated.
+    /// The step at the current position; a non-finite loss or gradient (the model's, the
+    /// critic's or the fake denoiser's) is [`Error::Diverged`] before anything is updated.
     pub(super) fn try_step(&mut self) -> Result<StepStats> {
         let Position { step, epoch, batch } = self.position;
         let bs = self.config.batch_size;
@@ -72,14 +72,23 @@ where
         // Each objective's estimate and the target it is pulled towards: regression trains the
         // denoiser (for a flow-map network, its r = t estimate), the flow map the jumps to
         // target times r ≤ t, the consistency objective the estimate one-step samplers call.
-        // Third: the rows whose estimate is an image of the data end (all, or the flow map's
-        // jumps to t_min), which an adversarial critic judges.
+        // Third: the rows whose estimate is an image of the data end (regression's rows at
+        // t_max, all for consistency, the flow map's jumps to t_min), which the image terms
+        // judge.
         let x0_rows = x0_t.clone();
         let estimate = || -> Result<(Tensor<B, 2>, Tensor<B, 2>, DataEnd)> {
             Ok(match &self.config.objective {
                 ObjectiveConfig::Regression => {
                     let x_hat = self.model.denoise(x_t, &t, anchor_t.clone())?;
-                    (x_hat, objective::regression::target(x0_t), DataEnd::All)
+                    // Its one-step samples: the rows at t_max (elsewhere the estimate is a
+                    // conditional mean, not an image to judge).
+                    let max = flow.time_range().max;
+                    let rows = (0..n).filter(|&i| t[i] >= max).collect();
+                    (
+                        x_hat,
+                        objective::regression::target(x0_t),
+                        DataEnd::Rows(rows),
+                    )
                 }
                 ObjectiveConfig::FlowMap(config) => {
                     let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
@@ -135,21 +144,7 @@ where
                 }
             })
         };
-        // A non-finite input (NaN noise or data) is a divergence of this step, like a NaN loss.
-        // Only the model's own input check: other non-finite values (a flow's coefficients) are
-        // defects to report, not divergences to skip.
-        let (x_hat, target, data_end) = estimate().map_err(|e| match e {
-            Error::NonFinite { context, value }
-                if context == crate::model::NON_FINITE_X_T
-                    || context == crate::model::NON_FINITE_ANCHOR =>
-            {
-                Error::Diverged {
-                    step,
-                    reason: format!("{context} is {value}"),
-                }
-            }
-            other => other,
-        })?;
+        let (x_hat, target, data_end) = estimate().map_err(|e| input_divergence(step, e))?;
 
         let w = self.data_weight(epoch);
         let lambda = loss::loss_weights(
@@ -216,13 +211,15 @@ where
                 .score
                 .as_ref()
                 .ok_or_else(distribution_matching::missing_teacher)?;
-            let matching = state.model_loss(
-                &self.model,
-                images.clone(),
-                &self.config,
-                config,
-                &mut score_rng,
-            )?;
+            let matching = state
+                .model_loss(
+                    &self.model,
+                    images.clone(),
+                    &self.config,
+                    config,
+                    &mut score_rng,
+                )
+                .map_err(|e| input_divergence(step, e))?;
             loss = loss + matching;
         }
         let loss_value: f64 = loss.clone().into_scalar().elem();
@@ -233,30 +230,48 @@ where
         finite_or_diverged(step, "gradient norm", grad_norm)?;
         // The critic learns from this step's estimates; the model's gradient above used it as
         // it was. A non-finite critic loss leaves everything as it was.
-        let critic_loss = match (&mut self.critic, &self.config.adversarial, &data_end_pair) {
+        // The updates go to copies, kept only when every loss was finite, so a divergence
+        // leaves the critic and the fake denoiser as they were.
+        let critic_next = match (&self.critic, &self.config.adversarial, &data_end_pair) {
             (Some(critic), Some(config), Some((data, images))) => {
-                let value = critic.update(data.clone(), images.clone(), config)?;
+                let mut next = critic.clone();
+                let value = next.update(data.clone(), images.clone(), config)?;
                 finite_or_diverged(step, "the adversarial critic's loss", value)?;
-                Some(value)
+                Some((next, value))
             }
             _ => None,
         };
         // The fake denoiser learns this step's images, after the model's gradient used it.
-        if let (Some(config), Some(state), Some((_, images))) =
-            (matching, &mut self.score, &data_end_pair)
-        {
-            let value = state.update(
-                &self.model,
-                images.clone(),
-                &self.config,
-                config,
-                &mut score_rng,
-            )?;
-            finite_or_diverged(
-                step,
-                "the distribution-matching fake denoiser's loss",
-                value,
-            )?;
+        let score_next = match (matching, &self.score, &data_end_pair) {
+            (Some(config), Some(state), Some((_, images))) => {
+                let mut next = state.clone();
+                let value = next
+                    .update(
+                        &self.model,
+                        images.clone(),
+                        &self.config,
+                        config,
+                        &mut score_rng,
+                    )
+                    .map_err(|e| input_divergence(step, e))?;
+                finite_or_diverged(
+                    step,
+                    "the distribution-matching fake denoiser's loss",
+                    value,
+                )?;
+                Some(next)
+            }
+            _ => None,
+        };
+        let critic_loss = match critic_next {
+            Some((next, value)) => {
+                self.critic = Some(next);
+                Some(value)
+            }
+            None => None,
+        };
+        if let Some(next) = score_next {
+            self.score = Some(next);
         }
         let lr = self.lr_at(step);
         let net = self.optim.step(lr, self.model.net().clone(), grads);
@@ -291,6 +306,24 @@ where
             critic_loss,
             skipped: false,
         })
+    }
+}
+
+/// A non-finite network input (NaN noise or data) as a divergence of `step`, like a NaN loss.
+/// Only the model's own input checks: other non-finite values (a flow's coefficients) are
+/// defects to report, not divergences to skip.
+fn input_divergence(step: usize, e: Error) -> Error {
+    match e {
+        Error::NonFinite { context, value }
+            if context == crate::model::NON_FINITE_X_T
+                || context == crate::model::NON_FINITE_ANCHOR =>
+        {
+            Error::Diverged {
+                step,
+                reason: format!("{context} is {value}"),
+            }
+        }
+        other => other,
     }
 }
 
