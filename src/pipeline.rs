@@ -50,7 +50,7 @@ use crate::train::{
     FlowMapConfig, ImageFeatures, LrDecay, ObjectiveConfig, PerceptualConfig, TrainConfig, Trainer,
 };
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -838,14 +838,22 @@ where
         }
     }
 
+    /// The teacher's EMA weights as a trainable network of the model's type.
+    fn teacher_net(&self) -> Result<N> {
+        let teacher = Trainer::resume(self.teacher_dir(), self.model.clone(), self.data.clone())?;
+        teacher.ema_as_trainable(self.model.net().clone())
+    }
+
     /// The student's trainer: resumed from `DIR`, or new from the teacher's EMA weights.
     fn student(&self) -> Result<Trainer<B, N>> {
         let dir = &self.dir;
         let resume = checkpoint_path(dir).exists();
-        let start = || -> Result<(IntegrationFlow<B, N>, TrainConfig)> {
-            let teacher =
-                Trainer::resume(self.teacher_dir(), self.model.clone(), self.data.clone())?;
-            let net = teacher.ema_as_trainable(self.model.net().clone())?;
+        // Read once: a new student starts from it, distribution matching denoises with it.
+        let teacher = match (resume, &self.config.student_distribution_matching) {
+            (true, None) => None,
+            (false, _) | (true, Some(_)) => Some(self.teacher_net()?),
+        };
+        let start = |net: N| -> Result<(IntegrationFlow<B, N>, TrainConfig)> {
             let mut config = self.teacher_config.clone();
             config.optimizer.lr = self.config.student_lr;
             config.t_max_fraction = self.config.student_t_max_share();
@@ -866,20 +874,21 @@ where
                        coupling: Option<PairedAnchors>,
                        objective: ObjectiveConfig|
          -> Result<Trainer<B, N>> {
-            let adapt = |net: N| match objective {
-                ObjectiveConfig::FlowMap(_) => net.with_target_time(),
-                ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => Ok(net),
-            };
             let coupling = coupling.map(Arc::new);
             if resume {
-                let model = self.model.with_net(adapt(self.model.net().clone())?);
+                let model = self
+                    .model
+                    .with_net(adapt_to(&objective, self.model.net().clone())?);
                 return match coupling {
                     Some(coupling) => Trainer::resume_with_coupling(dir, model, samples, coupling),
                     None => Trainer::resume(dir, model, samples),
                 };
             }
-            let (model, mut config) = start()?;
-            let model = model.with_net(adapt(model.net().clone())?);
+            let net = match &teacher {
+                Some(net) => net.clone(),
+                None => self.teacher_net()?,
+            };
+            let (model, mut config) = start(adapt_to(&objective, net)?)?;
             config.objective = objective.clone();
             match coupling {
                 Some(coupling) => Trainer::with_coupling(model, samples, config, coupling),
@@ -938,13 +947,11 @@ where
         // (a flow-map student's gains its target-time input).
         let student = match &student.config().distribution_matching {
             Some(_) => {
-                let teacher =
-                    Trainer::resume(self.teacher_dir(), self.model.clone(), self.data.clone())?;
-                let net = teacher.ema_as_trainable(self.model.net().clone())?;
-                let net = match student.config().objective {
-                    ObjectiveConfig::FlowMap(_) => net.with_target_time()?,
-                    ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => net,
+                let net = match teacher {
+                    Some(net) => net,
+                    None => self.teacher_net()?,
                 };
+                let net = adapt_to(&student.config().objective, net)?;
                 student.with_score_teacher(net)?
             }
             None => student,
@@ -952,6 +959,15 @@ where
         student
             .with_checkpoint_dir(dir)
             .with_metrics_log(dir.join("metrics.jsonl"))
+    }
+}
+
+/// `net` as a student of `objective` takes it: a flow-map student's network gains its
+/// target-time input.
+fn adapt_to<B: Backend, N: IntegrationNet<B>>(objective: &ObjectiveConfig, net: N) -> Result<N> {
+    match objective {
+        ObjectiveConfig::FlowMap(_) => net.with_target_time(),
+        ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => Ok(net),
     }
 }
 

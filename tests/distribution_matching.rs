@@ -66,21 +66,28 @@ fn teacher(centre: f32) -> Mlp<CpuAutodiff> {
     trainer.model().net().clone()
 }
 
+/// The losses of 20 steps of a run from the model's initial weights on the cluster at +1, with
+/// the term as `matching` says (the teacher: those initial weights) or without it.
+fn losses(matching: Option<DistributionMatchingConfig>) -> Vec<f64> {
+    let config = TrainConfig {
+        distribution_matching: matching.clone(),
+        ..config(20, None)
+    };
+    let mut trainer = Trainer::new(model(), cluster(1.0), config).unwrap();
+    if matching.is_some() {
+        trainer = trainer.with_score_teacher(model().net().clone()).unwrap();
+    }
+    (0..20)
+        .map(|_| trainer.train_steps(1).unwrap().unwrap().loss)
+        .collect()
+}
+
 /// The first step of a run whose fake denoiser is still the teacher has the loss of the run
 /// without the term (the two denoisers agree, so the gradient is zero); after the fake has
 /// learned the student's estimates the losses part.
 #[test]
 fn the_term_is_zero_until_the_fake_denoiser_learns() {
-    let run = |weight: Option<f64>| {
-        let mut trainer = Trainer::new(model(), cluster(1.0), config(20, weight)).unwrap();
-        if weight.is_some() {
-            trainer = trainer.with_score_teacher(model().net().clone()).unwrap();
-        }
-        (0..20)
-            .map(|_| trainer.train_steps(1).unwrap().unwrap().loss)
-            .collect::<Vec<_>>()
-    };
-    let (plain, matched) = (run(None), run(Some(1.0)));
+    let (plain, matched) = (losses(None), losses(Some(matching(1.0))));
     assert_eq!(plain[0], matched[0]);
     assert_ne!(plain[19], matched[19]);
 }
@@ -90,21 +97,8 @@ fn the_term_is_zero_until_the_fake_denoiser_learns() {
 /// the runs part.
 #[test]
 fn the_warm_up_leaves_the_term_and_the_fake_denoiser_alone() {
-    let run = |matching: Option<DistributionMatchingConfig>| {
-        let config = TrainConfig {
-            distribution_matching: matching.clone(),
-            ..config(20, None)
-        };
-        let mut trainer = Trainer::new(model(), cluster(1.0), config).unwrap();
-        if matching.is_some() {
-            trainer = trainer.with_score_teacher(model().net().clone()).unwrap();
-        }
-        (0..20)
-            .map(|_| trainer.train_steps(1).unwrap().unwrap().loss)
-            .collect::<Vec<_>>()
-    };
-    let plain = run(None);
-    let warm = run(Some(DistributionMatchingConfig {
+    let plain = losses(None);
+    let warm = losses(Some(DistributionMatchingConfig {
         warmup: 5,
         ..matching(1.0)
     }));

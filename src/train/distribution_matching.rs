@@ -24,7 +24,7 @@ use super::config::{Distance, TrainConfig};
 use super::loss;
 use super::optimizer::FusedAdam;
 use crate::error::{invalid_config, require_term_rates, Error, Result};
-use crate::flow::ProbabilityFlowExt;
+use crate::flow::{ProbabilityFlow, ProbabilityFlowExt};
 use crate::model::IntegrationFlow;
 use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
@@ -132,10 +132,7 @@ where
         let teacher = self.teacher.as_ref().ok_or_else(missing_teacher)?.valid();
         let x = images.clone().detach().inner();
         let [n, dim] = x.dims();
-        let flow = model.flow();
-        let t = flow.sample_time(&train.time, rng, n)?;
-        let noise = noise_like(flow.as_ref(), rng, &x)?;
-        let x_t = flow.interpolate(x.clone(), noise, &t)?;
+        let (t, x_t) = noised(model.flow().as_ref(), train, rng, &x)?;
         let zeros = Tensor::zeros([n, dim], &x.device());
         let real = model
             .with_net(teacher)
@@ -170,9 +167,7 @@ where
         let zeros = Tensor::<B, 2>::zeros([n, dim], &x.device());
         let mut value: f64 = 0.0;
         for _ in 0..config.fake_updates {
-            let t = flow.sample_time(&train.time, rng, n)?;
-            let noise = noise_like(flow.as_ref(), rng, &x)?;
-            let x_t = flow.interpolate(x.clone(), noise, &t)?;
+            let (t, x_t) = noised(flow.as_ref(), train, rng, &x)?;
             let estimate = model
                 .with_net(self.fake.clone())
                 .denoise(x_t, &t, zeros.clone())?;
@@ -237,9 +232,23 @@ pub(crate) fn missing_teacher() -> Error {
     }
 }
 
+/// `x` noised by `flow` to times drawn from the run's training distribution: the times and
+/// `x_t`.
+fn noised<B: Backend>(
+    flow: &dyn ProbabilityFlow,
+    train: &TrainConfig,
+    rng: &mut dyn Rng,
+    x: &Tensor<B, 2>,
+) -> Result<(Vec<f64>, Tensor<B, 2>)> {
+    let t = flow.sample_time(&train.time, rng, x.dims()[0])?;
+    let noise = noise_like(flow, rng, x)?;
+    let x_t = flow.interpolate(x.clone(), noise, &t)?;
+    Ok((t, x_t))
+}
+
 /// The flow's noise in the shape of `x`, on its device.
 fn noise_like<B: Backend>(
-    flow: &dyn crate::flow::ProbabilityFlow,
+    flow: &dyn ProbabilityFlow,
     rng: &mut dyn Rng,
     x: &Tensor<B, 2>,
 ) -> Result<Tensor<B, 2>> {

@@ -211,7 +211,7 @@ where
                 .score
                 .as_ref()
                 .ok_or_else(distribution_matching::missing_teacher)?;
-            let matching = state
+            let term = state
                 .model_loss(
                     &self.model,
                     images.clone(),
@@ -220,7 +220,7 @@ where
                     &mut score_rng,
                 )
                 .map_err(|e| input_divergence(step, e))?;
-            loss = loss + matching;
+            loss = loss + term;
         }
         let loss_value: f64 = loss.clone().into_scalar().elem();
         finite_or_diverged(step, "loss", loss_value)?;
@@ -341,9 +341,9 @@ fn finite_or_diverged(step: usize, what: &str, value: f64) -> Result<()> {
 
 /// Which rows of a step's estimate are images of the data end.
 enum DataEnd {
-    /// Every row (regression's denoiser, the consistency function).
+    /// Every row (the consistency function).
     All,
-    /// These rows (the flow map's jumps to `t_min`).
+    /// These rows (regression's rows at `t_max`, the flow map's jumps to `t_min`).
     Rows(Vec<usize>),
 }
 
