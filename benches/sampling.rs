@@ -120,8 +120,8 @@ fn trained<B, N>(
 ) -> Result<IntegrationFlow<B::InnerBackend, N::InnerModule>, Error>
 where
     B: AutodiffBackend,
-    N: IntegrationNet<B> + AutodiffModule<B>,
-    N::InnerModule: IntegrationNet<B::InnerBackend>,
+    N: IntegrationNet<B> + AutodiffModule<B> + 'static,
+    N::InnerModule: IntegrationNet<B::InnerBackend> + 'static,
 {
     if checkpoint_path(dir).exists() {
         eprintln!("loading {}", checkpoint_path(dir).display());

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --release --example mnist -- [--policy distill|ot|off] [--flow rf|vp|ve|pfgmpp]
 //!     [--minutes M] [--steps N] [--data PATH] [--out DIR] [--count N] [--seed S]
-//!     [--teacher DIR] [--checkpoint-every N] [--resume] [--device cpu|cuda]
+//!     [--teacher DIR] [--checkpoint-every N] [--resume] [--device cpu|cuda] [--workers N]
 //! ```
 //!
 //! The default, `--policy distill`, is the `integration_flow::pipeline` run: the UNet trains as
@@ -74,9 +74,9 @@ use integration_flow::sample::{
 };
 use integration_flow::saved::Precision;
 use integration_flow::train::{
-    AdversarialConfig, AnchorPolicy, CheckpointInfo, ConsistencyConfig, Distance,
-    DistributionMatchingConfig, FlowMapConfig, FlowMapVelocity, LrDecay, OneStepTarget, OtSpace,
-    PerceptualConfig, TrainConfig, Trainer,
+    AdversarialConfig, AnchorPolicy, CheckpointInfo, ConsistencyConfig, DataParallelConfig,
+    Distance, DistributionMatchingConfig, FlowMapConfig, FlowMapVelocity, LrDecay, OneStepTarget,
+    OtSpace, PerceptualConfig, TrainConfig, Trainer,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
@@ -291,6 +291,11 @@ struct Args {
     /// Write a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: usize,
+    /// Share each step's batch between N worker threads whose gradients are summed
+    /// (data-parallel training; built with --features data-parallel; not with the
+    /// perceptual, adversarial or distribution-matching terms). 1: no workers.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Continue the run whose checkpoint is in --out: train for --minutes more (or until
     /// --steps), then sample as usual.
     #[arg(long)]
@@ -489,6 +494,10 @@ fn run<B: AutodiffBackend>(
         log_every: 25,
         checkpoint_every: args.checkpoint_every,
         t_max_fraction: args.t_max_fraction,
+        data_parallel: (args.workers > 1).then(|| DataParallelConfig {
+            workers: args.workers,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     config.optimizer.lr = args.lr;

@@ -197,6 +197,21 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// A compute pool of `threads` threads named `name-i`, with the calling thread's subnormal
+/// mode: a data-parallel worker computes on its own, so that workers on one CPU share its
+/// cores instead of each using all of them. `None` where the threads cannot be made.
+#[cfg(feature = "data-parallel")]
+pub(crate) fn compute_pool(threads: usize, name: &str) -> Option<rayon::ThreadPool> {
+    let mode = flush_mode();
+    let name = name.to_string();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .start_handler(move |_| set_flush_mode(mode))
+        .build()
+        .ok()
+}
+
 /// Whether the NVIDIA driver library (`libcuda.so.1`) can be loaded: the CUDA backend loads it
 /// at run time and panics inside burn when it is missing, so programs check first and report a
 /// clear error. Off Linux with glibc it cannot tell and returns `true`.

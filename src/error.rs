@@ -135,6 +135,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// A worker of a data-parallel run ([`DataParallelConfig`](crate::train::DataParallelConfig))
+    /// failed, panicked or did not answer in time; the step's update was not applied and the
+    /// run stops (resume it from its last checkpoint).
+    #[error("data-parallel worker {worker} failed at step {step}: {reason}")]
+    Worker {
+        /// The worker (0-based).
+        worker: usize,
+        /// The step it failed in.
+        step: usize,
+        /// What happened.
+        reason: String,
+    },
+
     /// A time budget too small for the stages it has to pay for (the distillation pipeline's
     /// teacher, pairs and student).
     #[error("time budget too small: {reason}")]

@@ -356,8 +356,8 @@ pub struct Distillation<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModul
 impl<B, N> Distillation<B, N>
 where
     B: AutodiffBackend,
-    N: IntegrationNet<B> + AutodiffModule<B>,
-    N::InnerModule: IntegrationNet<B::InnerBackend>,
+    N: IntegrationNet<B> + AutodiffModule<B> + 'static,
+    N::InnerModule: IntegrationNet<B::InnerBackend> + 'static,
 {
     /// A run in `dir` on `data`. `model` is the untrained teacher (its flow, preconditioning and
     /// network are the student's too); `teacher_config` trains it (its anchor policy is set to
@@ -381,6 +381,14 @@ where
         teacher_config.anchor.policy = AnchorPolicy::Off;
         teacher_config.objective = ObjectiveConfig::Regression;
         teacher_config.validate()?;
+        // The student trains with the teacher's configuration and its own terms: a
+        // combination the trainer refuses (workers with an image term) fails now, before the
+        // teacher spends its share.
+        let mut student_terms = teacher_config.clone();
+        student_terms.perceptual = config.student_perceptual.clone();
+        student_terms.adversarial = config.student_adversarial.clone();
+        student_terms.distribution_matching = config.student_distribution_matching.clone();
+        student_terms.validate()?;
         Ok(Distillation {
             dir: dir.into(),
             model,

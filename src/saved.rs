@@ -326,8 +326,8 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
 impl<B, N> Trainer<B, N>
 where
     B: AutodiffBackend,
-    N: IntegrationNet<B> + AutodiffModule<B>,
-    N::InnerModule: IntegrationNet<B::InnerBackend>,
+    N: IntegrationNet<B> + AutodiffModule<B> + 'static,
+    N::InnerModule: IntegrationNet<B::InnerBackend> + 'static,
 {
     /// Exports the EMA model (what samples) like [`IntegrationFlow::export`], with the run's
     /// configuration, coupling, step and data fingerprint in the card.

@@ -18,8 +18,8 @@ use integration_flow::flow::{Parameterization, RectifiedFlowConfig};
 use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{Mlp, MlpConfig};
 use integration_flow::train::{
-    checkpoint_path, AnchorBacking, AnchorPolicy, AnchorStorage, CheckpointInfo, TrainConfig,
-    Trainer, CHECKPOINT_FILE,
+    checkpoint_path, AnchorBacking, AnchorPolicy, AnchorStorage, CheckpointInfo,
+    DataParallelConfig, TrainConfig, Trainer, CHECKPOINT_FILE,
 };
 use integration_flow::Error;
 use rand::rngs::StdRng;
@@ -59,12 +59,17 @@ fn data() -> integration_flow::data::Dataset {
 
 /// Checkpoints every step, so that a random kill often lands inside a checkpoint write; policy
 /// `prediction` changes every anchor it trains on, so lost anchor updates would show.
-fn config(dir: &Path, file_backed: bool) -> TrainConfig {
+/// With `workers` > 1 the run is data-parallel (the `data-parallel` feature).
+fn config(dir: &Path, file_backed: bool, workers: usize) -> TrainConfig {
     let mut config = TrainConfig {
         steps: STEPS,
         batch_size: 128,
         checkpoint_every: 1,
         progress: false,
+        data_parallel: (workers > 1).then(|| DataParallelConfig {
+            workers,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     config.anchor.policy = AnchorPolicy::Prediction;
@@ -91,11 +96,11 @@ fn sigint_config() -> TrainConfig {
 }
 
 /// Resumes from `dir`'s checkpoint if there is one, else starts; checkpoints into `dir`.
-fn open(dir: &Path, file_backed: bool) -> T {
+fn open(dir: &Path, file_backed: bool, workers: usize) -> T {
     let trainer = if checkpoint_path(dir).exists() {
         Trainer::resume(dir, model(), data()).unwrap()
     } else {
-        Trainer::new(model(), data(), config(dir, file_backed)).unwrap()
+        Trainer::new(model(), data(), config(dir, file_backed, workers)).unwrap()
     };
     trainer.with_checkpoint_dir(dir)
 }
@@ -125,7 +130,8 @@ fn fault_child() {
     match mode.as_str() {
         "train" => {
             let file_backed = std::env::var("IF_FAULT_FILE_BACKED").is_ok();
-            open(&dir, file_backed).fit().unwrap();
+            let workers = std::env::var("IF_FAULT_WORKERS").map_or(1, |w| w.parse().unwrap());
+            open(&dir, file_backed, workers).fit().unwrap();
         }
         "fsize" => {
             let limit: u64 = std::env::var("IF_FAULT_LIMIT").unwrap().parse().unwrap();
@@ -139,7 +145,7 @@ fn fault_child() {
                 };
                 assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &rl), 0);
             }
-            let mut trainer = open(&dir, false);
+            let mut trainer = open(&dir, false, 1);
             trainer.train_step().unwrap();
             match trainer.checkpoint() {
                 Err(Error::Io { path, source }) => {
@@ -205,9 +211,28 @@ fn state(t: &T) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 /// with the same weights, EMA and anchors as an uninterrupted child run.
 #[test]
 fn kill_9_at_random_moments_loses_nothing() {
-    let reference_dir = scratch("reference");
+    let mid_write = kill_9_trials("", 1, 20, 10);
+    assert!(
+        mid_write >= 5,
+        "too few kills landed inside a checkpoint write: {mid_write}"
+    );
+}
+
+/// The same for a data-parallel run (two worker threads): 6 kills at random moments and 3
+/// while writing; the resumed runs repeat the uninterrupted one to the bit.
+#[cfg(feature = "data-parallel")]
+#[test]
+fn kill_9_during_a_data_parallel_run_loses_nothing() {
+    kill_9_trials("parallel_", 2, 6, 3);
+}
+
+/// `random` kills at random moments, then `writing` kills while a checkpoint is written, of
+/// child runs with `workers`; returns how many kills left a temporary file.
+fn kill_9_trials(name: &str, workers: usize, random: u64, writing: u64) -> usize {
+    let reference_dir = scratch(&format!("{name}reference"));
     let started = Instant::now();
-    let out = spawn("train", &reference_dir, &[])
+    let workers_env = ("IF_FAULT_WORKERS", workers.to_string());
+    let out = spawn("train", &reference_dir, std::slice::from_ref(&workers_env))
         .wait_with_output()
         .unwrap();
     assert!(
@@ -219,22 +244,24 @@ fn kill_9_at_random_moments_loses_nothing() {
     let reference = Trainer::resume(&reference_dir, model(), data()).unwrap();
     assert_eq!(reference.step(), STEPS);
     let expected = state(&reference);
-    println!("uninterrupted child run: {:.2} s", full.as_secs_f64());
+    println!(
+        "uninterrupted child run ({workers} workers): {:.2} s",
+        full.as_secs_f64()
+    );
 
     let (mut mid_write, mut fresh) = (0, 0);
-    for trial in 0..30u64 {
+    for trial in 0..random + writing {
         let seed = 1000 + trial;
         let mut rng = StdRng::seed_from_u64(seed);
-        let dir = scratch(&format!("trial{trial}"));
+        let dir = scratch(&format!("{name}trial{trial}"));
         let file_backed = trial % 3 == 2;
-        let envs: Vec<(&str, String)> = if file_backed {
-            vec![("IF_FAULT_FILE_BACKED", "1".into())]
-        } else {
-            vec![]
-        };
+        let mut envs: Vec<(&str, String)> = vec![workers_env.clone()];
+        if file_backed {
+            envs.push(("IF_FAULT_FILE_BACKED", "1".into()));
+        }
         let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
         let mut child = spawn("train", &dir, &envs);
-        let during_write = trial >= 20;
+        let during_write = trial >= random;
         if during_write {
             // Kill as soon as a temporary checkpoint file appears, after a random number of
             // checkpoints.
@@ -264,7 +291,7 @@ fn kill_9_at_random_moments_loses_nothing() {
         }
         let had_checkpoint = checkpoint_path(&dir).exists();
         fresh += usize::from(!had_checkpoint);
-        let mut trainer = open(&dir, file_backed);
+        let mut trainer = open(&dir, file_backed, workers);
         let resumed_at = trainer.step();
         trainer.fit().unwrap();
         println!(
@@ -296,11 +323,13 @@ fn kill_9_at_random_moments_loses_nothing() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("30 kills: {mid_write} left a temporary file (killed while writing), {fresh} before the first checkpoint");
-    assert!(
-        mid_write >= 5,
-        "too few kills landed inside a checkpoint write: {mid_write}"
+    println!(
+        "{} kills: {mid_write} left a temporary file (killed while writing), {fresh} before the \
+         first checkpoint",
+        random + writing
     );
+    let _ = std::fs::remove_dir_all(&reference_dir);
+    mid_write
 }
 
 /// A file-size limit (a full disk) while checkpointing: a typed I/O error naming the file, the
@@ -389,7 +418,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes_exactly() {
 #[test]
 fn a_full_disk_keeps_the_previous_checkpoint() {
     let dir = scratch("fsize");
-    let mut trainer = open(&dir, false);
+    let mut trainer = open(&dir, false, 1);
     trainer.train_steps(2).unwrap();
     trainer.checkpoint().unwrap();
     let before = std::fs::read(checkpoint_path(&dir)).unwrap();
@@ -418,7 +447,7 @@ fn an_unwritable_checkpoint_directory_is_an_error() {
     let dir = scratch("unwritable");
     let blocker = dir.join("not_a_dir");
     std::fs::write(&blocker, b"x").unwrap();
-    let mut trainer = Trainer::new(model(), data(), config(&dir, false))
+    let mut trainer = Trainer::new(model(), data(), config(&dir, false, 1))
         .unwrap()
         .with_checkpoint_dir(&blocker);
     match trainer.train_steps(1).and_then(|_| trainer.checkpoint()) {
@@ -433,7 +462,7 @@ fn an_unwritable_checkpoint_directory_is_an_error() {
 #[test]
 fn truncated_or_bit_flipped_checkpoints_are_refused() {
     let dir = scratch("corrupt");
-    let mut trainer = open(&dir, false);
+    let mut trainer = open(&dir, false, 1);
     trainer.train_steps(1).unwrap();
     trainer.checkpoint().unwrap();
     let path = checkpoint_path(&dir);
@@ -499,7 +528,7 @@ fn write_checkpoint_seed() {
         net,
     )
     .unwrap();
-    let mut config = config(Path::new(&dir), false);
+    let mut config = config(Path::new(&dir), false, 1);
     config.batch_size = 4;
     config.steps = 1;
     let data = Toy::Checkerboard.sample(8, 0).unwrap();

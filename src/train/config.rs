@@ -3,6 +3,7 @@
 use super::adversarial::AdversarialConfig;
 use super::distribution_matching::DistributionMatchingConfig;
 use super::objective::ObjectiveConfig;
+use super::parallel::DataParallelConfig;
 use super::perceptual::PerceptualConfig;
 use crate::coupling::AnchorConfig;
 use crate::error::{invalid_config, require_finite, Result};
@@ -258,6 +259,10 @@ pub struct TrainConfig {
     /// teacher is given with
     /// [`Trainer::with_score_teacher`](super::Trainer::with_score_teacher)); `None` by default.
     pub distribution_matching: Option<DistributionMatchingConfig>,
+    /// Share each step's batch between several workers (devices or threads), whose gradients
+    /// are summed before the one optimizer step (needs the `data-parallel` feature);
+    /// `None` (one worker) by default.
+    pub data_parallel: Option<DataParallelConfig>,
     /// Optimizer.
     pub optimizer: OptimizerConfig,
     /// EMA of the weights.
@@ -317,6 +322,7 @@ impl Default for TrainConfig {
             perceptual: None,
             adversarial: None,
             distribution_matching: None,
+            data_parallel: None,
             optimizer: OptimizerConfig::default(),
             ema: EmaConfig::default(),
             checkpoint_every: 0,
@@ -394,6 +400,26 @@ impl TrainConfig {
         }
         if let Some(matching) = &self.distribution_matching {
             matching.check(NAME, "distribution_matching")?;
+        }
+        if let Some(parallel) = &self.data_parallel {
+            parallel.check(NAME, self.batch_size)?;
+            // The image terms keep state beside the model (a critic, a fake denoiser) that
+            // one worker updates from the whole batch's images; they are not sharded yet.
+            let terms = [
+                ("perceptual", self.perceptual.is_some()),
+                ("adversarial", self.adversarial.is_some()),
+                (
+                    "distribution_matching",
+                    self.distribution_matching.is_some(),
+                ),
+            ];
+            if let Some((term, _)) = terms.iter().find(|(_, on)| *on) {
+                return Err(invalid_config(
+                    NAME,
+                    "data_parallel",
+                    format!("does not combine with the {term} term yet: train it with one worker"),
+                ));
+            }
         }
         self.time.validate()?;
         unit_interval(NAME, "t_max_fraction", self.t_max_fraction)?;

@@ -22,8 +22,8 @@ pub(super) struct GuardCounts {
 impl<B, N> Trainer<B, N>
 where
     B: AutodiffBackend,
-    N: IntegrationNet<B> + AutodiffModule<B>,
-    N::InnerModule: IntegrationNet<B::InnerBackend>,
+    N: IntegrationNet<B> + AutodiffModule<B> + 'static,
+    N::InnerModule: IntegrationNet<B::InnerBackend> + 'static,
 {
     /// One optimizer step on the next batch. A non-finite loss or gradient is handled by
     /// [`TrainConfig::on_divergence`](super::TrainConfig::on_divergence): an error naming the

@@ -5,12 +5,13 @@
 //! schedule (`optimizer.rs`), the EMA (`ema.rs`), the seeded random streams (`streams.rs`),
 //! what the estimate is pulled towards ([`objective`], one file per objective), the
 //! perceptual and adversarial terms for images ([`perceptual`], [`adversarial`]), distribution
-//! matching against a teacher ([`distribution_matching`]),
+//! matching against a teacher ([`distribution_matching`]), data-parallel workers ([`parallel`]),
 //! the run's position and step statistics (`position.rs`),
 //! progress and the metrics log (`progress.rs`), checkpoints (`checkpoint/`) and Ctrl-C
 //! ([`interrupt`]). How each example gets its anchor is the [`coupling`](crate::coupling)'s.
 
 pub mod adversarial;
+mod batch;
 mod checkpoint;
 mod config;
 pub mod distribution_matching;
@@ -20,6 +21,7 @@ pub mod interrupt;
 mod loss;
 pub mod objective;
 mod optimizer;
+pub mod parallel;
 pub mod perceptual;
 mod position;
 mod progress;
@@ -43,5 +45,6 @@ pub use objective::{
     OneStepTarget,
 };
 pub use optimizer::FusedAdam;
+pub use parallel::DataParallelConfig;
 pub use perceptual::{perceptual_distance, ImageFeatures, PerceptualConfig};
 pub use trainer::{StepStats, Trainer};

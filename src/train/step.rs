@@ -1,10 +1,11 @@
-//! One training step: a batch, its times and noise, the estimate, the loss, the update of the
-//! weights, the EMA and the anchors.
+//! One training step: a batch, its times and noise, the estimate, the loss (on this thread or
+//! on data-parallel workers), the update of the weights, the EMA and the anchors.
 
+use super::batch::{self, input_divergence, DataEnd, Rows};
 use super::distribution_matching;
 use super::ema;
 use super::loss;
-use super::objective::{self, ObjectiveConfig};
+use super::objective::ObjectiveConfig;
 use super::optimizer::clip_global_norm;
 use super::perceptual;
 use super::streams::{stream, Stream};
@@ -17,20 +18,32 @@ use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor};
 
 impl<B, N> Trainer<B, N>
 where
     B: AutodiffBackend,
-    N: IntegrationNet<B> + AutodiffModule<B>,
-    N::InnerModule: IntegrationNet<B::InnerBackend>,
+    N: IntegrationNet<B> + AutodiffModule<B> + 'static,
+    N::InnerModule: IntegrationNet<B::InnerBackend> + 'static,
 {
     /// The step at the current position; a non-finite loss or gradient (the model's, the
     /// critic's or the fake denoiser's) is [`Error::Diverged`] before anything is updated.
     pub(super) fn try_step(&mut self) -> Result<StepStats> {
-        let Position { step, epoch, batch } = self.position;
+        let Position { step, epoch, .. } = self.position;
+        let drawn = self.draw(step)?;
+        let w = self.data_weight(epoch);
+        let outcome = match self.config.data_parallel.clone() {
+            None => self.one_worker(step, w, &drawn.rows)?,
+            Some(parallel) => self.on_workers(step, w, &drawn.rows, &parallel)?,
+        };
+        self.apply(step, epoch, w, &drawn, outcome)
+    }
+
+    /// The step's draws, the same whatever the number of workers: the batch's examples and
+    /// anchors, times, noise and (flow map) target times.
+    fn draw(&self, step: usize) -> Result<Drawn> {
         let bs = self.config.batch_size;
-        let start = batch * bs;
+        let start = self.position.batch * bs;
         let indices: Vec<usize> = self.order[start..(start + bs).min(self.data.len())].to_vec();
         let n = indices.len();
         let dim = self.data.dim();
@@ -48,9 +61,6 @@ where
             Some(store) => store.get(&indices)?,
             None => vec![0.0; n * dim],
         };
-        let upload = |values: Vec<f32>| {
-            Tensor::<B, 2>::from_data(TensorData::new(values, [n, dim]), &self.device)
-        };
         // The network's anchor input and the path's noise, by the coupling's role for anchors.
         let (input, noise) = match self.coupling.anchor_role() {
             AnchorRole::Input => (anchor.clone(), flow.sample_noise(&mut rng, n, dim)?),
@@ -65,119 +75,86 @@ where
                 })
             }
         };
-        let x0_t = upload(x0.clone());
-        let anchor_t = upload(input);
-        let noise_t = upload(noise);
-        let x_t = flow.interpolate(x0_t.clone(), noise_t.clone(), &t)?;
-        // Each objective's estimate and the target it is pulled towards: regression trains the
-        // denoiser (for a flow-map network, its r = t estimate), the flow map the jumps to
-        // target times r ≤ t, the consistency objective the estimate one-step samplers call.
-        // Third: the rows whose estimate is an image of the data end (regression's rows at
-        // t_max, all for consistency, the flow map's jumps to t_min), which the image terms
-        // judge.
-        let x0_rows = x0_t.clone();
-        let estimate = || -> Result<(Tensor<B, 2>, Tensor<B, 2>, DataEnd)> {
-            Ok(match &self.config.objective {
-                ObjectiveConfig::Regression => {
-                    let x_hat = self.model.denoise(x_t, &t, anchor_t.clone())?;
-                    // Its one-step samples: the rows at t_max (elsewhere the estimate is a
-                    // conditional mean, not an image to judge).
-                    let max = flow.time_range().max;
-                    let rows = (0..n).filter(|&i| t[i] >= max).collect();
-                    (
-                        x_hat,
-                        objective::regression::target(x0_t),
-                        DataEnd::Rows(rows),
-                    )
-                }
-                ObjectiveConfig::FlowMap(config) => {
-                    let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
-                    // Where the path's noise is the example's paired latent (generated pairs), the
-                    // jump from t_max to the data end is known: the example itself.
-                    let paired = match (config.paired_jumps, self.coupling.anchor_role()) {
-                        (false, _) => false,
-                        (true, AnchorRole::Noise) => true,
-                        (true, AnchorRole::Input) => {
-                            return Err(Error::InvalidArgument {
-                                name: "objective",
-                                reason: format!(
+        let (r, exact) = match &self.config.objective {
+            ObjectiveConfig::FlowMap(config) => {
+                let mut r = config.target_times(flow.as_ref(), &t, &mut rng);
+                // Where the path's noise is the example's paired latent (generated pairs), the
+                // jump from t_max to the data end is known: the example itself.
+                let paired = match (config.paired_jumps, self.coupling.anchor_role()) {
+                    (false, _) => false,
+                    (true, AnchorRole::Noise) => true,
+                    (true, AnchorRole::Input) => {
+                        return Err(Error::InvalidArgument {
+                            name: "objective",
+                            reason: format!(
                                 "flow_map.paired_jumps needs a coupling whose path noise is the \
                                  paired latent; {:?} gives the network its anchor as an input",
                                 self.coupling.name()
                             ),
-                            })
-                        }
-                    };
-                    let exact: Vec<bool> = (0..n).map(|i| paired && i < at_max).collect();
-                    for (ri, _) in r.iter_mut().zip(&exact).filter(|(_, &e)| e) {
-                        *ri = flow.time_range().min;
+                        })
                     }
-                    let x_hat = self
-                        .model
-                        .estimate_to(x_t.clone(), &t, &r, anchor_t.clone())?;
-                    let target = objective::flow_map::target(
-                        config,
-                        &self.model,
-                        &self.ema,
-                        (&x0_t, &noise_t, &x_t),
-                        &anchor_t,
-                        (&t, &r, &exact),
-                        &x_hat,
-                    )?;
-                    let min = flow.time_range().min;
-                    let rows = (0..n).filter(|&i| r[i] <= min && t[i] > min).collect();
-                    (x_hat, target, DataEnd::Rows(rows))
+                };
+                let exact: Vec<bool> = (0..n).map(|i| paired && i < at_max).collect();
+                for (ri, _) in r.iter_mut().zip(&exact).filter(|(_, &e)| e) {
+                    *ri = flow.time_range().min;
                 }
-                ObjectiveConfig::Consistency(config) => {
-                    let x_hat = self.model.estimate(x_t, &t, anchor_t.clone())?;
-                    let target = objective::consistency::target(
-                        config,
-                        &self.model,
-                        &self.ema,
-                        step,
-                        &x0_t,
-                        &noise_t,
-                        &anchor_t,
-                        &t,
-                    )?;
-                    (x_hat, target, DataEnd::All)
-                }
-            })
+                (r, exact)
+            }
+            ObjectiveConfig::Regression | ObjectiveConfig::Consistency(_) => {
+                (Vec::new(), Vec::new())
+            }
         };
-        let (x_hat, target, data_end) = estimate().map_err(|e| input_divergence(step, e))?;
-
-        let w = self.data_weight(epoch);
         let lambda = loss::loss_weights(
             self.config.loss_weight,
             flow.as_ref(),
             self.model.sigma_data(),
             &t,
         );
-        let perceptual_target = self.config.perceptual.as_ref().map(|_| target.clone());
+        Ok(Drawn {
+            indices,
+            anchor,
+            rows: Rows {
+                dim,
+                t,
+                r,
+                exact,
+                x0,
+                input,
+                noise,
+                lambda,
+            },
+        })
+    }
+
+    /// The step's loss and clipped gradient on this thread, with the image terms; the critic
+    /// and the fake denoiser are updated here (only when every loss is finite).
+    fn one_worker(&mut self, step: usize, w: f64, rows: &Rows) -> Result<Outcome<B>> {
+        let estimate = batch::estimate(
+            &self.model,
+            &self.ema,
+            &self.config,
+            step,
+            rows,
+            &self.device,
+        )
+        .map_err(|e| input_divergence(step, e))?;
         // The image terms' pair: the data rows and their data-end estimates (none this step
         // where no row jumps to the data end), for the critic and distribution matching.
         let wanted = self.critic.is_some() || self.config.distribution_matching.is_some();
-        let data_end_pair = match (wanted, &data_end) {
+        let data_end_pair = match (wanted, &estimate.data_end) {
             (false, _) => None,
-            (true, DataEnd::All) => Some((x0_rows, x_hat.clone())),
-            (true, DataEnd::Rows(rows)) if rows.is_empty() => None,
-            (true, DataEnd::Rows(rows)) => {
-                let index = row_index::<B>(rows, &self.device);
+            (true, DataEnd::All) => Some((estimate.x0.clone(), estimate.x_hat.clone())),
+            (true, DataEnd::Rows(judged)) if judged.is_empty() => None,
+            (true, DataEnd::Rows(judged)) => {
+                let index = row_index::<B>(judged, &self.device);
                 Some((
-                    x0_rows.select(0, index.clone()),
-                    x_hat.clone().select(0, index),
+                    estimate.x0.clone().select(0, index.clone()),
+                    estimate.x_hat.clone().select(0, index),
                 ))
             }
         };
-        let mut loss = loss::integration_flow_loss(
-            self.config.distance,
-            w,
-            lambda,
-            x_hat.clone(),
-            target,
-            anchor_t,
-        );
-        if let (Some(config), Some(target)) = (&self.config.perceptual, perceptual_target) {
+        let mut loss = estimate.loss(&self.config, w, rows);
+        if let Some(config) = &self.config.perceptual {
             let features = self
                 .perceptual
                 .as_deref()
@@ -188,7 +165,11 @@ where
                          Trainer::with_perceptual_features (also after a resume)"
                         .into(),
                 })?;
-            let d = perceptual::perceptual_distance(features, x_hat.clone(), target)?;
+            let d = perceptual::perceptual_distance(
+                features,
+                estimate.x_hat.clone(),
+                estimate.target.clone(),
+            )?;
             loss = loss + d.mean().mul_scalar(config.weight);
         }
         if let (Some(config), Some(critic), Some((_, images))) =
@@ -229,9 +210,8 @@ where
             clip_global_norm::<B, N>(self.model.net(), grads, self.config.optimizer.grad_clip);
         finite_or_diverged(step, "gradient norm", grad_norm)?;
         // The critic learns from this step's estimates; the model's gradient above used it as
-        // it was. A non-finite critic loss leaves everything as it was.
-        // The updates go to copies, kept only when every loss was finite, so a divergence
-        // leaves the critic and the fake denoiser as they were.
+        // it was. The updates go to copies, kept only when every loss was finite, so a
+        // divergence leaves the critic and the fake denoiser as they were.
         let critic_next = match (&self.critic, &self.config.adversarial, &data_end_pair) {
             (Some(critic), Some(config), Some((data, images))) => {
                 let mut next = critic.clone();
@@ -273,6 +253,32 @@ where
         if let Some(next) = score_next {
             self.score = Some(next);
         }
+        Ok(Outcome {
+            loss: loss_value,
+            grads,
+            grad_norm,
+            estimates: Estimates::Tensor(estimate.x_hat),
+            critic_loss,
+        })
+    }
+
+    /// The step's outcome applied: one optimizer step, one EMA update, the anchors' update
+    /// (estimates in batch order) and the move to the next batch.
+    fn apply(
+        &mut self,
+        step: usize,
+        epoch: usize,
+        w: f64,
+        drawn: &Drawn,
+        outcome: Outcome<B>,
+    ) -> Result<StepStats> {
+        let Outcome {
+            loss,
+            grads,
+            grad_norm,
+            estimates,
+            critic_loss,
+        } = outcome;
         let lr = self.lr_at(step);
         let net = self.optim.step(lr, self.model.net().clone(), grads);
         let decay = ema::decay_at(self.config.ema.decay, self.config.ema.warmup, step);
@@ -280,17 +286,11 @@ where
         self.model = self.model.with_net(net);
 
         if let Some(store) = &mut self.anchors {
-            let estimates = || {
-                x_hat
-                    .clone()
-                    .into_data()
-                    .iter::<f32>()
-                    .collect::<Vec<f32>>()
-            };
-            let batch = StepBatch::new(&indices, &x0, &anchor, &estimates);
+            let values = || estimates.values();
+            let batch = StepBatch::new(&drawn.indices, &drawn.rows.x0, &drawn.anchor, &values);
             if let Some(new) = self.coupling.update(&batch)? {
-                self.drift.epoch_sum += anchor_change(&new, &anchor, dim);
-                store.set(&indices, &new)?;
+                self.drift.epoch_sum += anchor_change(&new, &drawn.anchor, drawn.rows.dim);
+                store.set(&drawn.indices, &new)?;
             }
         }
 
@@ -298,7 +298,7 @@ where
         Ok(StepStats {
             step,
             epoch,
-            loss: loss_value,
+            loss,
             grad_norm,
             lr,
             w,
@@ -309,26 +309,48 @@ where
     }
 }
 
-/// A non-finite network input (NaN noise or data) as a divergence of `step`, like a NaN loss.
-/// Only the model's own input checks: other non-finite values (a flow's coefficients) are
-/// defects to report, not divergences to skip.
-fn input_divergence(step: usize, e: Error) -> Error {
-    match e {
-        Error::NonFinite { context, value }
-            if context == crate::model::NON_FINITE_X_T
-                || context == crate::model::NON_FINITE_ANCHOR =>
-        {
-            Error::Diverged {
-                step,
-                reason: format!("{context} is {value}"),
-            }
+/// A step's draws: the batch's dataset indices, the store's anchors of those examples (zeros
+/// without a store) and the rows the estimate runs on.
+pub(super) struct Drawn {
+    pub(super) indices: Vec<usize>,
+    pub(super) anchor: Vec<f32>,
+    pub(super) rows: Rows,
+}
+
+/// What the loss and backward pass of a step gave, one worker or several.
+pub(super) struct Outcome<B: AutodiffBackend> {
+    /// The batch's loss.
+    pub(super) loss: f64,
+    /// The clipped gradient.
+    pub(super) grads: GradientsParams,
+    /// The gradient's norm before clipping.
+    pub(super) grad_norm: f64,
+    /// The batch's estimates (for the anchor store).
+    pub(super) estimates: Estimates<B>,
+    /// The adversarial critic's loss.
+    pub(super) critic_loss: Option<f64>,
+}
+
+/// A batch's estimates: on the device (one worker) or gathered from the workers.
+pub(super) enum Estimates<B: AutodiffBackend> {
+    /// The estimate tensor.
+    Tensor(Tensor<B, 2>),
+    /// Row-major values (the workers' shards in batch order).
+    #[cfg_attr(not(feature = "data-parallel"), allow(dead_code))]
+    Values(Vec<f32>),
+}
+
+impl<B: AutodiffBackend> Estimates<B> {
+    fn values(&self) -> Vec<f32> {
+        match self {
+            Estimates::Tensor(x_hat) => x_hat.clone().into_data().iter::<f32>().collect(),
+            Estimates::Values(values) => values.clone(),
         }
-        other => other,
     }
 }
 
 /// [`Error::Diverged`] at `step` where `value` (named `what`) is not finite.
-fn finite_or_diverged(step: usize, what: &str, value: f64) -> Result<()> {
+pub(super) fn finite_or_diverged(step: usize, what: &str, value: f64) -> Result<()> {
     if value.is_finite() {
         Ok(())
     } else {
@@ -337,14 +359,6 @@ fn finite_or_diverged(step: usize, what: &str, value: f64) -> Result<()> {
             reason: format!("{what} is {value}"),
         })
     }
-}
-
-/// Which rows of a step's estimate are images of the data end.
-enum DataEnd {
-    /// Every row (the consistency function).
-    All,
-    /// These rows (regression's rows at `t_max`, the flow map's jumps to `t_min`).
-    Rows(Vec<usize>),
 }
 
 /// The sum over examples of `‖new − old‖`.

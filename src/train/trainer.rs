@@ -77,13 +77,18 @@ pub struct Trainer<B: AutodiffBackend, N: IntegrationNet<B> + AutodiffModule<B>>
     /// The denoisers of the distribution-matching term (`config.distribution_matching`): set
     /// when the teacher is given, or restored (without the teacher) by a resume.
     pub(super) score: Option<ScoreState<B, N>>,
+    /// The data-parallel workers' devices (`None`: the model's for every worker).
+    pub(super) worker_devices: Option<Vec<B::Device>>,
+    /// The data-parallel workers, from the first step of a run to its end.
+    #[cfg(feature = "data-parallel")]
+    pub(super) workers: Option<super::parallel::pool::WorkerPool<B, N>>,
 }
 
 impl<B, N> Trainer<B, N>
 where
     B: AutodiffBackend,
-    N: IntegrationNet<B> + AutodiffModule<B>,
-    N::InnerModule: IntegrationNet<B::InnerBackend>,
+    N: IntegrationNet<B> + AutodiffModule<B> + 'static,
+    N::InnerModule: IntegrationNet<B::InnerBackend> + 'static,
 {
     /// Prepares training with the coupling `config.anchor` names: validates the configuration
     /// against the model and data, builds the anchors, the optimizer and the EMA. Nothing is
@@ -130,6 +135,10 @@ where
         ema: Option<N::InnerModule>,
     ) -> Result<Self> {
         config.validate()?;
+        #[cfg(not(feature = "data-parallel"))]
+        if config.data_parallel.is_some() {
+            return Err(super::parallel::without_feature());
+        }
         if data.dim() != model.dim() {
             return Err(Error::ShapeMismatch {
                 context: "dataset and model",
@@ -206,6 +215,9 @@ where
             perceptual: None,
             critic,
             score: None,
+            worker_devices: None,
+            #[cfg(feature = "data-parallel")]
+            workers: None,
         };
         trainer.order = trainer.epoch_order(position.epoch);
         Ok(trainer)
@@ -390,7 +402,10 @@ where
 
     /// The training loop, on one of rayon's threads ([`crate::backend::on_pool`]).
     fn run(&mut self, count: usize, deadline: Option<Instant>) -> Result<Option<StepStats>> {
-        crate::backend::on_pool(|| self.run_here(count, deadline))
+        let result = crate::backend::on_pool(|| self.run_here(count, deadline));
+        // However the run ended, its workers end with it.
+        self.release_workers();
+        result
     }
 
     fn run_here(&mut self, count: usize, deadline: Option<Instant>) -> Result<Option<StepStats>> {

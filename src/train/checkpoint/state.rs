@@ -79,8 +79,8 @@ const FORMAT: u32 = 1;
 impl<B, N> Trainer<B, N>
 where
     B: AutodiffBackend,
-    N: IntegrationNet<B> + AutodiffModule<B>,
-    N::InnerModule: IntegrationNet<B::InnerBackend>,
+    N: IntegrationNet<B> + AutodiffModule<B> + 'static,
+    N::InnerModule: IntegrationNet<B::InnerBackend> + 'static,
 {
     /// Writes a checkpoint (model, EMA, optimizer, anchors, config, position) to `dir`
     /// atomically.
