@@ -31,6 +31,14 @@ use std::time::{Duration, Instant};
 const LOSS_TOLERANCE: f64 = 1e-5;
 const WEIGHT_TOLERANCE: f32 = 1e-6;
 
+/// One data-parallel run at a time per process: the tests take turns, so that a short
+/// `timeout_secs` (also the wait for another run's workers) measures only its own run.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const OFF: u8 = 0;
 const PANIC: u8 = 1;
 const SLEEP: u8 = 2;
@@ -127,16 +135,8 @@ where
     while trainer.step() < trainer.config().steps {
         losses.push(trainer.train_step().unwrap().loss);
     }
-    let anchors = match trainer.anchors() {
-        Some(store) => store.get(&(0..store.len()).collect::<Vec<_>>()).unwrap(),
-        None => Vec::new(),
-    };
-    (
-        losses,
-        weights(trainer.model().net()),
-        weights(trainer.ema_model().net()),
-        anchors,
-    )
+    let (weights, ema, anchors) = state(&trainer);
+    (losses, weights, ema, anchors)
 }
 
 type Run = (Vec<f64>, Vec<f32>, Vec<f32>, Vec<f32>);
@@ -174,6 +174,7 @@ fn assert_close(what: &str, start: Vec<f32>, one: &Run, two: &Run) {
 /// drawn for the whole batch).
 #[test]
 fn two_workers_follow_one_worker_at_the_whole_batch() {
+    let _turn = serial();
     let start = || weights(&mlp());
     let ot = |workers| config(workers, 512, 50);
     assert_close("ot anchors", start(), &train(ot(1)), &train(ot(2)));
@@ -210,6 +211,7 @@ fn two_workers_follow_one_worker_at_the_whole_batch() {
 /// batch kept (248 rows) give uneven shards.
 #[test]
 fn three_workers_repeat_themselves_and_resume_exactly() {
+    let _turn = serial();
     let run = || {
         let mut config = config(3, 600, 12);
         config.drop_last = false;
@@ -257,9 +259,13 @@ fn faulty(fault: &Arc<AtomicU8>) -> Faulty<CpuAutodiff> {
 /// promptly; the next run of the process starts its workers afresh.
 #[test]
 fn a_panicking_worker_is_a_typed_error() {
+    let _turn = serial();
     let fault = Arc::new(AtomicU8::new(OFF));
-    let mut trainer = Trainer::new(model(faulty(&fault)), data(), config(2, 256, 10)).unwrap();
+    let mut config = config(2, 256, 10);
+    config.anchor.policy = AnchorPolicy::Prediction;
+    let mut trainer = Trainer::new(model(faulty(&fault)), data(), config).unwrap();
     trainer.train_steps(3).unwrap();
+    let before = state(&trainer);
     fault.store(PANIC, Ordering::SeqCst);
     let started = Instant::now();
     match trainer.train_step() {
@@ -273,6 +279,10 @@ fn a_panicking_worker_is_a_typed_error() {
     assert!(started.elapsed() < Duration::from_secs(30));
     // Nothing of the failed step was applied; the trainer goes on with new workers.
     assert_eq!(trainer.step(), 3);
+    assert!(
+        state(&trainer) == before,
+        "the failed step changed the state"
+    );
     trainer.fit().unwrap();
     assert_eq!(trainer.step(), 10);
 }
@@ -281,6 +291,7 @@ fn a_panicking_worker_is_a_typed_error() {
 /// after the timeout, not when (or if) it comes back.
 #[test]
 fn a_silent_worker_times_out() {
+    let _turn = serial();
     let fault = Arc::new(AtomicU8::new(OFF));
     let mut config = config(2, 256, 10);
     config.data_parallel = Some(DataParallelConfig {
@@ -290,6 +301,7 @@ fn a_silent_worker_times_out() {
     });
     let mut trainer = Trainer::new(model(faulty(&fault)), data(), config).unwrap();
     trainer.train_steps(2).unwrap();
+    let before = state(&trainer);
     fault.store(SLEEP, Ordering::SeqCst);
     let started = Instant::now();
     let result = trainer.train_step();
@@ -305,6 +317,10 @@ fn a_silent_worker_times_out() {
     // The timeout (1 s), then the sleeper's return (3 s) while the pool is taken down.
     assert!(waited < Duration::from_secs(8), "{waited:?}");
     assert_eq!(trainer.step(), 2);
+    assert!(
+        state(&trainer) == before,
+        "the failed step changed the state"
+    );
     trainer.fit().unwrap();
     assert_eq!(trainer.step(), 10);
 }
@@ -313,16 +329,75 @@ fn a_silent_worker_times_out() {
 /// goes on with its workers.
 #[test]
 fn a_diverging_worker_is_the_runs_divergence() {
+    let _turn = serial();
     let fault = Arc::new(AtomicU8::new(OFF));
     let mut config = config(2, 256, 8);
     config.on_divergence = DivergencePolicy::Skip { max: 2 };
     let mut trainer = Trainer::new(model(faulty(&fault)), data(), config).unwrap();
     trainer.train_steps(2).unwrap();
+    let before = state(&trainer);
     fault.store(NAN, Ordering::SeqCst);
     let stats: StepStats = trainer.train_step().unwrap();
     assert!(stats.skipped && stats.loss.is_nan(), "{stats:?}");
+    assert!(
+        state(&trainer) == before,
+        "the skipped step changed the state"
+    );
     trainer.fit().unwrap();
     assert_eq!(trainer.step(), 8);
+}
+
+/// A short last batch (2 rows for 3 workers) leaves a worker without rows: it adds nothing
+/// to the sum, and the run still follows one worker's.
+#[test]
+fn a_worker_without_rows_adds_nothing() {
+    let _turn = serial();
+    let points = Toy::Checkerboard.sample(1026, 0).unwrap();
+    let run = |workers| {
+        let mut config = config(workers, 512, 6);
+        config.drop_last = false;
+        let mut trainer = Trainer::new(model(mlp()), points.clone(), config).unwrap();
+        let mut rows = Vec::new();
+        while trainer.step() < 6 {
+            rows.push(trainer.train_step().unwrap().loss);
+        }
+        (rows, weights(trainer.model().net()))
+    };
+    let (one, two) = (run(1), run(3));
+    for (a, b) in one.0.iter().zip(&two.0) {
+        assert!((a - b).abs() <= LOSS_TOLERANCE * a.abs(), "{a} against {b}");
+    }
+    let d = max_abs_diff(&one.1, &two.1);
+    assert!(d <= WEIGHT_TOLERANCE, "weights differ by {d}");
+}
+
+/// The workers on devices named explicitly (here the CPU, one per worker) train as by default.
+#[test]
+fn workers_on_named_devices_train() {
+    let _turn = serial();
+    let mut trainer = Trainer::new(model(mlp()), data(), config(2, 256, 4))
+        .unwrap()
+        .with_worker_devices(vec![Default::default(); 2])
+        .unwrap();
+    trainer.fit().unwrap();
+    assert_eq!(trainer.step(), 4);
+}
+
+/// Weights, EMA and anchors of a trainer.
+fn state<N>(trainer: &Trainer<CpuAutodiff, N>) -> (Vec<f32>, Vec<f32>, Vec<f32>)
+where
+    N: IntegrationNet<CpuAutodiff> + burn::module::AutodiffModule<CpuAutodiff> + 'static,
+    N::InnerModule: IntegrationNet<integration_flow::backend::Cpu> + 'static,
+{
+    let anchors = match trainer.anchors() {
+        Some(store) => store.get(&(0..store.len()).collect::<Vec<_>>()).unwrap(),
+        None => Vec::new(),
+    };
+    (
+        weights(trainer.model().net()),
+        weights(trainer.ema_model().net()),
+        anchors,
+    )
 }
 
 #[test]

@@ -50,12 +50,19 @@ pub struct DataParallelConfig {
     /// Seconds a step waits for its slowest worker; past it the run stops with
     /// [`Error::Worker`](crate::Error::Worker) instead of waiting for ever (burn-collective's
     /// all-reduce has no timeout of its own). Generous by default: a first step on a large
-    /// model can take minutes.
+    /// model can take minutes. Also how long starting the workers waits for another
+    /// data-parallel run of the process to end. At most 1e9.
     pub timeout_secs: f64,
     /// Compute threads per worker (0: the process's threads divided among the workers, at
-    /// least 1 each), so that workers on one CPU share its cores rather than oversubscribe them.
+    /// least 1 each), so that workers on one CPU share its cores rather than oversubscribe
+    /// them. At most 1024.
     pub threads_per_worker: usize,
 }
+
+/// The longest step wait accepted (about 32 years: "for ever", within what a clock can add).
+const MAX_TIMEOUT_SECS: f64 = 1e9;
+/// The most compute threads a worker may ask for.
+const MAX_THREADS_PER_WORKER: usize = 1024;
 
 impl Default for DataParallelConfig {
     fn default() -> Self {
@@ -91,11 +98,25 @@ impl DataParallelConfig {
             ));
         }
         require_finite(config, "data_parallel.timeout_secs", self.timeout_secs)?;
-        if self.timeout_secs <= 0.0 {
+        if !(self.timeout_secs > 0.0 && self.timeout_secs <= MAX_TIMEOUT_SECS) {
             return Err(invalid_config(
                 config,
                 "data_parallel.timeout_secs",
-                format!("must be positive, got {}", self.timeout_secs),
+                format!(
+                    "must be positive and at most {MAX_TIMEOUT_SECS:e} s, got {}",
+                    self.timeout_secs
+                ),
+            ));
+        }
+        if self.threads_per_worker > MAX_THREADS_PER_WORKER {
+            return Err(invalid_config(
+                config,
+                "data_parallel.threads_per_worker",
+                format!(
+                    "must be at most {MAX_THREADS_PER_WORKER} (0: the process's threads shared), \
+                     got {}",
+                    self.threads_per_worker
+                ),
             ));
         }
         Ok(())
@@ -103,10 +124,12 @@ impl DataParallelConfig {
 
     /// The contiguous rows of a batch of `n` each worker takes: as equal as possible, the
     /// larger shards first (a short last batch can leave the last workers none).
+    /// A configuration of no workers (refused by [`check`](Self::check)) is taken as one.
     pub fn shards(&self, n: usize) -> Vec<std::ops::Range<usize>> {
-        let (base, extra) = (n / self.workers, n % self.workers);
+        let workers = self.workers.max(1);
+        let (base, extra) = (n / workers, n % workers);
         let mut start = 0;
-        (0..self.workers)
+        (0..workers)
             .map(|k| {
                 let len = base + usize::from(k < extra);
                 let range = start..start + len;
@@ -229,5 +252,20 @@ mod tests {
             ..Default::default()
         };
         assert!(check(nan, 8).to_string().contains("timeout_secs"));
+        let forever = DataParallelConfig {
+            timeout_secs: f64::MAX,
+            ..Default::default()
+        };
+        assert!(check(forever, 8).to_string().contains("at most 1e9"));
+        let threads = DataParallelConfig {
+            threads_per_worker: 1 << 20,
+            ..Default::default()
+        };
+        assert!(check(threads, 8).to_string().contains("threads_per_worker"));
+        let none = DataParallelConfig {
+            workers: 0,
+            ..Default::default()
+        };
+        assert_eq!(none.shards(3), vec![0..3]);
     }
 }

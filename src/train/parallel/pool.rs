@@ -7,6 +7,11 @@
 //! the sum. A worker that fails or panics ends the step with an error; one that does not
 //! answer within the timeout too. Either way the trainer resets the collective, which ends
 //! the other workers' waits inside the all-reduce, and takes the pool down.
+//!
+//! A reset does not end a wait inside `register` (burn-collective 0.21 keeps those callbacks):
+//! if starting a pool fails half-way (a thread that cannot be made, a registration error),
+//! the registered workers stay blocked, the pool's drop gives up on them after 10 s, and no
+//! new pool starts in that process ([`Error::Worker`] says so).
 
 use super::reduce::ordered_sum;
 use super::DataParallelConfig;
@@ -42,7 +47,7 @@ struct CollectiveLease;
 
 impl CollectiveLease {
     fn acquire(timeout: Duration) -> std::result::Result<Self, String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut busy = COLLECTIVE_BUSY.lock().unwrap_or_else(|e| e.into_inner());
         while *busy {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -125,22 +130,32 @@ where
         config: &DataParallelConfig,
         devices: Vec<B::Device>,
         flush_denormals: bool,
+        step: usize,
     ) -> Result<Self> {
         let failed = |worker: usize, reason: String| Error::Worker {
             worker,
-            step: 0,
+            step,
             reason,
         };
-        if ABANDONED.load(Ordering::SeqCst) {
-            return Err(failed(
+        let abandoned = || {
+            failed(
                 0,
                 "a worker of an earlier data-parallel run in this process never returned; \
                  start a new process"
                     .into(),
-            ));
+            )
+        };
+        if ABANDONED.load(Ordering::SeqCst) {
+            return Err(abandoned());
         }
         let timeout = Duration::from_secs_f64(config.timeout_secs);
         let lease = CollectiveLease::acquire(timeout).map_err(|reason| failed(0, reason))?;
+        // Again, now that the lease is ours: the pool that held it may have left a thread
+        // behind (its drop marks that before it frees the lease), which could still call into
+        // the collective under a peer id of ours.
+        if ABANDONED.load(Ordering::SeqCst) {
+            return Err(abandoned());
+        }
         let workers = devices.len();
         let threads_each = match config.threads_per_worker {
             0 => (rayon::current_num_threads() / workers).max(1),
@@ -181,8 +196,10 @@ where
                 }
             }
         }
+        // Only the workers hold senders now: if every thread ends, the wait below ends too.
+        drop(report_tx);
         let mut ready = 0;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         while ready < workers {
             match pool.next_report(deadline) {
                 Ok((_, Report::Ready(Ok(())))) => ready += 1,
@@ -228,7 +245,7 @@ where
         // one the others wait for.
         let mut reducing = vec![false; workers];
         let mut failure: Option<Error> = None;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = deadline_after(self.timeout);
         let mut answered = 0;
         while answered < workers {
             let (worker, report) = match self.next_report(deadline) {
@@ -342,9 +359,16 @@ fn worker_main<B, N>(
     }
     let body = move || {
         let config = CollectiveConfig::default().with_num_devices(workers);
-        let registered =
+        let registered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             register::<B::InnerBackend>(PeerId::from(worker as u32), device.clone(), config)
-                .map_err(|e| format!("cannot join the collective: {e:?}"));
+        }))
+        .map_err(|panic| {
+            format!(
+                "panicked joining the collective: {}",
+                panic_message(panic.as_ref())
+            )
+        })
+        .and_then(|joined| joined.map_err(|e| format!("cannot join the collective: {e:?}")));
         let ok = registered.is_ok();
         if reports.send((worker, Report::Ready(registered))).is_err() || !ok {
             return;
@@ -436,6 +460,13 @@ where
         estimates: values,
         grads: (worker == 0).then_some(sum),
     })
+}
+
+/// Now plus `wait` (validated finite and at most 1e9 s, so the sum fits).
+fn deadline_after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(1_000_000))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -34,7 +34,7 @@ where
                     Some(devices) => devices.clone(),
                     None => vec![self.device.clone(); parallel.workers],
                 };
-                WorkerPool::start(parallel, devices, self.config.flush_denormals)?
+                WorkerPool::start(parallel, devices, self.config.flush_denormals, step)?
             }
         };
         let n = rows.len();
