@@ -48,7 +48,7 @@ pub struct DataParallelConfig {
     /// [`Trainer::with_worker_devices`](super::Trainer::with_worker_devices) names others.
     pub workers: usize,
     /// Seconds a step waits for its slowest worker; past it the run stops with
-    /// [`Error::Worker`](crate::Error::Worker) instead of waiting for ever (burn-collective's
+    /// [`Error::Worker`] instead of waiting for ever (burn-collective's
     /// all-reduce has no timeout of its own). Generous by default: a first step on a large
     /// model can take minutes. Also how long starting the workers waits for another
     /// data-parallel run of the process to end. At most 1e9.
