@@ -279,12 +279,7 @@ fn a_panicking_worker_is_a_typed_error() {
     assert!(started.elapsed() < Duration::from_secs(30));
     // Nothing of the failed step was applied; the trainer goes on with new workers.
     assert_eq!(trainer.step(), 3);
-    assert!(
-        state(&trainer) == before,
-        "the failed step changed the state"
-    );
-    trainer.fit().unwrap();
-    assert_eq!(trainer.step(), 10);
+    unchanged_then_finishes(trainer, before, 10);
 }
 
 /// A worker that does not answer within `timeout_secs` stops the run with `Error::Worker`
@@ -317,12 +312,7 @@ fn a_silent_worker_times_out() {
     // The timeout (1 s), then the sleeper's return (3 s) while the pool is taken down.
     assert!(waited < Duration::from_secs(8), "{waited:?}");
     assert_eq!(trainer.step(), 2);
-    assert!(
-        state(&trainer) == before,
-        "the failed step changed the state"
-    );
-    trainer.fit().unwrap();
-    assert_eq!(trainer.step(), 10);
+    unchanged_then_finishes(trainer, before, 10);
 }
 
 /// A NaN on one worker is the run's divergence, handled by its policy: skipped, and the run
@@ -339,12 +329,7 @@ fn a_diverging_worker_is_the_runs_divergence() {
     fault.store(NAN, Ordering::SeqCst);
     let stats: StepStats = trainer.train_step().unwrap();
     assert!(stats.skipped && stats.loss.is_nan(), "{stats:?}");
-    assert!(
-        state(&trainer) == before,
-        "the skipped step changed the state"
-    );
-    trainer.fit().unwrap();
-    assert_eq!(trainer.step(), 8);
+    unchanged_then_finishes(trainer, before, 8);
 }
 
 /// A short last batch (2 rows for 3 workers) leaves a worker without rows: it adds nothing
@@ -381,6 +366,21 @@ fn workers_on_named_devices_train() {
         .unwrap();
     trainer.fit().unwrap();
     assert_eq!(trainer.step(), 4);
+}
+
+/// A failed or skipped step left weights, EMA and anchors as `before`; the run then goes on
+/// (with new workers) to its `steps`.
+fn unchanged_then_finishes(
+    mut trainer: Trainer<CpuAutodiff, Faulty<CpuAutodiff>>,
+    before: (Vec<f32>, Vec<f32>, Vec<f32>),
+    steps: usize,
+) {
+    assert!(
+        state(&trainer) == before,
+        "the failed step changed the state"
+    );
+    trainer.fit().unwrap();
+    assert_eq!(trainer.step(), steps);
 }
 
 /// Weights, EMA and anchors of a trainer.

@@ -206,9 +206,7 @@ where
         let loss_value: f64 = loss.clone().into_scalar().elem();
         finite_or_diverged(step, "loss", loss_value)?;
         let grads = GradientsParams::from_grads(loss.backward(), self.model.net());
-        let (grads, grad_norm) =
-            clip_global_norm::<B, N>(self.model.net(), grads, self.config.optimizer.grad_clip);
-        finite_or_diverged(step, "gradient norm", grad_norm)?;
+        let (grads, grad_norm) = self.clipped(step, grads)?;
         // The critic learns from this step's estimates; the model's gradient above used it as
         // it was. The updates go to copies, kept only when every loss was finite, so a
         // divergence leaves the critic and the fake denoiser as they were.
@@ -260,6 +258,19 @@ where
             estimates: Estimates::Tensor(estimate.x_hat),
             critic_loss,
         })
+    }
+
+    /// The step's gradient clipped to the configured norm, with its norm before clipping; a
+    /// non-finite norm is [`Error::Diverged`] (one worker or several).
+    pub(super) fn clipped(
+        &self,
+        step: usize,
+        grads: GradientsParams,
+    ) -> Result<(GradientsParams, f64)> {
+        let (grads, grad_norm) =
+            clip_global_norm::<B, N>(self.model.net(), grads, self.config.optimizer.grad_clip);
+        finite_or_diverged(step, "gradient norm", grad_norm)?;
+        Ok((grads, grad_norm))
     }
 
     /// The step's outcome applied: one optimizer step, one EMA update, the anchors' update

@@ -14,8 +14,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 /// Sums `grads` (this worker's, of `net`'s parameters) over the `workers` peers, worker 0's
-/// first; every worker gets the sum. A parameter no worker has a gradient for stays without
-/// one, as with one worker.
+/// first; worker 0 gets the sum, the others an empty set (they take part in the all-reduce
+/// only). A parameter no worker has a gradient for stays without one, as with one worker.
 pub(super) fn ordered_sum<B, M>(
     net: &M,
     grads: GradientsParams,
@@ -82,6 +82,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for OrderedSum<B> {
                 return;
             }
         };
+        // Only worker 0's sum is used (the trainer applies it): the others stop here.
+        if self.worker != 0 {
+            return;
+        }
         let holders: f64 = reduced
             .clone()
             .slice([0..workers, len..len + 1])

@@ -6,7 +6,6 @@ use super::DataParallelConfig;
 use crate::error::{Error, Result};
 use crate::nn::IntegrationNet;
 use crate::train::batch::Rows;
-use crate::train::optimizer::clip_global_norm;
 use crate::train::step::{finite_or_diverged, Estimates, Outcome};
 use crate::train::Trainer;
 use burn::module::AutodiffModule;
@@ -73,9 +72,7 @@ where
             step,
             reason: "answered without the summed gradients".into(),
         })?;
-        let (grads, grad_norm) =
-            clip_global_norm::<B, N>(self.model.net(), grads, self.config.optimizer.grad_clip);
-        finite_or_diverged(step, "gradient norm", grad_norm)?;
+        let (grads, grad_norm) = self.clipped(step, grads)?;
         Ok(Outcome {
             loss,
             grads,
