@@ -1033,7 +1033,10 @@ fn evaluate<B: AutodiffBackend>(
         fd
     };
     let label = args.label.clone().unwrap_or_else(|| default_label(args));
-    let points: Vec<(f64, f64)> = results.iter().map(|r| (r.nfe as f64, r.fd)).collect();
+    let points: Vec<(String, f64, f64)> = results
+        .iter()
+        .map(|r| (r.sampler.clone(), r.nfe as f64, r.fd))
+        .collect();
     fd_figure(args, &label, points)?;
     #[derive(Serialize)]
     struct Results<'a> {
@@ -1128,8 +1131,8 @@ fn default_label(args: &Args) -> String {
     }
 }
 
-/// A run's label and its (NFE, FD) points.
-type Curve = (String, Vec<(f64, f64)>);
+/// A run's label and its (sampler, NFE, FD) points.
+type Curve = (String, Vec<(String, f64, f64)>);
 
 /// The label and (NFE, FD) points of a finished run.
 fn read_results(dir: &std::path::Path) -> Result<Curve, Box<dyn std::error::Error>> {
@@ -1140,7 +1143,10 @@ fn read_results(dir: &std::path::Path) -> Result<Curve, Box<dyn std::error::Erro
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|r| Some((r["nfe"].as_f64()?, r["fd"].as_f64()?)))
+                .filter_map(|r| {
+                    let sampler = r["sampler"].as_str().unwrap_or_default().to_string();
+                    Some((sampler, r["nfe"].as_f64()?, r["fd"].as_f64()?))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -1148,20 +1154,45 @@ fn read_results(dir: &std::path::Path) -> Result<Curve, Box<dyn std::error::Erro
     Ok((label, points))
 }
 
+/// A run's lines in the FD figure: a flow-map student's deterministic jumps are a line of
+/// their own (from its one step), beside the one step and re-noising; every other run is one
+/// line in the order it was sampled.
+fn run_lines(label: String, points: Vec<(String, f64, f64)>) -> Vec<(String, Vec<(f64, f64)>)> {
+    let is_jump = |sampler: &str| sampler.starts_with("flow-map jumps");
+    let jumps: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(sampler, _, _)| sampler == "one step" || is_jump(sampler))
+        .map(|&(_, nfe, fd)| (nfe, fd))
+        .collect();
+    let others: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(sampler, _, _)| !is_jump(sampler))
+        .map(|&(_, nfe, fd)| (nfe, fd))
+        .collect();
+    if points.iter().any(|(sampler, _, _)| is_jump(sampler)) {
+        vec![
+            (format!("{label}, re-noising"), others),
+            (format!("{label}, jumps"), jumps),
+        ]
+    } else {
+        vec![(label, others)]
+    }
+}
+
 /// `DIR/fd_vs_nfe.png`: this run's curve and those of the --compare runs.
 fn fd_figure(
     args: &Args,
     label: &str,
-    points: Vec<(f64, f64)>,
+    points: Vec<(String, f64, f64)>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut curves = vec![(label.to_string(), points)];
+    let mut curves = run_lines(label.to_string(), points);
     for spec in &args.compare {
         let (dir, name) = match spec.rsplit_once('=') {
             Some((dir, name)) => (dir, Some(name.to_string())),
             None => (spec.as_str(), None),
         };
         let (own, points) = read_results(std::path::Path::new(dir))?;
-        curves.push((name.unwrap_or(own), points));
+        curves.extend(run_lines(name.unwrap_or(own), points));
     }
     let series: Vec<Series> = curves
         .iter()

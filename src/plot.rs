@@ -242,7 +242,18 @@ pub fn line_chart_png(
     };
     let (x_lo, x_hi) = range(all.iter().map(|p| p.0).collect());
     let (y_lo, y_hi) = range(all.iter().map(|p| p.1).collect());
-    let (left, right, top, bottom) = (56i32, 150i32, 28i32, 34i32);
+    // The legend's column is as wide as its longest name (6-pixel glyphs), within half the
+    // figure; a longer name is cut with "..".
+    let legend_chars = series
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let right = (36 + 6 * legend_chars as i32)
+        .max(150)
+        .min(width as i32 / 2);
+    let fits = ((right - 36) / 6).max(3) as usize;
+    let (left, top, bottom) = (56i32, 28i32, 34i32);
     let (pw, ph) = (width as i32 - left - right, height as i32 - top - bottom);
     let to_px = |x: f64, y: f64| {
         (
@@ -254,30 +265,23 @@ pub fn line_chart_png(
     canvas.text(title, left + pw / 2, 14, Alignment::Center);
     canvas.text(x_label, left + pw / 2, height as i32 - 6, Alignment::Center);
     canvas.text(y_label, 4, top - 4, Alignment::Left);
-    // Ticks at 1, 2 and 5 times each decade inside the window, grid lines at decades.
     for (lo, hi, is_x) in [(x_lo, x_hi, true), (y_lo, y_hi, false)] {
-        for decade in (lo.floor() as i32)..=(hi.ceil() as i32) {
-            for m in [1.0, 2.0, 5.0] {
-                let v = m * 10f64.powi(decade);
-                if v.log10() < lo || v.log10() > hi {
-                    continue;
+        for (v, grid) in log_axis_ticks(lo, hi) {
+            let label = format_tick(v);
+            if is_x {
+                let (px, _) = to_px(v, 10f64.powf(y_lo));
+                if grid {
+                    canvas.line((px, top), (px, top + ph), [225, 225, 225], 1);
                 }
-                let label = format_tick(v);
-                if is_x {
-                    let (px, _) = to_px(v, 10f64.powf(y_lo));
-                    if m == 1.0 {
-                        canvas.line((px, top), (px, top + ph), [225, 225, 225], 1);
-                    }
-                    canvas.line((px, top + ph), (px, top + ph + 4), [0, 0, 0], 1);
-                    canvas.text(&label, px, top + ph + 14, Alignment::Center);
-                } else {
-                    let (_, py) = to_px(10f64.powf(x_lo), v);
-                    if m == 1.0 {
-                        canvas.line((left, py), (left + pw, py), [225, 225, 225], 1);
-                    }
-                    canvas.line((left - 4, py), (left, py), [0, 0, 0], 1);
-                    canvas.text(&label, left - 6, py + 3, Alignment::Right);
+                canvas.line((px, top + ph), (px, top + ph + 4), [0, 0, 0], 1);
+                canvas.text(&label, px, top + ph + 14, Alignment::Center);
+            } else {
+                let (_, py) = to_px(10f64.powf(x_lo), v);
+                if grid {
+                    canvas.line((left, py), (left + pw, py), [225, 225, 225], 1);
                 }
+                canvas.line((left - 4, py), (left, py), [0, 0, 0], 1);
+                canvas.text(&label, left - 6, py + 3, Alignment::Right);
             }
         }
     }
@@ -298,18 +302,68 @@ pub fn line_chart_png(
         let ly = top + 8 + 14 * i as i32;
         canvas.line((left + pw + 8, ly), (left + pw + 24, ly), s.colour, 2);
         canvas.dot(left + pw + 16, ly, s.colour);
-        canvas.text(s.name, left + pw + 28, ly + 3, Alignment::Left);
+        let name: String = if s.name.chars().count() > fits {
+            s.name.chars().take(fits - 2).chain("..".chars()).collect()
+        } else {
+            s.name.to_string()
+        };
+        canvas.text(&name, left + pw + 28, ly + 3, Alignment::Left);
     }
     canvas.save(path.as_ref())
 }
 
-/// A tick label: plain decimals where short, else scientific.
+/// The ticks of a log axis whose window is `[10^lo, 10^hi]`, each with whether it gets a grid
+/// line: 1, 2 and 5 times each decade (grid lines at the decades) where that gives at least
+/// three ticks; in a narrower window (less than about a decade) evenly spaced round values
+/// (steps of 1, 2 or 5 times a power of ten), each with a grid line, so that every chart's axis
+/// can be read.
+fn log_axis_ticks(lo: f64, hi: f64) -> Vec<(f64, bool)> {
+    let inside = |v: f64| (lo..=hi).contains(&v.log10());
+    let decades: Vec<(f64, bool)> = ((lo.floor() as i32)..=(hi.ceil() as i32))
+        .flat_map(|decade| [1.0, 2.0, 5.0].map(|m| (m * 10f64.powi(decade), m == 1.0)))
+        .filter(|&(v, _)| inside(v))
+        .collect();
+    if decades.len() >= 3 {
+        return decades;
+    }
+    let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
+    // The largest round step that still leaves three intervals across the window: three
+    // to seven ticks.
+    let raw = (b - a) / 3.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|&s| s <= raw)
+        .unwrap_or(magnitude);
+    let first = (a / step).ceil() as i64;
+    let last = (b / step).floor() as i64;
+    (first..=last)
+        .map(|k| (k as f64 * step, true))
+        .filter(|&(v, _)| v > 0.0 && inside(v))
+        .collect()
+}
+
+/// A tick label with up to three significant digits: plain decimals where short, else
+/// scientific.
 fn format_tick(v: f64) -> String {
     if (0.01..10_000.0).contains(&v) {
-        let s = format!("{v:.2}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
+        let decimals = (2 - v.log10().floor() as i32).max(0) as usize;
+        let s = format!("{v:.decimals$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
     } else {
-        format!("{v:.0e}")
+        let s = format!("{v:.2e}");
+        match s.split_once('e') {
+            Some((mantissa, exponent)) => {
+                let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+                format!("{mantissa}e{exponent}")
+            }
+            None => s,
+        }
     }
 }
 
@@ -461,10 +515,42 @@ mod tests {
     }
 
     #[test]
+    fn every_axis_window_gets_ticks() {
+        let ticks = |a: f64, b: f64| -> Vec<f64> {
+            log_axis_ticks(a.log10(), b.log10())
+                .into_iter()
+                .map(|(v, _)| v)
+                .collect()
+        };
+        // Over decades: 1, 2 and 5 times each, grid lines at the decades only.
+        assert_eq!(ticks(0.9, 110.0), [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        let grid: Vec<bool> = log_axis_ticks(0.9f64.log10(), 110f64.log10())
+            .into_iter()
+            .map(|(_, g)| g)
+            .collect();
+        assert_eq!(grid, [true, false, false, true, false, false, true]);
+        // FD between 52 and 108 (one 1-2-5 tick inside, 100): round steps of 10.
+        assert_eq!(ticks(52.0, 108.0), [60.0, 70.0, 80.0, 90.0, 100.0]);
+        assert_eq!(ticks(51.0, 148.0), [60.0, 80.0, 100.0, 120.0, 140.0]);
+        // One to four network calls: every integer.
+        assert_eq!(ticks(0.95, 4.2), [1.0, 2.0, 3.0, 4.0]);
+        // A window narrower than any 1-2-5 step still gets three to seven readable ticks.
+        for (a, b) in [(97.0, 103.0), (0.0101, 0.0123), (3.1e5, 3.9e5)] {
+            let t = ticks(a, b);
+            assert!((3..=7).contains(&t.len()), "{a}..{b}: {t:?}");
+            assert!(t.iter().all(|&v| (a..=b).contains(&v)), "{a}..{b}: {t:?}");
+        }
+    }
+
+    #[test]
     fn tick_labels_are_short() {
         assert_eq!(format_tick(0.05), "0.05");
         assert_eq!(format_tick(2.0), "2");
         assert_eq!(format_tick(100.0), "100");
         assert_eq!(format_tick(0.001), "1e-3");
+        // Ticks a narrow window puts close together keep distinct labels.
+        assert_eq!(format_tick(0.0105), "0.0105");
+        assert_eq!(format_tick(3.5e5), "3.5e5");
+        assert_eq!(format_tick(125.0), "125");
     }
 }
