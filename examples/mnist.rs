@@ -1159,24 +1159,22 @@ fn read_results(dir: &std::path::Path) -> Result<Curve, Box<dyn std::error::Erro
 /// line in the order it was sampled.
 fn run_lines(label: String, points: Vec<(String, f64, f64)>) -> Vec<(String, Vec<(f64, f64)>)> {
     let is_jump = |sampler: &str| sampler.starts_with("flow-map jumps");
-    let jumps: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|(sampler, _, _)| sampler == "one step" || is_jump(sampler))
-        .map(|&(_, nfe, fd)| (nfe, fd))
-        .collect();
-    let others: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|(sampler, _, _)| !is_jump(sampler))
-        .map(|&(_, nfe, fd)| (nfe, fd))
-        .collect();
-    if points.iter().any(|(sampler, _, _)| is_jump(sampler)) {
-        vec![
-            (format!("{label}, re-noising"), others),
-            (format!("{label}, jumps"), jumps),
-        ]
-    } else {
-        vec![(label, others)]
+    let line = |keep: &dyn Fn(&str) -> bool| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .filter(|(sampler, _, _)| keep(sampler))
+            .map(|&(_, nfe, fd)| (nfe, fd))
+            .collect()
+    };
+    let others = line(&|sampler| !is_jump(sampler));
+    if !points.iter().any(|(sampler, _, _)| is_jump(sampler)) {
+        return vec![(label, others)];
     }
+    let jumps = line(&|sampler| sampler == "one step" || is_jump(sampler));
+    vec![
+        (format!("{label}, re-noising"), others),
+        (format!("{label}, jumps"), jumps),
+    ]
 }
 
 /// `DIR/fd_vs_nfe.png`: this run's curve and those of the --compare runs.

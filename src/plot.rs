@@ -349,21 +349,25 @@ fn log_axis_ticks(lo: f64, hi: f64) -> Vec<(f64, bool)> {
 fn format_tick(v: f64) -> String {
     if (0.01..10_000.0).contains(&v) {
         let decimals = (2 - v.log10().floor() as i32).max(0) as usize;
-        let s = format!("{v:.decimals$}");
-        if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        }
+        without_trailing_zeros(&format!("{v:.decimals$}")).to_string()
     } else {
         let s = format!("{v:.2e}");
         match s.split_once('e') {
             Some((mantissa, exponent)) => {
-                let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
-                format!("{mantissa}e{exponent}")
+                format!("{}e{exponent}", without_trailing_zeros(mantissa))
             }
             None => s,
         }
+    }
+}
+
+/// A decimal number's text without the zeros after its point (and the point if nothing is
+/// left after it); a whole number is left as it is.
+fn without_trailing_zeros(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
     }
 }
 
