@@ -112,6 +112,17 @@ pub fn scatter_png(
     scatter_grid_png(path, &[panels], &[], &[], extent, size)
 }
 
+/// Like [`scatter_png`], but each panel overlays several layers of points in their own
+/// colours, drawn in order (later layers on top): classes of one sample set, say.
+pub fn scatter_layers_png(
+    path: impl AsRef<Path>,
+    panels: &[&[Panel<'_>]],
+    extent: f32,
+    size: u32,
+) -> Result<()> {
+    draw_grid(path.as_ref(), &[panels], &[], &[], extent, size)
+}
+
 /// A grid of scatter panels (`rows[r][c]`), with optional titles above the columns and at the
 /// left of the rows; every panel shows `[-extent, extent]²` in `size`×`size` pixels.
 pub fn scatter_grid_png(
@@ -122,10 +133,35 @@ pub fn scatter_grid_png(
     extent: f32,
     size: u32,
 ) -> Result<()> {
+    let layered: Vec<Vec<&[Panel<'_>]>> = rows
+        .iter()
+        .map(|row| row.iter().map(std::slice::from_ref).collect())
+        .collect();
+    let layered: Vec<&[&[Panel<'_>]]> = layered.iter().map(Vec::as_slice).collect();
+    draw_grid(
+        path.as_ref(),
+        &layered,
+        column_titles,
+        row_titles,
+        extent,
+        size,
+    )
+}
+
+/// The grid of [`scatter_grid_png`] whose panels are stacks of layers.
+fn draw_grid(
+    path: &Path,
+    rows: &[&[&[Panel<'_>]]],
+    column_titles: &[&str],
+    row_titles: &[&str],
+    extent: f32,
+    size: u32,
+) -> Result<()> {
     let columns = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     if rows
         .iter()
         .flat_map(|r| r.iter())
+        .flat_map(|layers| layers.iter())
         .any(|p| p.points.len() % 2 != 0)
     {
         return Err(Error::InvalidArgument {
@@ -159,17 +195,19 @@ pub fn scatter_grid_png(
         if let Some(title) = row_titles.get(r) {
             canvas.text(title, 4, (y0 + size / 2) as i32, Alignment::Left);
         }
-        for (c, panel) in row.iter().enumerate() {
+        for (c, layers) in row.iter().enumerate() {
             let x0 = left + c as u32 * (size + gap);
-            draw_density(&mut canvas.0, panel, x0, y0, extent, size);
+            for panel in layers.iter() {
+                draw_density(&mut canvas.0, panel, x0, y0, extent, size);
+            }
             canvas.frame(x0 as i32, y0 as i32, size, size, [160, 160, 160]);
         }
     }
-    canvas.save(path.as_ref())
+    canvas.save(path)
 }
 
 /// Colours each pixel of the panel at `(x0, y0)` by the number of points in it: one point is
-/// light, many are saturated.
+/// light, many are saturated (blended over what is there; pixels without points are left).
 fn draw_density(img: &mut RgbImage, panel: &Panel<'_>, x0: u32, y0: u32, extent: f32, size: u32) {
     let mut ink = vec![0.0f32; (size * size) as usize];
     for p in panel.points.chunks_exact(2) {
@@ -181,10 +219,16 @@ fn draw_density(img: &mut RgbImage, panel: &Panel<'_>, x0: u32, y0: u32, extent:
     }
     for y in 0..size {
         for x in 0..size {
-            let a = 1.0 - (-0.6 * ink[(y * size + x) as usize]).exp();
-            let c = panel
-                .colour
-                .map(|c| (255.0 + a * (f32::from(c) - 255.0)) as u8);
+            let count = ink[(y * size + x) as usize];
+            if count == 0.0 {
+                continue;
+            }
+            let a = 1.0 - (-0.6 * count).exp();
+            let below = img.get_pixel(x0 + x, y0 + y).0;
+            let mut c = [0u8; 3];
+            for ((out, &top), &under) in c.iter_mut().zip(&panel.colour).zip(&below) {
+                *out = (f32::from(under) + a * (f32::from(top) - f32::from(under))) as u8;
+            }
             img.put_pixel(x0 + x, y0 + y, Rgb(c));
         }
     }

@@ -172,7 +172,8 @@ impl AnchorStore {
     /// Anchors matched to the examples by optimal transport: the examples are split into random
     /// chunks of at most `chunk`; in each, as many draws from `N(0, scale²·I)` are assigned to
     /// the examples by a linear assignment minimising the total squared distance (auction
-    /// algorithm, within 1e-9 of the optimum). In memory.
+    /// algorithm, within 1e-9 of the optimum). Labelled data is matched within each class:
+    /// a chunk holds examples of one label only. In memory.
     pub fn optimal_transport(
         data: &Dataset,
         scale: f64,
@@ -226,9 +227,10 @@ impl AnchorStore {
         let data_features: Vec<Vec<f64>> = (0..n).map(|i| features(data.row(i))).collect();
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
+        let groups = class_groups(data, order);
         let mut store = Self::zeros(n, dim, storage, backing)?;
         let mut matched = Vec::new();
-        for examples in order.chunks(chunk) {
+        for examples in groups.iter().flat_map(|group| group.chunks(chunk)) {
             let m = examples.len();
             let draws: Vec<f32> = (0..m * dim)
                 .map(|_| {
@@ -307,9 +309,10 @@ impl AnchorStore {
         let codes: Vec<Vec<f64>> = (0..n).map(|i| law.code_unchecked(data.row(i))).collect();
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
+        let groups = class_groups(data, order);
         let mut store = Self::zeros(n, dim, storage, backing)?;
         let mut matched = Vec::new();
-        for examples in order.chunks(chunk) {
+        for examples in groups.iter().flat_map(|group| group.chunks(chunk)) {
             let draws: Vec<Vec<f64>> = (0..examples.len()).map(|_| law.draw(rng)).collect();
             let example_codes: Vec<f64> = examples
                 .iter()
@@ -547,5 +550,21 @@ fn check_scale(scale: f64) -> Result<()> {
             name: "scale",
             reason: format!("the anchor scale must be finite and positive, got {scale}"),
         })
+    }
+}
+
+/// The examples in `order` split by class (in order within each), for matching within each
+/// class: a fresh anchor and a label then ask for an example of that class. Unlabelled data is
+/// one group.
+fn class_groups(data: &Dataset, order: Vec<usize>) -> Vec<Vec<usize>> {
+    match data.labels() {
+        None => vec![order],
+        Some(labels) => {
+            let mut groups = vec![Vec::new(); data.classes()];
+            for i in order {
+                groups[labels[i]].push(i);
+            }
+            groups
+        }
     }
 }

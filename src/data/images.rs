@@ -298,6 +298,27 @@ impl Images {
         self.labels.as_deref()
     }
 
+    /// The images as a flat `[n, c·h·w]` dataset with their labels as classes `0..classes−1`
+    /// (what a class-conditional model trains on); images without labels, or a label
+    /// `≥ classes`, are an error.
+    ///
+    /// ```
+    /// use integration_flow::data::Images;
+    /// let images = Images::new(vec![0.0; 8], [1, 2, 2], Some(vec![3, 7]))?;
+    /// assert_eq!(images.labelled_dataset(10)?.labels(), Some(&[3usize, 7][..]));
+    /// assert!(images.labelled_dataset(5).is_err());
+    /// # Ok::<(), integration_flow::Error>(())
+    /// ```
+    pub fn labelled_dataset(&self, classes: usize) -> Result<Dataset> {
+        let labels = self.labels.as_ref().ok_or(Error::InvalidArgument {
+            name: "images",
+            reason: "these images have no labels (a conditional model needs them)".into(),
+        })?;
+        self.data
+            .clone()
+            .with_labels(labels.iter().map(|&l| usize::from(l)).collect(), classes)
+    }
+
     /// The images as a flat `[n, c·h·w]` dataset (what the trainer takes).
     pub fn dataset(&self) -> &Dataset {
         &self.data

@@ -11,7 +11,9 @@ mod toy;
 
 pub use idx::{parse_idx, read_idx, IdxArray};
 pub use images::{Images, NpyLayout};
-pub use npy::{parse_npy, read_npy, write_atomically, write_npy_f32, NpyArray, NpyData};
+pub use npy::{
+    parse_npy, read_npy, write_atomically, write_npy_f32, write_npy_i64, NpyArray, NpyData,
+};
 pub use pca::Pca;
 pub use toy::Toy;
 
@@ -44,6 +46,15 @@ use std::path::Path;
 pub struct Dataset {
     values: Vec<f32>,
     dim: usize,
+    /// Class labels, one per example, and the number of classes.
+    labels: Option<Labels>,
+}
+
+/// The class labels of a [`Dataset`]: one per example, each below `classes`.
+#[derive(Clone, Debug, PartialEq)]
+struct Labels {
+    values: Vec<usize>,
+    classes: usize,
 }
 
 impl Dataset {
@@ -79,7 +90,11 @@ impl Dataset {
                 ),
             });
         }
-        Ok(Dataset { values, dim })
+        Ok(Dataset {
+            values,
+            dim,
+            labels: None,
+        })
     }
 
     /// The `[n, d]` float32 or float64 array in the NPY file at `path` (NumPy's
@@ -158,7 +173,101 @@ impl Dataset {
 
     /// Wraps values the caller has already checked (a slice of a valid dataset).
     pub(crate) fn from_checked(values: Vec<f32>, dim: usize) -> Self {
-        Dataset { values, dim }
+        Dataset {
+            values,
+            dim,
+            labels: None,
+        }
+    }
+
+    /// The same examples with class labels `0..classes−1`, one per example: what a
+    /// class-conditional model trains on. No classes, a count that differs from the examples'
+    /// or a label `≥ classes` is an error.
+    ///
+    /// ```
+    /// use integration_flow::data::Dataset;
+    /// let ds = Dataset::new(vec![0.0, 1.0, 2.0, 3.0], 2)?.with_labels(vec![1, 0], 2)?;
+    /// assert_eq!((ds.labels(), ds.classes()), (Some(&[1usize, 0][..]), 2));
+    /// assert!(ds.clone().with_labels(vec![0, 2], 2).is_err()); // label 2 of 2 classes
+    /// assert!(ds.with_labels(vec![0], 2).is_err()); // one label for two examples
+    /// # Ok::<(), integration_flow::Error>(())
+    /// ```
+    pub fn with_labels(mut self, labels: Vec<usize>, classes: usize) -> Result<Self> {
+        if classes == 0 {
+            return Err(Error::InvalidArgument {
+                name: "classes",
+                reason: "labelled data needs at least one class".into(),
+            });
+        }
+        if labels.len() != self.len() {
+            return Err(Error::ShapeMismatch {
+                context: "dataset labels",
+                expected: format!("{} labels, one per example", self.len()),
+                found: format!("{}", labels.len()),
+            });
+        }
+        if let Some(i) = labels.iter().position(|&l| l >= classes) {
+            return Err(Error::InvalidArgument {
+                name: "labels",
+                reason: format!(
+                    "label {} of example {i} is not one of the {classes} classes 0..{}",
+                    labels[i],
+                    classes - 1
+                ),
+            });
+        }
+        self.labels = Some(Labels {
+            values: labels,
+            classes,
+        });
+        Ok(self)
+    }
+
+    /// The same examples without labels.
+    pub fn without_labels(mut self) -> Self {
+        self.labels = None;
+        self
+    }
+
+    /// The class labels, one per example, if the data has them.
+    pub fn labels(&self) -> Option<&[usize]> {
+        self.labels.as_ref().map(|l| l.values.as_slice())
+    }
+
+    /// The number of classes (0: unlabelled).
+    pub fn classes(&self) -> usize {
+        self.labels.as_ref().map_or(0, |l| l.classes)
+    }
+
+    /// `Ok` where `other` (a held-out or validation split) is labelled like this data: both
+    /// unlabelled, or both with the same number of classes.
+    pub fn check_same_labelling(&self, other: &Dataset) -> Result<()> {
+        match (self.classes(), other.classes()) {
+            (a, b) if a == b => Ok(()),
+            (0, b) => Err(Error::InvalidArgument {
+                name: "labels",
+                reason: format!(
+                    "the training data is unlabelled but the other split has {b} classes"
+                ),
+            }),
+            (a, 0) => Err(Error::InvalidArgument {
+                name: "labels",
+                reason: format!(
+                    "the training data has {a} classes but the other split is unlabelled"
+                ),
+            }),
+            (a, b) => Err(Error::InvalidArgument {
+                name: "labels",
+                reason: format!("the training data has {a} classes, the other split {b}"),
+            }),
+        }
+    }
+
+    /// The labels of the examples at `indices` (`None` for unlabelled data).
+    pub(crate) fn labels_at(&self, indices: &[usize]) -> Option<Vec<usize>> {
+        self.labels
+            .as_ref()
+            .map(|l| indices.iter().map(|&i| l.values[i]).collect())
     }
 
     /// CRC-32 of the values (little-endian bytes): identifies the data a checkpoint or a
@@ -172,6 +281,13 @@ impl Dataset {
         let mut hasher = crc32fast::Hasher::new();
         for v in &self.values {
             hasher.update(&v.to_le_bytes());
+        }
+        // Labels change what a run learns; unlabelled data hashes as it always did.
+        if let Some(labels) = &self.labels {
+            hasher.update(&(labels.classes as u64).to_le_bytes());
+            for &l in &labels.values {
+                hasher.update(&(l as u64).to_le_bytes());
+            }
         }
         hasher
     }

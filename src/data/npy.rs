@@ -207,13 +207,53 @@ fn parse_shape(text: &str) -> std::result::Result<Vec<usize>, String> {
 /// # Ok::<(), integration_flow::Error>(())
 /// ```
 pub fn write_npy_f32(path: impl AsRef<Path>, values: &[f32], shape: &[usize]) -> Result<()> {
-    let path = path.as_ref();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(
+        path.as_ref(),
+        "<f4",
+        &bytes,
+        values.len(),
+        shape,
+        "write_npy_f32",
+    )
+}
+
+/// Writes `values` as a little-endian int64 NPY array of `shape` (C order) to `path`,
+/// atomically: class labels for NumPy (`np.load(path)` gives `int64`).
+///
+/// ```
+/// let path = std::env::temp_dir().join("integration_flow_npy_i64_doc.npy");
+/// integration_flow::data::write_npy_i64(&path, &[3, 1, 4], &[3])?;
+/// assert!(integration_flow::data::write_npy_i64(&path, &[3, 1], &[3]).is_err());
+/// # Ok::<(), integration_flow::Error>(())
+/// ```
+pub fn write_npy_i64(path: impl AsRef<Path>, values: &[i64], shape: &[usize]) -> Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(
+        path.as_ref(),
+        "<i8",
+        &bytes,
+        values.len(),
+        shape,
+        "write_npy_i64",
+    )
+}
+
+/// An NPY file of `count` values of type `descr` (their little-endian `body`) and `shape`.
+fn write_npy(
+    path: &Path,
+    descr: &str,
+    body: &[u8],
+    count: usize,
+    shape: &[usize],
+    context: &'static str,
+) -> Result<()> {
     let expected: usize = shape.iter().product();
-    if expected != values.len() {
+    if expected != count {
         return Err(Error::ShapeMismatch {
-            context: "write_npy_f32",
+            context,
             expected: format!("{expected} values for shape {shape:?}"),
-            found: format!("{} values", values.len()),
+            found: format!("{count} values"),
         });
     }
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
@@ -222,18 +262,17 @@ pub fn write_npy_f32(path: impl AsRef<Path>, values: &[f32], shape: &[usize]) ->
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Magic (6) + version (2) + header length (2) + header + '\n', padded to 64 bytes.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * values.len());
+    let mut bytes = Vec::with_capacity(10 + header.len() + body.len());
     bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
     bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
-    for v in values {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
+    bytes.extend_from_slice(body);
     write_atomically(path, &bytes)
 }
 

@@ -1,6 +1,10 @@
 //! The Integration Flow model: a flow's preconditioning around a network.
 
+mod condition;
 mod renoise;
+
+pub use condition::Classes;
+pub(crate) use condition::Condition;
 
 pub use renoise::{RenoiseAnchor, RenoiseSchedule};
 
@@ -138,6 +142,7 @@ impl IntegrationFlowConfig {
             sigma_data,
             sigma_data_from_data: self.sigma_data.is_none(),
             anchor_law: self.anchor_law.clone(),
+            condition: Condition::default(),
             _backend: PhantomData,
         })
     }
@@ -172,6 +177,8 @@ pub struct IntegrationFlow<B: Backend, N> {
     /// σ_d was not given: the trainer sets it from the data when a run starts.
     sigma_data_from_data: bool,
     anchor_law: AnchorLaw,
+    /// The classes and guidance the estimates are asked for.
+    condition: Condition,
     _backend: PhantomData<B>,
 }
 
@@ -195,6 +202,7 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
             sigma_data: self.sigma_data,
             sigma_data_from_data: self.sigma_data_from_data,
             anchor_law: self.anchor_law.clone(),
+            condition: self.condition.clone(),
             _backend: PhantomData,
         }
     }
@@ -479,17 +487,14 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         };
         let c_noise = Tensor::<B, 1>::from_data(TensorData::new(c_noise, [n]), &device);
         let input = x_t.clone() * column(c_in, &x_t);
-        let output = match gap {
-            None => self.net.forward(input, c_noise, anchor),
-            Some(gap) => {
-                let gap = match gap.len() {
-                    1 => vec![gap[0]; n],
-                    _ => gap,
-                };
-                let gap = Tensor::<B, 1>::from_data(TensorData::new(gap, [n]), &device);
-                self.net.forward_to(input, c_noise, gap, anchor)
-            }
-        };
+        let gap = gap.map(|gap| {
+            let gap = match gap.len() {
+                1 => vec![gap[0]; n],
+                _ => gap,
+            };
+            Tensor::<B, 1>::from_data(TensorData::new(gap, [n]), &device)
+        });
+        let output = self.net_output(input, c_noise, gap, anchor)?;
         Ok(x_t.clone() * column(c_skip, &x_t) + output * column(c_out, &x_t))
     }
 

@@ -157,17 +157,50 @@ pub(crate) fn embed_times<B: Backend>(
     }
 }
 
+/// The target-time input of a network call given `gap` or not: none without the input, and
+/// for a flow-map network's call without a gap the denoiser's (gap 0).
+pub(crate) fn gap_input<B: Backend>(
+    target_time: bool,
+    gap: Option<Tensor<B, 1>>,
+    c_noise: &Tensor<B, 1>,
+) -> Option<Tensor<B, 1>> {
+    match target_time {
+        true => Some(gap.unwrap_or_else(|| c_noise.zeros_like())),
+        false => None,
+    }
+}
+
 /// `layer` taking `extra` more inputs after its own, their weights zero: the layer's output is
 /// unchanged by them until training moves those weights.
 pub(crate) fn with_zero_inputs<B: Backend>(
     layer: burn::nn::Linear<B>,
     extra: usize,
 ) -> burn::nn::Linear<B> {
+    let at = layer.weight.val().dims()[0];
+    with_zero_inputs_at(layer, at, extra)
+}
+
+/// `layer` taking `extra` more inputs inserted before its input `at` (its inputs from `at` on
+/// move up), their weights zero: the output is unchanged by them until training moves them.
+pub(crate) fn with_zero_inputs_at<B: Backend>(
+    layer: burn::nn::Linear<B>,
+    at: usize,
+    extra: usize,
+) -> burn::nn::Linear<B> {
     let weight = layer.weight.val();
-    let [_, d_out] = weight.dims();
-    let zeros = Tensor::zeros([extra, d_out], &weight.device());
+    let [d_in, d_out] = weight.dims();
+    let device = weight.device();
+    let zeros = Tensor::zeros([extra, d_out], &device);
+    let parts = match at >= d_in {
+        true => vec![weight, zeros],
+        false => vec![
+            weight.clone().narrow(0, 0, at),
+            zeros,
+            weight.narrow(0, at, d_in - at),
+        ],
+    };
     burn::nn::Linear {
-        weight: burn::module::Param::from_tensor(Tensor::cat(vec![weight, zeros], 0).detach()),
+        weight: burn::module::Param::from_tensor(Tensor::cat(parts, 0).detach()),
         bias: layer.bias,
     }
 }

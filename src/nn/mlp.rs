@@ -1,6 +1,9 @@
 //! A multilayer perceptron for low-dimensional data.
 
-use super::embedding::{embed_times, with_zero_inputs, NoiseEmbedding};
+use super::class_input::{must_add, null_rows, ClassInput};
+use super::embedding::{
+    embed_times, gap_input, with_zero_inputs, with_zero_inputs_at, NoiseEmbedding,
+};
 use super::linear_silu;
 use super::{init, IntegrationNet};
 use crate::error::{invalid_config, Result};
@@ -27,6 +30,9 @@ pub struct MlpConfig {
     /// A target-time input (a flow-map network, [`IntegrationNet::takes_target_time`]): the
     /// embedding of the gap to the target time joins the input, its weights starting at zero.
     pub target_time: bool,
+    /// A class input ([`ClassInput`]): the one-hot label joins the input after the
+    /// embeddings, its weights starting at zero. `None`: unconditional.
+    pub classes: Option<ClassInput>,
 }
 
 impl Default for MlpConfig {
@@ -37,6 +43,7 @@ impl Default for MlpConfig {
             depth: 3,
             embedding: NoiseEmbedding::default(),
             target_time: false,
+            classes: None,
         }
     }
 }
@@ -53,6 +60,9 @@ impl MlpConfig {
             if value == 0 {
                 return Err(invalid_config(NAME, field, "must be at least 1"));
             }
+        }
+        if let Some(classes) = self.classes {
+            classes.validate()?;
         }
         self.embedding.validate()
     }
@@ -84,14 +94,20 @@ impl MlpConfig {
             frequencies: self.embedding.frequencies(),
             dim: self.dim,
             target_time: false,
+            classes: None,
             config: MlpConfig {
                 target_time: false,
+                classes: None,
                 ..self.clone()
             },
         };
-        match self.target_time {
-            true => mlp.with_target_time(),
-            false => Ok(mlp),
+        let mlp = match self.target_time {
+            true => mlp.with_target_time()?,
+            false => mlp,
+        };
+        match self.classes {
+            Some(classes) => mlp.with_classes(classes),
+            None => Ok(mlp),
         }
     }
 }
@@ -108,21 +124,40 @@ pub struct Mlp<B: Backend> {
     dim: usize,
     #[module(skip)]
     target_time: bool,
-    /// The configuration that builds this architecture (`target_time` follows the network).
+    #[module(skip)]
+    classes: Option<ClassInput>,
+    /// The configuration that builds this architecture (`target_time` and `classes` follow
+    /// the network).
     #[module(skip)]
     config: MlpConfig,
 }
 
 impl<B: Backend> Mlp<B> {
+    /// Replaces the layer that reads the input: the first hidden layer (the output layer where
+    /// there is none).
+    fn map_first_layer(&mut self, f: impl FnOnce(Linear<B>) -> Linear<B>) {
+        if self.hidden.is_empty() {
+            self.output = f(self.output.clone());
+        } else {
+            let first = self.hidden.remove(0);
+            self.hidden.insert(0, f(first));
+        }
+    }
+
     fn run(
         &self,
         x: Tensor<B, 2>,
         c_noise: Tensor<B, 1>,
         gap: Option<Tensor<B, 1>>,
+        classes: Option<Tensor<B, 2>>,
         anchor: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
+        let n = x.dims()[0];
+        let classes = classes.or_else(|| null_rows(self.classes, n, &x.device()));
         let times = embed_times(c_noise, gap, &self.frequencies);
-        let mut h = Tensor::cat(vec![x, anchor, times], 1);
+        let mut parts = vec![x, anchor, times];
+        parts.extend(classes);
+        let mut h = Tensor::cat(parts, 1);
         for layer in &self.hidden {
             h = linear_silu(layer, h);
         }
@@ -143,7 +178,7 @@ impl<B: Backend> IntegrationNet<B> for Mlp<B> {
     ) -> Tensor<B, 2> {
         // A flow-map network's plain call is the denoiser: no gap to the target time.
         let gap = self.target_time.then(|| c_noise.zeros_like());
-        self.run(x, c_noise, gap, anchor)
+        self.run(x, c_noise, gap, None, anchor)
     }
 
     fn takes_target_time(&self) -> bool {
@@ -162,22 +197,43 @@ impl<B: Backend> IntegrationNet<B> for Mlp<B> {
         anchor: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let gap = self.target_time.then_some(gap);
-        self.run(x, c_noise, gap, anchor)
+        self.run(x, c_noise, gap, None, anchor)
+    }
+
+    fn class_input(&self) -> Option<ClassInput> {
+        self.classes
+    }
+
+    fn forward_classes(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Option<Tensor<B, 1>>,
+        classes: Tensor<B, 2>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let gap = gap_input(self.target_time, gap, &c_noise);
+        self.run(x, c_noise, gap, Some(classes), anchor)
     }
 
     fn with_target_time(mut self) -> crate::Result<Self> {
         if !self.target_time {
             let extra = 2 * self.frequencies.len();
-            // The embeddings come last in the first layer's input (the output layer's where
-            // there is no hidden layer).
-            if self.hidden.is_empty() {
-                self.output = with_zero_inputs(self.output, extra);
-            } else {
-                let first = self.hidden.remove(0);
-                self.hidden.insert(0, with_zero_inputs(first, extra));
-            }
+            // The gap's embedding follows the noise level's (before the class input, if any).
+            let at = 2 * self.dim + extra;
+            self.map_first_layer(|layer| with_zero_inputs_at(layer, at, extra));
             self.target_time = true;
             self.config.target_time = true;
+        }
+        Ok(self)
+    }
+
+    fn with_classes(mut self, input: ClassInput) -> crate::Result<Self> {
+        if must_add(self.classes, input)? {
+            // The one-hot label comes last in the first layer's input.
+            self.map_first_layer(|layer| with_zero_inputs(layer, input.width()));
+            self.classes = Some(input);
+            self.config.classes = Some(input);
         }
         Ok(self)
     }

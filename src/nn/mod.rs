@@ -2,6 +2,7 @@
 //!
 //! All data in the crate is flat, `[n, dim]`: a network that works on images reshapes inside.
 
+mod class_input;
 mod embedding;
 mod fused;
 mod init;
@@ -15,6 +16,8 @@ use fused::{
     concat_channels, conv2d_in, normalise, self_attention, shift_channels, upsample_nearest, Layout,
 };
 
+pub(crate) use class_input::one_hot;
+pub use class_input::ClassInput;
 pub use embedding::NoiseEmbedding;
 pub use fused::{
     conv2d, fused_kernels, group_norm, group_norm_silu, linear_silu, scaled_softmax,
@@ -66,6 +69,48 @@ pub trait IntegrationNet<B: Backend>: Module<B> {
     ) -> Tensor<B, 2> {
         let _ = gap;
         self.forward(x, c_noise, anchor)
+    }
+
+    /// The network's class input ([`ClassInput`]), if it takes one. `None` unless the network
+    /// says so.
+    fn class_input(&self) -> Option<ClassInput> {
+        None
+    }
+
+    /// [`forward`](Self::forward) (`gap` `None`) or [`forward_to`](Self::forward_to) with the
+    /// classes as one-hot rows `classes` `[n, K + 1]` (column K: the "no class" token). Only
+    /// called where [`class_input`](Self::class_input) is `Some` (the model checks), so a
+    /// network that reports a class input must implement it; the default ignores `classes`.
+    fn forward_classes(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Option<Tensor<B, 1>>,
+        classes: Tensor<B, 2>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let _ = classes;
+        match gap {
+            Some(gap) => self.forward_to(x, c_noise, gap, anchor),
+            None => self.forward(x, c_noise, anchor),
+        }
+    }
+
+    /// This network with the class input `input` added, its weights starting at zero, so that
+    /// its output is unchanged until training moves them (a trained unconditional denoiser
+    /// becomes the start of a conditional one). A network with that input already is returned
+    /// as it is; one with another, or one that cannot take it, is
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument).
+    fn with_classes(self, input: ClassInput) -> crate::Result<Self>
+    where
+        Self: Sized,
+    {
+        let _ = input;
+        Err(crate::Error::InvalidArgument {
+            name: "network",
+            reason: "this network has no class input (MlpConfig::classes or UNetConfig::classes)"
+                .into(),
+        })
     }
 
     /// This network with a target-time input added whose weights start at zero, so that its

@@ -5,7 +5,10 @@
 //! resolutions, stride-2 downsampling, a middle block, and the mirror path upwards with skip
 //! connections. Data stays flat (`[n, c·h·w]`) outside; the network reshapes inside.
 
-use super::embedding::{embed_times, with_zero_inputs, NoiseEmbedding};
+use super::class_input::{must_add, null_rows, ClassInput};
+use super::embedding::{
+    embed_times, gap_input, with_zero_inputs, with_zero_inputs_at, NoiseEmbedding,
+};
 use super::init::{self, conv};
 use super::norm::GroupNorm;
 use super::IntegrationNet;
@@ -73,6 +76,9 @@ pub struct UNetConfig {
     /// embedding of the gap to the target time joins the noise level's, its weights starting
     /// at zero.
     pub target_time: bool,
+    /// A class input ([`ClassInput`]): the one-hot label joins the noise level's embedding
+    /// (EDM's `map_label`), its weights starting at zero. `None`: unconditional.
+    pub classes: Option<ClassInput>,
 }
 
 impl Default for UNetConfig {
@@ -94,6 +100,7 @@ impl Default for UNetConfig {
             embedding: NoiseEmbedding::default(),
             anchor: AnchorInput::Channels,
             target_time: false,
+            classes: None,
         }
     }
 }
@@ -178,6 +185,9 @@ impl UNetConfig {
                     ),
                 ));
             }
+        }
+        if let Some(classes) = self.classes {
+            classes.validate()?;
         }
         self.embedding.validate()
     }
@@ -282,14 +292,20 @@ impl UNetConfig {
             shape: [self.channels, self.height, self.width],
             patch: self.patch,
             target_time: false,
+            classes: None,
             config: UNetConfig {
                 target_time: false,
+                classes: None,
                 ..self.clone()
             },
         };
-        match self.target_time {
-            true => unet.with_target_time(),
-            false => Ok(unet),
+        let unet = match self.target_time {
+            true => unet.with_target_time()?,
+            false => unet,
+        };
+        match self.classes {
+            Some(classes) => unet.with_classes(classes),
+            None => Ok(unet),
         }
     }
 
@@ -462,7 +478,10 @@ pub struct UNet<B: Backend> {
     patch: usize,
     #[module(skip)]
     target_time: bool,
-    /// The configuration that builds this architecture (`target_time` follows the network).
+    #[module(skip)]
+    classes: Option<ClassInput>,
+    /// The configuration that builds this architecture (`target_time` and `classes` follow
+    /// the network).
     #[module(skip)]
     config: UNetConfig,
 }
@@ -538,7 +557,7 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
     ) -> Tensor<B, 2> {
         // A flow-map network's plain call is the denoiser: no gap to the target time.
         let gap = self.target_time.then(|| c_noise.zeros_like());
-        self.run(x, c_noise, gap, anchor)
+        self.run(x, c_noise, gap, None, anchor)
     }
 
     fn takes_target_time(&self) -> bool {
@@ -557,15 +576,43 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
         anchor: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let gap = self.target_time.then_some(gap);
-        self.run(x, c_noise, gap, anchor)
+        self.run(x, c_noise, gap, None, anchor)
+    }
+
+    fn class_input(&self) -> Option<ClassInput> {
+        self.classes
+    }
+
+    fn forward_classes(
+        &self,
+        x: Tensor<B, 2>,
+        c_noise: Tensor<B, 1>,
+        gap: Option<Tensor<B, 1>>,
+        classes: Tensor<B, 2>,
+        anchor: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let gap = gap_input(self.target_time, gap, &c_noise);
+        self.run(x, c_noise, gap, Some(classes), anchor)
     }
 
     fn with_target_time(mut self) -> crate::Result<Self> {
         if !self.target_time {
-            // The gap's embedding follows the noise level's in the first embedding layer.
-            self.embed_in = with_zero_inputs(self.embed_in, 2 * self.frequencies.len());
+            // The gap's embedding follows the noise level's in the first embedding layer
+            // (before the class input, if any).
+            let extra = 2 * self.frequencies.len();
+            self.embed_in = with_zero_inputs_at(self.embed_in, extra, extra);
             self.target_time = true;
             self.config.target_time = true;
+        }
+        Ok(self)
+    }
+
+    fn with_classes(mut self, input: ClassInput) -> crate::Result<Self> {
+        if must_add(self.classes, input)? {
+            // The one-hot label comes last in the first embedding layer's input.
+            self.embed_in = with_zero_inputs(self.embed_in, input.width());
+            self.classes = Some(input);
+            self.config.classes = Some(input);
         }
         Ok(self)
     }
@@ -577,19 +624,19 @@ impl<B: Backend> UNet<B> {
         x: Tensor<B, 2>,
         c_noise: Tensor<B, 1>,
         gap: Option<Tensor<B, 1>>,
+        classes: Option<Tensor<B, 2>>,
         anchor: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let n = x.dims()[0];
         let [c, height, width] = self.shape;
+        let classes = classes.or_else(|| null_rows(self.classes, n, &x.device()));
         let x = x.reshape([n, c, height, width]);
         let anchor = anchor.reshape([n, c, height, width]);
+        let mut embedding_input = vec![embed_times(c_noise, gap, &self.frequencies)];
+        embedding_input.extend(classes);
         let emb = self
             .embed_out
-            .forward(silu(self.embed_in.forward(embed_times(
-                c_noise,
-                gap,
-                &self.frequencies,
-            ))));
+            .forward(silu(self.embed_in.forward(Tensor::cat(embedding_input, 1))));
         let emb = silu(emb);
         let p = self.patch;
         // Channels-last feature maps where the fused kernels run (no transposes around each

@@ -7,7 +7,7 @@ use super::loss;
 use super::objective::{self, ObjectiveConfig};
 use crate::error::{Error, Result};
 use crate::flow::ProbabilityFlowExt;
-use crate::model::IntegrationFlow;
+use crate::model::{Classes, IntegrationFlow};
 use crate::nn::IntegrationNet;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -33,6 +33,9 @@ pub(crate) struct Rows {
     pub(crate) noise: Vec<f32>,
     /// The loss weights λ(t) (`None`: uniform).
     pub(crate) lambda: Option<Vec<f64>>,
+    /// The class label of each row after label dropout (`None`: the "no class" token);
+    /// empty for unlabelled data.
+    pub(crate) classes: Vec<Option<usize>>,
 }
 
 impl Rows {
@@ -61,6 +64,10 @@ impl Rows {
             input: values(&self.input),
             noise: values(&self.noise),
             lambda: self.lambda.as_deref().map(part),
+            classes: match self.classes.is_empty() {
+                true => Vec::new(),
+                false => self.classes[range].to_vec(),
+            },
         }
     }
 }
@@ -118,6 +125,17 @@ where
     N::InnerModule: IntegrationNet<B::InnerBackend>,
 {
     let (n, dim) = (rows.len(), rows.dim);
+    // A labelled batch asks the model (and, through it, its EMA teacher) for the rows' classes.
+    let conditioned;
+    let model = match rows.classes.is_empty() {
+        true => model,
+        false => {
+            conditioned = model
+                .clone()
+                .with_classes(Classes::Each(rows.classes.clone()))?;
+            &conditioned
+        }
+    };
     let flow = model.flow().clone();
     let upload = |values: &[f32]| {
         Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [n, dim]), device)
@@ -210,6 +228,7 @@ mod tests {
             input: vec![0.0; 6],
             noise: vec![-1.0, -2.0, -3.0, -4.0, -5.0, -6.0],
             lambda: Some(vec![7.0, 8.0, 9.0]),
+            classes: vec![Some(1), None, Some(0)],
         };
         let part = rows.slice(1..3);
         assert_eq!(part.len(), 2);
@@ -219,10 +238,12 @@ mod tests {
         assert_eq!(part.x0, vec![3.0, 4.0, 5.0, 6.0]);
         assert_eq!(part.noise, vec![-3.0, -4.0, -5.0, -6.0]);
         assert_eq!(part.lambda, Some(vec![8.0, 9.0]));
+        assert_eq!(part.classes, vec![None, Some(0)]);
         let plain = Rows {
             r: Vec::new(),
             exact: Vec::new(),
             lambda: None,
+            classes: Vec::new(),
             ..rows
         };
         let empty = plain.slice(3..3);

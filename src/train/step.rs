@@ -19,6 +19,7 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
+use rand::RngExt;
 
 impl<B, N> Trainer<B, N>
 where
@@ -110,6 +111,14 @@ where
             self.model.sigma_data(),
             &t,
         );
+        // Labels last, so that unlabelled runs draw what they always drew.
+        let classes = match self.data.labels_at(&indices) {
+            None => Vec::new(),
+            Some(labels) => labels
+                .into_iter()
+                .map(|label| (rng.random::<f64>() >= self.config.label_dropout).then_some(label))
+                .collect(),
+        };
         Ok(Drawn {
             indices,
             anchor,
@@ -122,6 +131,7 @@ where
                 input,
                 noise,
                 lambda,
+                classes,
             },
         })
     }

@@ -147,6 +147,7 @@ where
             });
         }
         check_store_shape(anchors.as_ref(), &data)?;
+        check_labelling(model.net().class_input(), &data, &config)?;
         if let crate::train::ObjectiveConfig::FlowMap(_) = config.objective {
             if !model.net().takes_target_time() {
                 return Err(Error::InvalidConfig {
@@ -572,5 +573,54 @@ fn check_store_shape(store: Option<&AnchorStore>, data: &Dataset) -> Result<()> 
             })
         }
         Some(_) | None => Ok(()),
+    }
+}
+
+/// `Ok` where the data's labels, the network's class input and the label dropout agree.
+fn check_labelling(
+    input: Option<crate::nn::ClassInput>,
+    data: &Dataset,
+    config: &TrainConfig,
+) -> Result<()> {
+    let invalid = |name, reason: String| Err(Error::InvalidArgument { name, reason });
+    match (input, data.classes()) {
+        (None, 0) => Ok(()),
+        (None, k) => invalid(
+            "data",
+            format!(
+                "the data has labels ({k} classes) but the network no class input: give it one                  (MlpConfig/UNetConfig classes, IntegrationNet::with_classes) or train on                  Dataset::without_labels"
+            ),
+        ),
+        (Some(input), 0) => invalid(
+            "data",
+            format!(
+                "the network is conditioned on {} classes but the data has no labels                  (Dataset::with_labels)",
+                input.classes
+            ),
+        ),
+        (Some(input), k) if k != input.classes => invalid(
+            "data",
+            format!(
+                "the data has {k} classes, the network's class input {}",
+                input.classes
+            ),
+        ),
+        (Some(input), _) if config.label_dropout > 0.0 && !input.null_class => Err(
+            Error::InvalidConfig {
+                config: "TrainConfig",
+                field: "label_dropout",
+                reason: "label dropout needs the network's \"no class\" token \
+                         (ClassInput::null_class)"
+                    .into(),
+            },
+        ),
+        (Some(_), _) if config.distribution_matching.is_some() => Err(Error::InvalidConfig {
+            config: "TrainConfig",
+            field: "distribution_matching",
+            reason: "the distribution-matching term is unconditional; it does not train a \
+                     class-conditional model yet"
+                .into(),
+        }),
+        (Some(_), _) => Ok(()),
     }
 }
