@@ -5,6 +5,7 @@
 //! cargo run --release --example mnist -- [--policy distill|ot|off] [--flow rf|vp|ve|pfgmpp]
 //!     [--minutes M] [--steps N] [--data PATH] [--out DIR] [--count N] [--seed S]
 //!     [--teacher DIR] [--checkpoint-every N] [--resume] [--device cpu|cuda] [--workers N]
+//!     [--conditional [--class K] [--guidance W] [--flow-map-guidance W] [--pair-guidance W]]
 //! ```
 //!
 //! The default, `--policy distill`, is the `integration_flow::pipeline` run: the UNet trains as
@@ -28,6 +29,20 @@
 //! distill the student's; the teacher's is in `DIR/teacher`, pairs in `DIR/pairs_*.npy`),
 //! `config.json`, `metrics.jsonl`, `results.json` and `fd_vs_nfe.png`, and prints last
 //! `fd=<one-step FD> steps=<training steps, teacher and student> seconds=<whole run>`.
+//!
+//! `--conditional` trains the class-conditional model of the same recipe and budget: the UNet
+//! takes the digit's label beside its noise level (a "no class" token trained by label dropout
+//! 0.1), and the samples are asked for the digits in equal numbers (row `i` for digit
+//! `i mod 10`; `--class K`: all for digit K). Besides the files above it writes `labels.npy`
+//! (int64 `[count]`, the digit requested for each row of `samples_nfe1.npy` and
+//! `samples_nfe4.npy`) and `grid_by_class.png` (one row per digit, one-step samples), records
+//! each sampler's agreement of the classifier with the requested digit (overall and per digit)
+//! and per-digit FD in `results.json`, and prints last `fd=<v> accuracy=<v> steps=<n>
+//! seconds=<s>` (the one-step samples'). The flow-map student learns the jumps of the guided
+//! ODE (scale 2 by default, `--flow-map-guidance W`; 1: unguided), so that its one call gives
+//! guided digits; `--pair-guidance W` does the same for the pairs students (their teacher's
+//! ODE guided). `--guidance W` samples with classifier-free guidance of scale W besides (two
+//! network evaluations per call, counted in the NFE).
 //!
 //! With `--policy off` the same UNet is trained as the plain denoiser (no anchor) and sampled
 //! with Heun and DOPRI5 instead: the classical baseline the evidence compares against.
@@ -59,13 +74,13 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use integration_flow::backend::{Cpu, CpuAutodiff};
 use integration_flow::coupling::AnchorLaw;
-use integration_flow::data::{mnist, read_npy, write_npy_f32, Dataset, NpyData};
+use integration_flow::data::{mnist, read_npy, write_npy_f32, write_npy_i64, Dataset, NpyData};
 use integration_flow::flow::{FlowConfig, Parameterization, ProbabilityFlow};
 use integration_flow::metrics::{
-    nearest_neighbour_distance, Classifier, ClassifierConfig, ImageScore,
+    nearest_neighbour_distance, ClassAgreement, Classifier, ClassifierConfig, ImageScore,
 };
-use integration_flow::model::{IntegrationFlow, IntegrationFlowConfig};
-use integration_flow::nn::{IntegrationNet, NoiseEmbedding, UNet, UNetConfig};
+use integration_flow::model::{Classes, IntegrationFlow, IntegrationFlowConfig};
+use integration_flow::nn::{ClassInput, IntegrationNet, NoiseEmbedding, UNet, UNetConfig};
 use integration_flow::pipeline::{DistillConfig, DistillMethod, Distillation};
 use integration_flow::plot::{image_grid_png, line_chart_png, Series, PALETTE};
 use integration_flow::sample::{
@@ -304,7 +319,31 @@ struct Args {
     /// classifier runs on the CPU.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Train the class-conditional model (the digit's label as an input) and sample the
+    /// digits in equal numbers.
+    #[arg(long)]
+    conditional: bool,
+    /// With --conditional: sample only digit K.
+    #[arg(long)]
+    class: Option<usize>,
+    /// With --conditional: classifier-free guidance scale at sampling (1: none; otherwise two
+    /// network evaluations per call).
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
+    /// With --conditional, methods flow-map and flow-map-pairs: classifier-free guidance
+    /// trained into the student's one call (1: none). Default with --conditional: 2, which
+    /// gave the best one-step class agreement and FD (docs/evidence.md, "Class-conditional
+    /// MNIST").
+    #[arg(long)]
+    flow_map_guidance: Option<f64>,
+    /// With --conditional, the pairs methods: the guidance of the teacher's ODE that makes the
+    /// pairs (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pair_guidance: f64,
 }
+
+/// MNIST's classes.
+const DIGITS: usize = 10;
 
 /// One sampler's outcome.
 #[derive(Serialize)]
@@ -317,6 +356,12 @@ struct SamplerResult {
     /// Mean distance of the samples (up to as many as are held out) to their nearest training
     /// image, over the same for the held-out images; `None` without --holdout.
     nn_ratio: Option<f64>,
+    /// --conditional: the classifier's agreement with the requested digits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy: Option<ClassAgreement>,
+    /// --conditional (all digits): each digit's FD against the training images of that digit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd_per_class: Option<Vec<f64>>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -355,6 +400,24 @@ fn main_run() -> Result<(), Box<dyn std::error::Error>> {
     };
     if args.teacher.is_some() && recipe != Recipe::Distill {
         return Err("--teacher goes with --policy distill".into());
+    }
+    let conditional_only = [
+        ("--class", args.class.is_some()),
+        ("--guidance", args.guidance != 1.0),
+        (
+            "--flow-map-guidance",
+            args.flow_map_guidance.is_some_and(|w| w != 1.0),
+        ),
+        ("--pair-guidance", args.pair_guidance != 1.0),
+    ];
+    if let Some((flag, _)) = conditional_only
+        .iter()
+        .find(|(_, set)| *set && !args.conditional)
+    {
+        return Err(format!("{flag} needs --conditional").into());
+    }
+    if let Some(k) = args.class.filter(|&k| k >= DIGITS) {
+        return Err(format!("--class {k}: the digits are 0..{}", DIGITS - 1).into());
     }
     if !(args.minutes.is_finite() && args.minutes > 0.0) || args.count == 0 || args.batch == 0 {
         return Err("--minutes, --count and --batch must be positive".into());
@@ -445,11 +508,16 @@ fn run<B: AutodiffBackend>(
         started,
     } = setup;
     // The held-out images are the last ones; FD is measured against the training images.
+    // A conditional run trains on the digits with their labels.
+    let training = |images: &integration_flow::data::Images| match args.conditional {
+        true => images.labelled_dataset(DIGITS),
+        false => Ok(images.dataset().clone()),
+    };
     let (data, held) = match args.holdout {
-        0 => (digits.dataset().clone(), None),
+        0 => (training(&digits)?, None),
         n => {
             let (train, held) = digits.split_off(n)?;
-            (train.dataset().clone(), Some(held.dataset().clone()))
+            (training(&train)?, Some(held.dataset().clone()))
         }
     };
     let (_, sigma_data) = data.mean_and_std();
@@ -459,6 +527,7 @@ fn run<B: AutodiffBackend>(
         height: h,
         width: w,
         embedding: NoiseEmbedding::sinusoidal(args.embedding_scale),
+        classes: args.conditional.then(|| ClassInput::new(DIGITS)),
         ..Default::default()
     };
     if let Some(teacher) = &args.teacher {
@@ -653,9 +722,23 @@ fn flow_map_config(args: &Args) -> Result<FlowMapConfig, Box<dyn std::error::Err
                 .into())
             }
         },
+        guidance: flow_map_guidance(args),
         ..Default::default()
     })
 }
+
+/// The guidance trained into a flow-map student: the flag's, else 2 for a conditional run
+/// (the measured best), else none.
+fn flow_map_guidance(args: &Args) -> f64 {
+    match (args.flow_map_guidance, args.conditional) {
+        (Some(w), _) => w,
+        (None, true) => CONDITIONAL_FLOW_MAP_GUIDANCE,
+        (None, false) => 1.0,
+    }
+}
+
+/// `--flow-map-guidance`'s default with `--conditional`.
+const CONDITIONAL_FLOW_MAP_GUIDANCE: f64 = 2.0;
 
 /// Runs (or resumes) the distillation pipeline within `budget`; the student's trainer.
 fn train_distilled<B: AutodiffBackend>(
@@ -743,6 +826,7 @@ fn train_distilled<B: AutodiffBackend>(
                 warmup: args.dm_warmup,
             },
         ),
+        pair_guidance: args.pair_guidance,
         ..defaults
     };
     let mut run = Distillation::new(&args.out, model, data.clone(), config, distill)?
@@ -915,6 +999,36 @@ fn evaluate<B: AutodiffBackend>(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let ema = trainer.ema_model();
     let dim = c * h * w;
+    // A conditional run's request: the digit of each sample (in batches of 250, a multiple of
+    // ten, so that each batch asks for 0, 1, …, 9 in turn like the whole run).
+    let requested: Vec<usize> = match (args.conditional, args.class) {
+        (false, _) => Vec::new(),
+        (true, Some(k)) => vec![k; args.count],
+        (true, None) => (0..args.count).map(|i| i % DIGITS).collect(),
+    };
+    let model_for = |n: usize| -> integration_flow::Result<_> {
+        if !args.conditional {
+            return Ok(ema.clone());
+        }
+        let classes = match args.class {
+            Some(k) => Classes::All(k),
+            None => Classes::each((0..n).map(|i| i % DIGITS)),
+        };
+        ema.clone()
+            .with_classes(classes)?
+            .with_guidance(args.guidance)
+    };
+    let real_by_class: Vec<Vec<f32>> = match data.labels() {
+        Some(labels) if args.class.is_none() => (0..DIGITS)
+            .map(|k| {
+                (0..data.len())
+                    .filter(|&i| labels[i] == k)
+                    .flat_map(|i| data.row(i).iter().copied())
+                    .collect()
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let held_nn = match held {
         Some(held) => Some((
             held.len(),
@@ -928,6 +1042,7 @@ fn evaluate<B: AutodiffBackend>(
      -> Result<(Vec<f32>, usize, f64), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(1_000_003));
+        // Under guidance the samplers count two evaluations per call.
         let (values, nfe) = generate_batched(args.count, 250, |n| f(&mut rng, n))?;
         // The data range is [-1, 1]: clamp like image samplers do before saving.
         let values: Vec<f32> = values.into_iter().map(|v| v.clamp(-1.0, 1.0)).collect();
@@ -942,6 +1057,39 @@ fn evaluate<B: AutodiffBackend>(
             class_histogram,
         } = classifier.score(values, data.values())?;
         eprintln!("{name}: fd {fd:.3}, classes {class_histogram:?}");
+        let accuracy = match requested.is_empty() {
+            true => None,
+            false => {
+                let predicted: Vec<usize> = classifier
+                    .classify(values)?
+                    .into_iter()
+                    .map(usize::from)
+                    .collect();
+                let agreement = ClassAgreement::new(&requested, &predicted, DIGITS)?;
+                eprintln!(
+                    "{name}: accuracy {:.4} (worst digit {:.4})",
+                    agreement.overall,
+                    agreement.worst().unwrap_or(f64::NAN)
+                );
+                Some(agreement)
+            }
+        };
+        let fd_per_class = match real_by_class.is_empty() {
+            true => None,
+            false => {
+                let mut per_class = Vec::with_capacity(DIGITS);
+                for (k, real) in real_by_class.iter().enumerate() {
+                    let ours: Vec<f32> = values
+                        .chunks(dim)
+                        .zip(&requested)
+                        .filter(|(_, &r)| r == k)
+                        .flat_map(|(x, _)| x.iter().copied())
+                        .collect();
+                    per_class.push(classifier.score(&ours, real)?.fd);
+                }
+                Some(per_class)
+            }
+        };
         let nn_ratio = match held_nn {
             Some((n, held)) => {
                 let n = n.min(values.len() / dim);
@@ -962,6 +1110,8 @@ fn evaluate<B: AutodiffBackend>(
             class_histogram,
             seconds,
             nn_ratio,
+            accuracy,
+            fd_per_class,
         });
         Ok::<f64, Box<dyn std::error::Error>>(fd)
     };
@@ -1001,22 +1151,26 @@ fn evaluate<B: AutodiffBackend>(
             },
         ));
         for (tag, solver) in solvers {
-            let (values, nfe, seconds) = sample(tag, &|rng, n| solve_ode(&ema, rng, n, solver))?;
+            let (values, nfe, seconds) =
+                sample(tag, &|rng, n| solve_ode(&model_for(n)?, rng, n, solver))?;
             let fd = record(&solver.label(), &values, nfe, seconds)?;
             save(tag, &values)?;
             first.get_or_insert(fd);
         }
         first.unwrap_or(f64::NAN)
     } else {
-        let (one, nfe, seconds) = sample("one step", &|rng, n| one_step(&ema, rng, n))?;
+        let (one, nfe, seconds) = sample("one step", &|rng, n| one_step(&model_for(n)?, rng, n))?;
         let fd = record("one step", &one, nfe, seconds)?;
         save("nfe1", &one)?;
+        if !requested.is_empty() {
+            class_grid(args, &one, &requested, [c, h, w])?;
+        }
         let steps: &[usize] = if args.curve { &[2, 4, 8] } else { &[2, 4] };
         for &k in steps {
             let times = RenoiseSchedule::default().times(ema.flow().as_ref(), k)?;
             let name = format!("re-noising, {k} steps");
             let (values, nfe, seconds) = sample(&name, &|rng, n| {
-                renoise(&ema, rng, n, &times, RenoiseAnchor::Fixed)
+                renoise(&model_for(n)?, rng, n, &times, RenoiseAnchor::Fixed)
             })?;
             record(&name, &values, nfe, seconds)?;
             if k == 4 {
@@ -1025,8 +1179,9 @@ fn evaluate<B: AutodiffBackend>(
             if ema.net().takes_target_time() {
                 // A flow-map student also jumps deterministically through the same times.
                 let name = format!("flow-map jumps, {k} steps");
-                let (values, nfe, seconds) =
-                    sample(&name, &|rng, n| flow_map_jumps(&ema, rng, n, &times))?;
+                let (values, nfe, seconds) = sample(&name, &|rng, n| {
+                    flow_map_jumps(&model_for(n)?, rng, n, &times)
+                })?;
                 record(&name, &values, nfe, seconds)?;
             }
         }
@@ -1065,11 +1220,57 @@ fn evaluate<B: AutodiffBackend>(
             encoded_latents: trained.latents.clone(),
         })?,
     )?;
+    // A conditional run's last line adds the first sampler's agreement with the requests.
+    let accuracy = match results.first().and_then(|r| r.accuracy.as_ref()) {
+        Some(agreement) => {
+            let labels: Vec<i64> = requested.iter().map(|&k| k as i64).collect();
+            write_npy_i64(args.out.join("labels.npy"), &labels, &[labels.len()])?;
+            format!(" accuracy={:.4}", agreement.overall)
+        }
+        None => String::new(),
+    };
     println!(
-        "fd={fd_one_step:.4} steps={} seconds={:.1}",
+        "fd={fd_one_step:.4}{accuracy} steps={} seconds={:.1}",
         trained.steps,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `DIR/grid_by_class.png`: one row per requested digit (in order), its first ten samples.
+fn class_grid(
+    args: &Args,
+    values: &[f32],
+    requested: &[usize],
+    shape: [usize; 3],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dim: usize = shape.iter().product();
+    const PER_ROW: usize = 10;
+    let mut rows = Vec::new();
+    for k in 0..DIGITS {
+        let row: Vec<&[f32]> = values
+            .chunks(dim)
+            .zip(requested)
+            .filter(|(_, &r)| r == k)
+            .map(|(x, _)| x)
+            .take(PER_ROW)
+            .collect();
+        if row.is_empty() {
+            continue;
+        }
+        let mut pixels: Vec<f32> = row.concat();
+        // A short row is padded with black images.
+        pixels.resize(PER_ROW * dim, -1.0);
+        rows.push(pixels);
+    }
+    image_grid_png(
+        args.out.join("grid_by_class.png"),
+        &rows.concat(),
+        shape,
+        rows.len(),
+        PER_ROW,
+        2,
+    )?;
     Ok(())
 }
 

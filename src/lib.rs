@@ -91,8 +91,8 @@ pub mod prelude {
         FlowConfig, Parameterization, PfgmPP, PfgmPPConfig, ProbabilityFlow, ProbabilityFlowExt,
         RectifiedFlow, RectifiedFlowConfig, TimeDistribution, Ve, VeConfig, Vp, VpConfig,
     };
-    pub use crate::model::{IntegrationFlow, IntegrationFlowConfig};
-    pub use crate::nn::{Mlp, MlpConfig, UNet, UNetConfig};
+    pub use crate::model::{Classes, IntegrationFlow, IntegrationFlowConfig};
+    pub use crate::nn::{ClassInput, Mlp, MlpConfig, UNet, UNetConfig};
     pub use crate::saved::Precision;
     pub use crate::train::{TrainConfig, Trainer};
     pub use burn::tensor::Tensor;

@@ -40,9 +40,9 @@
 //! ```
 
 use crate::coupling::{AnchorPolicy, PairedAnchors};
-use crate::data::{read_npy, write_atomically, write_npy_f32, Dataset, NpyData};
+use crate::data::{read_npy, write_atomically, write_npy_f32, write_npy_i64, Dataset, NpyData};
 use crate::error::{invalid_config, require_finite, Error, Result};
-use crate::model::IntegrationFlow;
+use crate::model::{Classes, IntegrationFlow};
 use crate::nn::IntegrationNet;
 use crate::sample::{encoded_pairs, ode_pairs, OdeSolver};
 use crate::train::{
@@ -169,6 +169,12 @@ pub struct DistillConfig {
     /// towards where the teacher's denoiser takes them, away from where a denoiser of the
     /// student's own images does). `None` by default.
     pub student_distribution_matching: Option<DistributionMatchingConfig>,
+    /// With labelled data (a class-conditional teacher): the classifier-free guidance scale of
+    /// the teacher's ODE that makes the generated pairs (1, the default: none), so that a
+    /// one-step student of them generates guided images in one call. The pairs are made for
+    /// the classes in equal numbers. Encoded pairs are not guided (an example's latent is
+    /// the unguided ODE's).
+    pub pair_guidance: f64,
 }
 
 impl Default for DistillConfig {
@@ -187,6 +193,7 @@ impl Default for DistillConfig {
             student_perceptual: None,
             student_adversarial: None,
             student_distribution_matching: None,
+            pair_guidance: 1.0,
         }
     }
 }
@@ -268,6 +275,10 @@ impl DistillConfig {
         }
         self.student_lr_decay
             .check(NAME, "student_lr_decay.floor")?;
+        require_finite(NAME, "pair_guidance", self.pair_guidance)?;
+        if self.pair_guidance < 0.0 {
+            return Err(invalid_config(NAME, "pair_guidance", "must be ≥ 0"));
+        }
         require_finite(NAME, "student_lr", self.student_lr)?;
         if self.student_lr <= 0.0 {
             return Err(invalid_config(NAME, "student_lr", "must be positive"));
@@ -389,6 +400,31 @@ where
         student_terms.adversarial = config.student_adversarial.clone();
         student_terms.distribution_matching = config.student_distribution_matching.clone();
         student_terms.validate()?;
+        let guided = [
+            ("pair_guidance", config.pair_guidance),
+            (
+                "method.guidance",
+                match &config.method {
+                    DistillMethod::FlowMap(flow_map) | DistillMethod::FlowMapPairs(flow_map) => {
+                        flow_map.guidance
+                    }
+                    DistillMethod::GeneratedPairs
+                    | DistillMethod::Encoded
+                    | DistillMethod::Mixed
+                    | DistillMethod::Consistency(_) => 1.0,
+                },
+            ),
+        ];
+        if let Some((field, _)) = guided.iter().find(|(_, w)| *w != 1.0) {
+            // Guidance needs the classes and the "no class" estimate label dropout trains.
+            if data.classes() == 0 || teacher_config.label_dropout == 0.0 {
+                return Err(invalid_config(
+                    "DistillConfig",
+                    field,
+                    "guidance needs labelled data and a teacher trained with label dropout",
+                ));
+            }
+        }
         Ok(Distillation {
             dir: dir.into(),
             model,
@@ -816,6 +852,15 @@ where
             write(path, &codes.latents)?;
         }
         if generated {
+            // A class-conditional teacher makes its pairs for the classes in equal numbers,
+            // with the recipe's guidance.
+            let classes = self.data.classes();
+            let teacher = match classes {
+                0 => teacher,
+                k => teacher
+                    .with_classes(Classes::each((0..self.config.pairs).map(|i| i % k)))?
+                    .with_guidance(self.config.pair_guidance)?,
+            };
             let pairs = ode_pairs(
                 &teacher,
                 &mut rng,
@@ -826,20 +871,55 @@ where
             )?;
             write(latents, &pairs.latents)?;
             write(samples, &pairs.samples)?;
+            if let Some(labels) = pairs.samples.labels() {
+                let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+                write_npy_i64(self.pair_labels_path(), &labels, &[labels.len()])?;
+            }
         }
         Ok(())
     }
 
-    /// A pairs file written by [`make_pairs`](Self::make_pairs).
+    /// The classes of the generated pairs (written where the data is labelled).
+    fn pair_labels_path(&self) -> PathBuf {
+        self.dir.join("pairs_labels.npy")
+    }
+
+    /// A pairs file written by [`make_pairs`](Self::make_pairs); the samples of a labelled
+    /// run's pairs carry their classes.
     fn read_pairs(&self, path: &Path) -> Result<Dataset> {
-        Dataset::new(self.read_pair_values(path)?, self.data.dim())
+        let pairs = Dataset::new(self.read_pair_values(path)?, self.data.dim())?;
+        let [_, samples] = self.pair_paths();
+        let classes = self.data.classes();
+        if classes == 0 || path != samples {
+            return Ok(pairs);
+        }
+        let labels_path = self.pair_labels_path();
+        let labels = match read_npy(&labels_path)?.data {
+            NpyData::I64(labels) => labels,
+            NpyData::U8(_) | NpyData::F32(_) | NpyData::F64(_) => {
+                return Err(Error::Format {
+                    path: labels_path,
+                    reason: "pair labels are int64".into(),
+                })
+            }
+        };
+        let labels = labels
+            .into_iter()
+            .map(|l| usize::try_from(l).unwrap_or(usize::MAX))
+            .collect();
+        pairs
+            .with_labels(labels, classes)
+            .map_err(|e| Error::Format {
+                path: labels_path,
+                reason: e.to_string(),
+            })
     }
 
     /// The values of a pairs file, row after row.
     fn read_pair_values(&self, path: &Path) -> Result<Vec<f32>> {
         match read_npy(path)?.data {
             NpyData::F32(values) => Ok(values),
-            NpyData::U8(_) | NpyData::F64(_) => Err(Error::Format {
+            NpyData::U8(_) | NpyData::F64(_) | NpyData::I64(_) => Err(Error::Format {
                 path: path.to_path_buf(),
                 reason: "pairs are float32".into(),
             }),
@@ -919,11 +999,19 @@ where
                 // Generated pairs first, then the training examples with their encodings.
                 let mut anchors = self.read_pair_values(&latents)?;
                 anchors.extend(self.read_pair_values(&self.encoded_path(true))?);
-                let mut values = self.read_pair_values(&samples)?;
+                let generated = self.read_pairs(&samples)?;
+                generated.check_same_labelling(&self.data)?;
+                let mut values = generated.values().to_vec();
                 values.extend_from_slice(self.data.values());
                 let dim = self.data.dim();
+                // A labelled run's pairs and examples keep their classes.
+                let examples = match (generated.labels(), self.data.labels()) {
+                    (Some(pairs), Some(data)) => Dataset::new(values, dim)?
+                        .with_labels([pairs, data].concat(), self.data.classes())?,
+                    _ => Dataset::new(values, dim)?,
+                };
                 trainer(
-                    Dataset::new(values, dim)?,
+                    examples,
                     Some(PairedAnchors::mixed(Dataset::new(anchors, dim)?)),
                     ObjectiveConfig::Regression,
                 )?

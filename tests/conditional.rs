@@ -6,13 +6,14 @@
 use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};
 use integration_flow::backend::{Cpu, CpuAutodiff};
-use integration_flow::coupling::{AnchorStorage, AnchorStore, OtSpace};
+use integration_flow::coupling::{AnchorLaw, AnchorPolicy, AnchorStorage, AnchorStore, OtSpace};
 use integration_flow::data::{Dataset, Toy};
 use integration_flow::flow::FlowConfig;
 use integration_flow::metrics::{nearest_labels, ClassAgreement};
 use integration_flow::model::{Classes, IntegrationFlow, IntegrationFlowConfig};
 use integration_flow::nn::{ClassInput, IntegrationNet, Mlp, MlpConfig, UNetConfig};
-use integration_flow::train::{TrainConfig, Trainer};
+use integration_flow::sample::{ode_pairs, one_step, solve_ode, solve_ode_from, OdeSolver};
+use integration_flow::train::{FlowMapConfig, ObjectiveConfig, TrainConfig, Trainer};
 use integration_flow::Error;
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -113,18 +114,47 @@ fn a_class_input_added_to_a_trained_network_changes_nothing_until_trained() {
     // The same network asked again is returned as it is; another class input is an error.
     let again = conditional.with_classes(ClassInput::new(3)).unwrap();
     assert!(again.clone().with_classes(ClassInput::new(4)).is_err());
-    // A flow-map input added after the classes keeps the layout the configuration builds.
-    let config = again.network_config().unwrap();
-    let flow_map = again.with_target_time().unwrap();
-    let rebuilt = match config {
-        integration_flow::nn::NetworkConfig::Mlp(mut c) => {
-            c.target_time = true;
-            c.init::<Cpu>(&device, 0).unwrap()
-        }
-        other => panic!("an MLP's config, got {other:?}"),
+    // Both inputs, added in either order, give the layout the configuration builds: the
+    // configuration's network (target time first) and one converted the other way, loaded
+    // with the same non-zero weights, give the same outputs for the same gap and classes.
+    let both = MlpConfig {
+        width: 32,
+        depth: 2,
+        target_time: true,
+        classes: Some(ClassInput::new(3)),
+        ..Default::default()
+    }
+    .init::<Cpu>(&device, 0)
+    .unwrap()
+    .map(&mut Perturb(StdRng::seed_from_u64(1)));
+    let converted = again.with_target_time().unwrap();
+    assert_eq!(converted.num_params(), both.num_params());
+    let converted = converted.load_record(both.clone().into_record());
+    let gap = Tensor::<Cpu, 1>::from_floats([0.0, 0.2, 0.4, 0.6, 0.8], &device);
+    let classes = Tensor::<Cpu, 2>::from_floats(
+        [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+            [0.0, 1.0, 0.0, 0.0],
+        ],
+        &device,
+    );
+    let call = |net: &Mlp<Cpu>| {
+        values(net.forward_classes(
+            x.clone(),
+            c.clone(),
+            Some(gap.clone()),
+            classes.clone(),
+            x.clone(),
+        ))
     };
-    let dims = |net: &Mlp<Cpu>| integration_flow_weight_count(net);
-    assert_eq!(dims(&flow_map), dims(&rebuilt));
+    assert_eq!(call(&converted), call(&both));
+    // The class and the gap inputs both matter (neither is ignored).
+    let no_gap =
+        values(both.forward_classes(x.clone(), c.clone(), None, classes.clone(), x.clone()));
+    assert!(max_difference(&no_gap, &call(&both)) > 1e-4);
 
     let unet = UNetConfig {
         base_channels: 8,
@@ -142,10 +172,6 @@ fn a_class_input_added_to_a_trained_network_changes_nothing_until_trained() {
     let after = values(net.forward(images.clone(), c2, images));
     assert_eq!(before, after);
     assert_eq!(net.network_config().unwrap().dim(), 784);
-}
-
-fn integration_flow_weight_count<M: burn::module::Module<Cpu>>(m: &M) -> usize {
-    m.num_params()
 }
 
 /// A conditional MLP whose class weights are not zero, so that classes matter.
@@ -461,4 +487,305 @@ fn a_conditional_model_generates_the_requested_class_in_one_step() {
         counts[label] += 1;
     }
     assert!(counts.iter().all(|&c| c > n / 32), "{counts:?}");
+}
+
+#[test]
+fn guidance_is_counted_in_the_nfe_and_pairs_carry_their_classes() {
+    // Zero anchors, so that a pair's ODE solve depends on its latent and class only.
+    let model = trained_looking_conditional(true).with_anchor_law(AnchorLaw::Zero);
+    let mut rng = StdRng::seed_from_u64(3);
+    let plain = model.clone().with_classes(Classes::All(1)).unwrap();
+    let guided = plain.clone().with_guidance(2.0).unwrap();
+    let heun = OdeSolver::Heun { steps: 3 };
+    let calls = solve_ode(&plain, &mut rng, 4, heun).unwrap().nfe;
+    assert_eq!(
+        solve_ode(&guided, &mut rng, 4, heun).unwrap().nfe,
+        2 * calls
+    );
+    assert_eq!(one_step(&guided, &mut rng, 4).unwrap().nfe, 2);
+    assert_eq!(one_step(&plain, &mut rng, 4).unwrap().nfe, 1);
+
+    // Pairs made at per-row classes carry them; "no class" pairs carry none.
+    let labels = [2, 0, 1, 1, 0];
+    let asked = model.clone().with_classes(Classes::each(labels)).unwrap();
+    let pairs = ode_pairs(&asked, &mut rng, 5, heun, 2, |_, _| {}).unwrap();
+    assert_eq!(pairs.samples.labels(), Some(&labels[..]));
+    assert_eq!(pairs.samples.classes(), 3);
+    // Each pair is its latent's ODE solution at its own class (batches of 2: the labels are
+    // sliced per batch).
+    for (i, &label) in labels.iter().enumerate() {
+        let latent = Tensor::<Cpu, 2>::from_data(
+            burn::tensor::TensorData::new(pairs.latents.row(i).to_vec(), [1, 2]),
+            &Default::default(),
+        );
+        let at_class = model.clone().with_classes(Classes::All(label)).unwrap();
+        let solved = solve_ode_from(&at_class, latent.clone(), latent.zeros_like(), heun).unwrap();
+        let solved = values(solved.samples);
+        assert!(
+            max_difference(&solved, pairs.samples.row(i)) < 1e-4,
+            "pair {i}: {solved:?} against {:?}",
+            pairs.samples.row(i)
+        );
+    }
+    let free = ode_pairs(&model, &mut rng, 5, heun, 2, |_, _| {}).unwrap();
+    assert_eq!(free.samples.labels(), None);
+    // A per-row request of another count than the pairs is an error.
+    assert!(matches!(
+        ode_pairs(&asked, &mut rng, 4, heun, 2, |_, _| {}),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn a_conditional_model_exports_and_loads_with_its_class_input() {
+    let device = Default::default();
+    let data = Toy::Moons.sample_labelled(512, 0).unwrap();
+    let net = MlpConfig {
+        width: 32,
+        depth: 2,
+        classes: Some(ClassInput::new(2)),
+        ..Default::default()
+    }
+    .init::<CpuAutodiff>(&device, 0)
+    .unwrap();
+    let model = IntegrationFlowConfig::default()
+        .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+        .unwrap();
+    let config = TrainConfig {
+        steps: 20,
+        batch_size: 128,
+        progress: false,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model, data, config).unwrap();
+    trainer.fit().unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "integration_flow_conditional_export_{}",
+        std::process::id()
+    ));
+    trainer
+        .export(&dir, integration_flow::saved::Precision::F32)
+        .unwrap();
+    let loaded = IntegrationFlow::<Cpu, Mlp<Cpu>>::load(&dir, &device).unwrap();
+    assert_eq!(loaded.net().class_input(), Some(ClassInput::new(2)));
+    let sample = |m: IntegrationFlow<Cpu, Mlp<Cpu>>| {
+        values(
+            m.with_classes(Classes::each([0, 1, 1, 0]))
+                .unwrap()
+                .generate(&mut StdRng::seed_from_u64(4), 4, 1)
+                .unwrap(),
+        )
+    };
+    assert_eq!(sample(loaded.clone()), sample(trainer.ema_model()));
+    assert!(loaded.with_classes(Classes::All(2)).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two overlapping classes on the line (first coordinate `∓0.5 + N(0, 1)`, second `N(0, 1)`):
+/// classifier-free guidance samples `p(x|c)^w·p(x)^(1−w)`, which for w > 1 pushes each class
+/// away from the other, so the classes' means move apart.
+fn overlapping_classes(n: usize, seed: u64) -> Dataset {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(2 * n);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let class = i % 2;
+        let centre = if class == 0 { -0.5 } else { 0.5 };
+        let [a, b]: [f32; 2] =
+            [0, 1].map(|_| rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng));
+        values.extend([centre + a, b]);
+        labels.push(class);
+    }
+    Dataset::new(values, 2)
+        .unwrap()
+        .with_labels(labels, 2)
+        .unwrap()
+}
+
+/// The distance between the mean first coordinates of the samples asked for class 1 and
+/// class 0.
+fn class_separation(samples: &[f32], requested: &[usize]) -> f64 {
+    let mean = |k: usize| {
+        let xs: Vec<f64> = samples
+            .chunks(2)
+            .zip(requested)
+            .filter(|(_, &r)| r == k)
+            .map(|(p, _)| f64::from(p[0]))
+            .collect();
+        xs.iter().sum::<f64>() / xs.len() as f64
+    };
+    mean(1) - mean(0)
+}
+
+/// Guidance pushes the classes apart, whether applied at sampling to the ODE (two evaluations
+/// a step) or trained into a flow map's one call.
+#[test]
+fn guidance_separates_the_classes_in_the_ode_and_in_one_flow_map_call() {
+    let device = Default::default();
+    let data = overlapping_classes(4096, 2);
+    let net = MlpConfig {
+        width: 64,
+        depth: 3,
+        embedding: integration_flow::nn::NoiseEmbedding::sinusoidal(
+            integration_flow::nn::NoiseEmbedding::SMOOTH_SCALE,
+        ),
+        classes: Some(ClassInput::new(2)),
+        ..Default::default()
+    };
+    let model = |net| {
+        IntegrationFlowConfig {
+            sigma_data: Some(1.0),
+            ..Default::default()
+        }
+        .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+        .unwrap()
+    };
+    let config = |steps: usize, lr: f64, objective: ObjectiveConfig| {
+        let mut config = TrainConfig {
+            steps,
+            batch_size: 256,
+            progress: false,
+            label_dropout: 0.2,
+            objective,
+            ..Default::default()
+        };
+        config.optimizer.lr = lr;
+        config.anchor.policy = AnchorPolicy::Off;
+        config
+    };
+    let mut teacher = Trainer::new(
+        model(net.init::<CpuAutodiff>(&device, 0).unwrap()),
+        data.clone(),
+        config(800, 2e-3, ObjectiveConfig::Regression),
+    )
+    .unwrap();
+    teacher.fit().unwrap();
+    let n = 2000;
+    let requested: Vec<usize> = (0..n).map(|i| i % 2).collect();
+    let ask = |m: IntegrationFlow<Cpu, Mlp<Cpu>>, w: f64| {
+        m.with_classes(Classes::each(requested.iter().copied()))
+            .unwrap()
+            .with_guidance(w)
+            .unwrap()
+    };
+    let ode = |w: f64| {
+        let generated = solve_ode(
+            &ask(teacher.ema_model(), w),
+            &mut StdRng::seed_from_u64(6),
+            n,
+            OdeSolver::Heun { steps: 16 },
+        )
+        .unwrap();
+        class_separation(&values(generated.samples), &requested)
+    };
+    let (ode_plain, ode_guided) = (ode(1.0), ode(3.0));
+    let student = |w: f64| {
+        let net = teacher
+            .ema_as_trainable(net.init::<CpuAutodiff>(&device, 0).unwrap())
+            .unwrap()
+            .with_target_time()
+            .unwrap();
+        let objective = ObjectiveConfig::FlowMap(FlowMapConfig {
+            guidance: w,
+            ..Default::default()
+        });
+        let mut trainer =
+            Trainer::new(model(net), data.clone(), config(600, 5e-4, objective)).unwrap();
+        trainer.fit().unwrap();
+        let generated = one_step(
+            &ask(trainer.ema_model(), 1.0),
+            &mut StdRng::seed_from_u64(6),
+            n,
+        )
+        .unwrap();
+        assert_eq!(generated.nfe, 1);
+        class_separation(&values(generated.samples), &requested)
+    };
+    let (one_plain, one_guided) = (student(1.0), student(3.0));
+    eprintln!(
+        "class 1's mean minus class 0's: data 1.0; ODE {ode_plain:.3} → guided {ode_guided:.3}; \
+         flow map one call {one_plain:.3} → guided {one_guided:.3}"
+    );
+    assert!((ode_plain - 1.0).abs() < 0.25, "unguided ODE {ode_plain}");
+    assert!(
+        ode_guided > 1.3 * ode_plain,
+        "{ode_guided} against {ode_plain}"
+    );
+    assert!(
+        one_guided > 1.3 * one_plain,
+        "{one_guided} against {one_plain}"
+    );
+}
+
+#[test]
+fn flow_map_training_on_labels_runs_every_target_and_checks_its_guidance() {
+    let device = Default::default();
+    let data = Toy::Moons.sample_labelled(512, 0).unwrap();
+    let model = |classes: Option<ClassInput>| {
+        let net = MlpConfig {
+            width: 16,
+            depth: 1,
+            target_time: true,
+            classes,
+            ..Default::default()
+        }
+        .init::<CpuAutodiff>(&device, 0)
+        .unwrap();
+        IntegrationFlowConfig::default()
+            .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+            .unwrap()
+    };
+    let config = |one_step_target, guidance: f64, label_dropout: f64| {
+        let mut config = TrainConfig {
+            steps: 4,
+            batch_size: 128,
+            progress: false,
+            label_dropout,
+            objective: ObjectiveConfig::FlowMap(FlowMapConfig {
+                one_step_target,
+                guidance,
+                data_share: 0.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        config.anchor.policy = AnchorPolicy::Off;
+        config
+    };
+    use integration_flow::train::OneStepTarget::{Derivative, TwoJumps};
+    // Every one-step target, guided or not, on labelled rows (some of them dropped).
+    for (target, w) in [
+        (Derivative, 1.0),
+        (TwoJumps, 1.0),
+        (Derivative, 2.0),
+        (TwoJumps, 2.0),
+    ] {
+        let mut trainer = Trainer::new(
+            model(Some(ClassInput::new(2))),
+            data.clone(),
+            config(target, w, 0.1),
+        )
+        .unwrap();
+        trainer.fit().unwrap();
+        assert_eq!(trainer.step(), 4);
+    }
+    // Guidance without classes, or without the "no class" estimate, is refused up front.
+    assert!(Trainer::new(
+        model(None),
+        data.clone().without_labels(),
+        config(Derivative, 2.0, 0.1)
+    )
+    .is_err());
+    assert!(Trainer::new(
+        model(Some(ClassInput::new(2))),
+        data.clone(),
+        config(Derivative, 2.0, 0.0)
+    )
+    .is_err());
+    // A model that samples with guidance does not train: its estimates would be guided mixes.
+    let guided = model(Some(ClassInput::new(2))).with_guidance(2.0).unwrap();
+    assert!(matches!(
+        Trainer::new(guided, data, config(Derivative, 1.0, 0.1)),
+        Err(Error::InvalidArgument { name: "model", .. })
+    ));
 }

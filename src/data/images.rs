@@ -175,6 +175,12 @@ impl Images {
         };
         let values: Vec<f32> = match array.data {
             NpyData::U8(bytes) => bytes.iter().map(|&b| f32::from(b) / 127.5 - 1.0).collect(),
+            NpyData::I64(_) => {
+                return Err(format_error(
+                    path,
+                    "images are bytes or floats, found int64 (labels?)",
+                ))
+            }
             data @ (NpyData::F32(_) | NpyData::F64(_)) => {
                 let v = data.to_f32();
                 if let Some(bad) = v.iter().find(|x| !x.is_finite()) {

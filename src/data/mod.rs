@@ -125,15 +125,14 @@ impl Dataset {
                 )))
             }
         };
-        let values = match &array.data {
-            NpyData::F32(_) | NpyData::F64(_) => array.data.to_f32(),
-            NpyData::U8(_) => {
-                return Err(format(
-                    "a dataset is float32 or float64, found bytes (images: Images::from_npy)"
+        let values =
+            match &array.data {
+                NpyData::F32(_) | NpyData::F64(_) => array.data.to_f32(),
+                NpyData::U8(_) | NpyData::I64(_) => return Err(format(
+                    "a dataset is float32 or float64, found integers (images: Images::from_npy)"
                         .into(),
-                ))
-            }
-        };
+                )),
+            };
         Dataset::new(values, dim).map_err(|e| format(e.to_string()))
     }
 

@@ -15,6 +15,8 @@ pub enum NpyData {
     F32(Vec<f32>),
     /// `<f8` (NumPy's default float).
     F64(Vec<f64>),
+    /// `<i8` (NumPy's default integer: class labels).
+    I64(Vec<i64>),
 }
 
 impl NpyData {
@@ -25,6 +27,7 @@ impl NpyData {
             NpyData::U8(v) => v.iter().map(|&b| f32::from(b)).collect(),
             NpyData::F32(v) => v.clone(),
             NpyData::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            NpyData::I64(v) => v.iter().map(|&x| x as f32).collect(),
         }
     }
 }
@@ -38,8 +41,8 @@ pub struct NpyArray {
     pub data: NpyData,
 }
 
-/// Parses NPY `bytes` holding unsigned bytes (`|u1`) or little-endian float32 (`<f4`) in C
-/// order. Never panics: anything malformed or unsupported is an [`Error::Format`] saying what.
+/// Parses NPY `bytes` holding unsigned bytes (`|u1`), or little-endian float32 (`<f4`),
+/// float64 (`<f8`) or int64 (`<i8`) in C order. Never panics: anything malformed or unsupported is an [`Error::Format`] saying what.
 ///
 /// ```
 /// use integration_flow::data::{parse_npy, NpyData};
@@ -108,10 +111,11 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         "|u1" | "<u1" | "u1" => Dtype::U8,
         "<f4" | "f4" => Dtype::F32,
         "<f8" | "f8" => Dtype::F64,
+        "<i8" | "i8" => Dtype::I64,
         other => {
             return Err(format!(
-                "NPY dtype {other:?} is not supported (unsigned bytes '|u1', float32 '<f4' or \
-                 float64 '<f8', little-endian)"
+                "NPY dtype {other:?} is not supported (unsigned bytes '|u1', float32 '<f4', \
+                 float64 '<f8' or int64 '<i8', little-endian)"
             ))
         }
     };
@@ -137,6 +141,11 @@ fn parse(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
         ),
+        Dtype::I64 => NpyData::I64(
+            body.chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+        ),
     };
     Ok(NpyArray { shape, data })
 }
@@ -147,6 +156,7 @@ enum Dtype {
     U8,
     F32,
     F64,
+    I64,
 }
 
 impl Dtype {
@@ -155,7 +165,7 @@ impl Dtype {
         match self {
             Dtype::U8 => 1,
             Dtype::F32 => 4,
-            Dtype::F64 => 8,
+            Dtype::F64 | Dtype::I64 => 8,
         }
     }
 }
@@ -222,8 +232,10 @@ pub fn write_npy_f32(path: impl AsRef<Path>, values: &[f32], shape: &[usize]) ->
 /// atomically: class labels for NumPy (`np.load(path)` gives `int64`).
 ///
 /// ```
+/// use integration_flow::data::{read_npy, NpyData};
 /// let path = std::env::temp_dir().join("integration_flow_npy_i64_doc.npy");
 /// integration_flow::data::write_npy_i64(&path, &[3, 1, 4], &[3])?;
+/// assert_eq!(read_npy(&path)?.data, NpyData::I64(vec![3, 1, 4]));
 /// assert!(integration_flow::data::write_npy_i64(&path, &[3, 1], &[3]).is_err());
 /// # Ok::<(), integration_flow::Error>(())
 /// ```

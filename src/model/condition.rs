@@ -45,6 +45,14 @@ impl Classes {
         }
     }
 
+    /// Rows a per-row request is for (`None`: one request for any number of rows).
+    pub fn count(&self) -> Option<usize> {
+        match self {
+            Classes::Unconditional | Classes::All(_) => None,
+            Classes::Each(labels) => Some(labels.len()),
+        }
+    }
+
     /// The classes asked for (`None`s left out).
     fn labels(&self) -> Vec<usize> {
         match self {
@@ -146,6 +154,27 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         Ok(self)
     }
 
+    /// The same model asked for the rows `rows` of its per-row request (unchanged for a
+    /// request of one class for all): for a call on some of the rows it was asked for.
+    pub(crate) fn for_rows(&self, rows: &[usize]) -> Result<Self> {
+        match &self.condition.classes {
+            Classes::Unconditional | Classes::All(_) => Ok(self.clone()),
+            Classes::Each(labels) => {
+                let picked = rows
+                    .iter()
+                    .map(|&i| {
+                        labels.get(i).copied().ok_or_else(|| Error::ShapeMismatch {
+                            context: "class labels per row",
+                            expected: format!("a label for row {i}"),
+                            found: format!("{} labels", labels.len()),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.clone().with_classes(Classes::Each(picked))
+            }
+        }
+    }
+
     /// The classes the model's estimates are asked for.
     pub fn classes(&self) -> &Classes {
         &self.condition.classes
@@ -193,6 +222,9 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
         // The request was checked against this network's classes when it was set; a network
         // swapped in since (`with_net`) is checked again here.
         check_classes(Some(class_input), &self.condition.classes)?;
+        if self.guided() && !class_input.null_class {
+            return Err(no_null_class(class_input));
+        }
         let rows = self
             .condition
             .classes
@@ -200,7 +232,10 @@ impl<B: Backend, N: IntegrationNet<B>> IntegrationFlow<B, N> {
             .ok_or_else(|| Error::ShapeMismatch {
                 context: "class labels per row",
                 expected: format!("{n} labels (one per row) or one class for all"),
-                found: format!("{}", self.condition.classes.labels().len()),
+                found: format!(
+                    "{} labels",
+                    self.condition.classes.count().unwrap_or_default()
+                ),
             })?;
         let device = input.device();
         let classes = crate::nn::one_hot::<B>(&rows, class_input, &device);

@@ -47,6 +47,6 @@ pub fn flow_map_jumps<B: Backend, N: IntegrationNet<B>>(
     }
     Ok(Generated {
         samples: model.estimate_to(x, &[t], &[range.min], anchor)?,
-        nfe: 1 + times.len(),
+        nfe: (1 + times.len()) * model.evaluations_per_call(),
     })
 }

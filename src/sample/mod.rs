@@ -33,7 +33,8 @@ use rand::Rng;
 pub struct Generated<B: Backend> {
     /// `[n, dim]` samples.
     pub samples: Tensor<B, 2>,
-    /// Network evaluations per sample.
+    /// Network evaluations per sample (two per model call under classifier-free guidance,
+    /// [`IntegrationFlow::evaluations_per_call`]).
     pub nfe: usize,
 }
 
@@ -55,7 +56,7 @@ pub fn anchor_iteration<B: Backend, N: IntegrationNet<B>>(
 ) -> Result<Generated<B>> {
     Ok(Generated {
         samples: model.anchor_iteration(rng, n, k)?,
-        nfe: k,
+        nfe: k * model.evaluations_per_call(),
     })
 }
 
@@ -71,7 +72,7 @@ pub fn renoise<B: Backend, N: IntegrationNet<B>>(
 ) -> Result<Generated<B>> {
     Ok(Generated {
         samples: model.renoise(rng, n, times, anchor)?,
-        nfe: 1 + times.len(),
+        nfe: (1 + times.len()) * model.evaluations_per_call(),
     })
 }
 

@@ -180,8 +180,9 @@ fn integrate<B: Backend, N: IntegrationNet<B>>(
     };
     let mut nfe = 0usize;
     let range = flow.time_range();
+    let evaluations = model.evaluations_per_call();
     let mut velocity = |x: &Tensor<B, 2>, t: f64| -> Result<Tensor<B, 2>> {
-        nfe += 1;
+        nfe += evaluations;
         // Stage times like t + h/2 can fall a rounding error outside the range.
         let t = range.clamp(t);
         let x0 = model.denoise(x.clone(), &[t], anchor.clone())?;

@@ -7,7 +7,7 @@
 use super::ode::{encode_ode, solve_ode_from, OdeSolver};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::IntegrationFlow;
+use crate::model::{Classes, IntegrationFlow};
 use crate::nn::IntegrationNet;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -27,6 +27,11 @@ pub struct OdePairs {
 
 /// `n` prior draws of `model` integrated by `solver` (its anchor input drawn from its anchor
 /// law, zeros for a denoiser), `batch` at a time; `progress(done, n)` after each batch.
+///
+/// A class-conditional model asked for classes ([`IntegrationFlow::with_classes`]: one for
+/// all, or one per pair, `n` of them) integrates each pair at its class, with the model's
+/// guidance: the samples then carry those labels ([`Dataset::labels`]), the coupling of a
+/// class-conditional one-step student.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
@@ -59,10 +64,35 @@ pub fn ode_pairs<B: Backend, N: IntegrationNet<B>>(
     }
     let (alpha, sigma) = prior_end(model)?;
     let dim = model.dim();
+    // Each pair's class, where the model is asked for classes.
+    let input = model.net().class_input();
+    let classes = match input {
+        None => None,
+        Some(_) => Some(
+            model
+                .classes()
+                .rows(n)
+                .ok_or_else(|| Error::ShapeMismatch {
+                    context: "class labels per pair",
+                    expected: format!("{n} labels (one per pair) or one class for all"),
+                    found: format!("{} labels", model.classes().count().unwrap_or_default()),
+                })?,
+        ),
+    };
     let (mut latents, mut samples) = (Vec::with_capacity(n * dim), Vec::with_capacity(n * dim));
     let mut nfe = 0;
     while samples.len() < n * dim {
-        let m = batch.min(n - samples.len() / dim);
+        let done = samples.len() / dim;
+        let m = batch.min(n - done);
+        let batch_model;
+        let model = match &classes {
+            None => model,
+            Some(rows) => {
+                let rows = rows[done..done + m].to_vec();
+                batch_model = model.clone().with_classes(Classes::Each(rows))?;
+                &batch_model
+            }
+        };
         let x_t = model.sample_prior(rng, m)?;
         let anchor = model.sample_anchor(rng, m)?;
         let generated = solve_ode_from(model, x_t.clone(), anchor, solver)?;
@@ -72,9 +102,15 @@ pub fn ode_pairs<B: Backend, N: IntegrationNet<B>>(
         samples.extend(generated.samples.into_data().iter::<f32>());
         progress(samples.len() / dim, n);
     }
+    let samples = Dataset::new(samples, dim)?;
+    let labels: Option<Vec<usize>> = classes.and_then(|rows| rows.into_iter().collect());
+    let samples = match (labels, input) {
+        (Some(labels), Some(input)) => samples.with_labels(labels, input.classes)?,
+        _ => samples,
+    };
     Ok(OdePairs {
         latents: Dataset::new(latents, dim)?,
-        samples: Dataset::new(samples, dim)?,
+        samples,
         nfe,
     })
 }
@@ -103,7 +139,8 @@ fn prior_end<B: Backend, N: IntegrationNet<B>>(
 /// example `x` itself; `batch` at a time, `progress(done, n)` after each batch. The samples are
 /// the examples (a copy of `data`). Unlike [`ode_pairs`] the images are real ones, so a student
 /// of these pairs can learn to return training examples: check its samples' distance to the
-/// training set against held-out data's.
+/// training set against held-out data's. A class-conditional model encodes labelled data at
+/// each example's class.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
@@ -152,6 +189,18 @@ pub fn encoded_pairs<B: Backend, N: IntegrationNet<B>>(
         };
         let x = upload(rows.to_vec());
         let anchor = upload(vec![0.0; m * dim]);
+        // Labelled data is encoded by a class-conditional model at each example's class.
+        let batch_model;
+        let model = match (data.labels(), model.net().class_input()) {
+            (Some(labels), Some(_)) => {
+                let labels = &labels[i * batch..i * batch + m];
+                batch_model = model
+                    .clone()
+                    .with_classes(Classes::each(labels.iter().copied()))?;
+                &batch_model
+            }
+            _ => model,
+        };
         let encoded = encode_ode(model, x.clone(), anchor, solver)?;
         nfe = encoded.nfe;
         let noise = (encoded.samples - x.mul_scalar(alpha)).div_scalar(sigma);

@@ -395,3 +395,58 @@ fn anchor_change(new: &[f32], old: &[f32], dim: usize) -> f64 {
         })
         .sum::<f64>()
 }
+
+#[cfg(all(test, any(feature = "flex", feature = "ndarray")))]
+mod tests {
+    use crate::backend::CpuAutodiff;
+    use crate::data::Toy;
+    use crate::flow::FlowConfig;
+    use crate::model::IntegrationFlowConfig;
+    use crate::nn::{ClassInput, MlpConfig};
+    use crate::train::{TrainConfig, Trainer};
+
+    #[test]
+    fn label_dropout_replaces_labels_at_its_rate_and_keeps_the_others() {
+        let data = Toy::EightGaussians.sample_labelled(4096, 0).unwrap();
+        let model = |classes: Option<ClassInput>| {
+            let net = MlpConfig {
+                width: 8,
+                depth: 1,
+                classes,
+                ..Default::default()
+            }
+            .init::<CpuAutodiff>(&Default::default(), 0)
+            .unwrap();
+            IntegrationFlowConfig::default()
+                .init(FlowConfig::Rf(Default::default()).init().unwrap(), net)
+                .unwrap()
+        };
+        let config = TrainConfig {
+            batch_size: 512,
+            label_dropout: 0.3,
+            progress: false,
+            ..Default::default()
+        };
+        let trainer = Trainer::new(model(Some(ClassInput::new(8))), data.clone(), config).unwrap();
+        let labels = data.labels().unwrap();
+        let (mut dropped, mut rows) = (0, 0);
+        for step in 0..8 {
+            let drawn = trainer.draw(step).unwrap();
+            assert_eq!(drawn.rows.classes.len(), drawn.indices.len());
+            for (&i, class) in drawn.indices.iter().zip(&drawn.rows.classes) {
+                match class {
+                    Some(k) => assert_eq!(*k, labels[i], "a kept label is the example's"),
+                    None => dropped += 1,
+                }
+                rows += 1;
+            }
+        }
+        let rate = dropped as f64 / rows as f64;
+        // 4,096 draws: the rate's standard error is 0.007.
+        assert!((rate - 0.3).abs() < 0.03, "dropped {rate:.3} of the labels");
+        // Unlabelled data draws no classes.
+        let plain =
+            Trainer::new(model(None), data.without_labels(), TrainConfig::default()).unwrap();
+        assert!(plain.draw(0).unwrap().rows.classes.is_empty());
+    }
+}

@@ -147,7 +147,7 @@ where
             });
         }
         check_store_shape(anchors.as_ref(), &data)?;
-        check_labelling(model.net().class_input(), &data, &config)?;
+        check_labelling(model.net().class_input(), model.guidance(), &data, &config)?;
         if let crate::train::ObjectiveConfig::FlowMap(_) = config.objective {
             if !model.net().takes_target_time() {
                 return Err(Error::InvalidConfig {
@@ -576,25 +576,57 @@ fn check_store_shape(store: Option<&AnchorStore>, data: &Dataset) -> Result<()> 
     }
 }
 
-/// `Ok` where the data's labels, the network's class input and the label dropout agree.
+/// `Ok` where the data's labels, the network's class input, the label dropout and the
+/// guidance settings agree.
 fn check_labelling(
     input: Option<crate::nn::ClassInput>,
+    model_guidance: f64,
     data: &Dataset,
     config: &TrainConfig,
 ) -> Result<()> {
+    if model_guidance != 1.0 {
+        // The trainer's own estimates would be guided mixes of two evaluations.
+        return Err(Error::InvalidArgument {
+            name: "model",
+            reason: format!(
+                "the model samples with guidance {model_guidance}: guidance is a sampling \
+                 setting; train the model without it (FlowMapConfig::guidance trains it into \
+                 a flow map)"
+            ),
+        });
+    }
     let invalid = |name, reason: String| Err(Error::InvalidArgument { name, reason });
+    let config_error = |field, reason: &str| {
+        Err(Error::InvalidConfig {
+            config: "TrainConfig",
+            field,
+            reason: reason.into(),
+        })
+    };
+    let flow_map_guidance = match &config.objective {
+        crate::train::ObjectiveConfig::FlowMap(flow_map) => flow_map.guidance,
+        crate::train::ObjectiveConfig::Regression
+        | crate::train::ObjectiveConfig::Consistency(_) => 1.0,
+    };
     match (input, data.classes()) {
+        (None, 0) if flow_map_guidance != 1.0 => config_error(
+            "objective",
+            "flow_map.guidance needs a class-conditional network and labelled data",
+        ),
         (None, 0) => Ok(()),
         (None, k) => invalid(
             "data",
             format!(
-                "the data has labels ({k} classes) but the network no class input: give it one                  (MlpConfig/UNetConfig classes, IntegrationNet::with_classes) or train on                  Dataset::without_labels"
+                "the data has labels ({k} classes) but the network no class input: give it one \
+                 (MlpConfig/UNetConfig classes, IntegrationNet::with_classes) or train on \
+                 Dataset::without_labels"
             ),
         ),
         (Some(input), 0) => invalid(
             "data",
             format!(
-                "the network is conditioned on {} classes but the data has no labels                  (Dataset::with_labels)",
+                "the network is conditioned on {} classes but the data has no labels \
+                 (Dataset::with_labels)",
                 input.classes
             ),
         ),
@@ -605,22 +637,20 @@ fn check_labelling(
                 input.classes
             ),
         ),
-        (Some(input), _) if config.label_dropout > 0.0 && !input.null_class => Err(
-            Error::InvalidConfig {
-                config: "TrainConfig",
-                field: "label_dropout",
-                reason: "label dropout needs the network's \"no class\" token \
-                         (ClassInput::null_class)"
-                    .into(),
-            },
+        (Some(input), _) if config.label_dropout > 0.0 && !input.null_class => config_error(
+            "label_dropout",
+            "label dropout needs the network's \"no class\" token (ClassInput::null_class)",
         ),
-        (Some(_), _) if config.distribution_matching.is_some() => Err(Error::InvalidConfig {
-            config: "TrainConfig",
-            field: "distribution_matching",
-            reason: "the distribution-matching term is unconditional; it does not train a \
-                     class-conditional model yet"
-                .into(),
-        }),
+        (Some(_), _) if flow_map_guidance != 1.0 && config.label_dropout == 0.0 => config_error(
+            "objective",
+            "flow_map.guidance needs the \"no class\" estimate, which label dropout trains: \
+             set label_dropout above 0",
+        ),
+        (Some(_), _) if config.distribution_matching.is_some() => config_error(
+            "distribution_matching",
+            "the distribution-matching term is unconditional; it does not train a \
+             class-conditional model yet",
+        ),
         (Some(_), _) => Ok(()),
     }
 }
