@@ -556,7 +556,7 @@ impl<B: Backend> IntegrationNet<B> for UNet<B> {
         anchor: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         // A flow-map network's plain call is the denoiser: no gap to the target time.
-        let gap = self.target_time.then(|| c_noise.zeros_like());
+        let gap = gap_input(self.target_time, None, &c_noise);
         self.run(x, c_noise, gap, None, anchor)
     }
 
